@@ -1,0 +1,176 @@
+"""Benchmark: SequenceFusion (CP) vs the explicit outer-product fusion vs vector fusion.
+
+For each size, times forward + backward and measures memory of the three forms:
+
+- ``sf``: :class:`SequenceFusion` in cp mode (factors are the parameters).
+- ``outer``: Eq. 9-10 literally, dense W_t (out_len, l_1..l_M) and W_h (out_dim, d_1..d_M)
+  as parameters, inputs combined by an explicit tensor product (exponential in M).
+- ``vector``: :class:`VectorFusion` (LMF-style, mean-pooled; no token axis in the output).
+
+Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over forward + backward, above
+what was allocated before. On CPU there is no allocator peak counter, so we report an
+estimate: bytes autograd saves for backward (unique storages, parameters excluded) plus the
+largest single tensor any op produced during forward + backward (a TorchDispatchMode watches
+every op). Both columns say which one they are.
+
+Run: ``.venv/bin/python bench/wander_fusion.py [--device cpu|cuda|all] [--reps N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from polymodal.models.wander.fusion import SequenceFusion, VectorFusion, outer_product_fusion, rebuild_full_weights
+
+# (M, B, l, d, out_len, out_dim, rank_h, rank_t); every modality gets (l, d) for simplicity
+SIZES = [
+    (2, 16, 8, 16, 16, 32, 8, 12),
+    (2, 16, 16, 32, 32, 64, 8, 12),
+    (3, 8, 6, 8, 18, 32, 8, 12),
+    (3, 8, 8, 12, 24, 48, 4, 4),
+    (3, 4, 8, 16, 24, 48, 8, 12),
+    (3, 2, 50, 16, 150, 128, 8, 12),  # CMU-MOSI-like (l=50, d=16, R_h=8, R_t=12), narrow out_dim
+]
+
+# The outer form's tensor product Z has B * prod_m(l_m d_m) elements; above this it is skipped.
+OUTER_MAX_ELEMS = 2 ** 27
+
+
+class _MaxTensor(TorchDispatchMode):
+    """Records the byte size of the largest tensor any op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.max_bytes = max(self.max_bytes, t.numel() * t.element_size())
+        return out
+
+
+def _cpu_memory(step, params) -> int:
+    """Saved-for-backward bytes (unique storages, parameters excluded) + largest op output."""
+    param_ptrs = {p.data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with _MaxTensor() as watch, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(saved.values()) + watch.max_bytes
+
+
+def _cuda_memory(step) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _time(step, device, reps) -> float:
+    step()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_size(size, device: str, reps: int) -> dict:
+    M, B, l, d, P, O, rh, rt = size
+    torch.manual_seed(0)
+    sf = SequenceFusion([d] * M, [l] * M, O, P, rh, rt).to(device)
+    if B * (l * d) ** M > OUTER_MAX_ELEMS:  # do not even build the dense weights
+        W_t = torch.empty(P, *[l] * M, device="meta")
+        W_h = torch.empty(O, *[d] * M, device="meta")
+    else:
+        with torch.no_grad():
+            W_t, W_h = (w.detach().clone().requires_grad_(True) for w in rebuild_full_weights(sf))
+    vf = VectorFusion([d] * M, O, rh).to(device)
+    xs = [torch.randn(B, l, d, device=device) for _ in range(M)]
+    forms = {
+        "sf": (lambda: sf(xs).square().mean().backward(), list(sf.parameters())),
+        "outer": (lambda: outer_product_fusion(xs, W_t, W_h).square().mean().backward(), [W_t, W_h]),
+        "vector": (lambda: vf(xs).square().mean().backward(), list(vf.parameters())),
+    }
+    row = {"size": size, "rel_err": float("nan")}
+    if B * (l * d) ** M > OUTER_MAX_ELEMS:
+        del forms["outer"]
+        row.update(outer_t=float("nan"), outer_mem=float("nan"), outer_params=W_t.numel() + W_h.numel())
+    else:
+        with torch.no_grad():  # the outer form is the same function as SF, up to rounding
+            ref = sf(xs)
+            row["rel_err"] = ((outer_product_fusion(xs, W_t, W_h) - ref).norm() / ref.norm()).item()
+    for name, (step, params) in forms.items():
+        row[f"{name}_t"] = _time(step, device, reps)
+        row[f"{name}_mem"] = _cuda_memory(step) if device == "cuda" else _cpu_memory(step, params)
+        row[f"{name}_params"] = sum(p.numel() for p in params)
+    return row
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2 ** 20:8.2f}"
+
+
+def print_table(rows: list[dict], device: str) -> None:
+    mem_kind = ("peak cuda.max_memory_allocated" if device == "cuda"
+                else "estimate: saved-for-backward + largest intermediate")
+    print(f"\n== device: {device}; time = median fwd+bwd; memory ({mem_kind}) in MiB ==")
+    head = (f"{'M':>2} {'B':>3} {'l':>3} {'d':>3} {'P':>3} {'O':>3} {'Rh':>3} {'Rt':>3} | "
+            f"{'sf ms':>8} {'outer ms':>9} {'vec ms':>8} | {'sf MiB':>8} {'outer MiB':>9} {'vec MiB':>8} | "
+            f"{'outer/sf t':>10} {'outer/sf m':>10} {'vec/sf t':>8} {'vec/sf m':>8} | "
+            f"{'sf par':>8} {'outer par':>10} | {'rel err':>8}")
+    print(head)
+    print("-" * len(head))
+    print(f"(outer is skipped, nan, where its tensor product would exceed {OUTER_MAX_ELEMS} elements)")
+    for r in rows:
+        M, B, l, d, P, O, rh, rt = r["size"]
+        print(f"{M:>2} {B:>3} {l:>3} {d:>3} {P:>3} {O:>3} {rh:>3} {rt:>3} | "
+              f"{r['sf_t'] * 1e3:8.2f} {r['outer_t'] * 1e3:9.2f} {r['vector_t'] * 1e3:8.2f} | "
+              f"{_mb(r['sf_mem'])} {_mb(r['outer_mem']):>9} {_mb(r['vector_mem'])} | "
+              f"{r['outer_t'] / r['sf_t']:10.2f} {r['outer_mem'] / r['sf_mem']:10.2f} "
+              f"{r['vector_t'] / r['sf_t']:8.3f} {r['vector_mem'] / r['sf_mem']:8.3f} | "
+              f"{r['sf_params']:>8} {r['outer_params']:>10} | {r['rel_err']:8.1e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="all: CPU, plus CUDA when available (default)")
+    parser.add_argument("--reps", type=int, default=10, help="timed repetitions per form (median reported)")
+    args = parser.parse_args(argv)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        if args.device == "cuda":
+            parser.error("--device cuda but torch.cuda.is_available() is False")
+        devices.remove("cuda")
+    for device in devices:
+        print_table([bench_size(s, device, args.reps) for s in SIZES], device)
+
+
+# --- shard streaming benchmark (added by the lead) ---
+
+
+if __name__ == "__main__":
+    main()

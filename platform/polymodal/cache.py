@@ -1,0 +1,35 @@
+"""Local copies of remote model folders (backbones, exports) for ``from_pretrained``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from polymodal import storage
+from polymodal.config import StorageOptions
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal"))
+
+
+def local_copy(uri: str, opts: StorageOptions | None = None) -> str:
+    """A local path for ``uri``: local paths and hub ids pass through, ``s3://`` folders are
+    downloaded once. Workers on one node may race here, so each downloads into its own temp
+    folder and renames it into place; the loser discards its copy."""
+    if not storage.is_s3(uri):
+        return uri[len("file://"):] if uri.startswith("file://") else uri
+    dest = cache_root() / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    if dest.is_dir():
+        return str(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
+    storage.download_dir(uri, str(tmp), opts)
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another worker won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)

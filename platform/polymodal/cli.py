@@ -1,0 +1,176 @@
+"""``polymodal``: the command line. Every command that reads a config takes ``--config``
+(a path or ``s3://`` URI) and repeated ``--set dotted.key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from polymodal.errors import PolymodalError
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, metavar="PATH_OR_URI",
+                   help="experiment YAML (local path or s3:// URI)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted path, e.g. --set optim.lr=1e-3 (repeatable)")
+
+
+def _load(args):
+    from polymodal.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_data_synth(args) -> None:
+    from polymodal.registry import get_task, task_names
+
+    storage_opts = None
+    task_name = args.task
+    if args.config:
+        cfg = _load(args)
+        storage_opts, task_name = cfg.storage, task_name or cfg.task
+    if not task_name:
+        raise PolymodalError(f"give --task (one of {', '.join(task_names())}) or --config")
+    try:
+        task = get_task(task_name)
+    except KeyError:
+        raise PolymodalError(f"unknown task {task_name!r}; known: {', '.join(task_names())}") from None
+    out = task.synth(args.out, seed=args.seed, scale=args.scale, storage=storage_opts, progress=not args.quiet)
+    for name, uri in out.items():
+        print(f"{name}: {uri}")
+
+
+def cmd_data_import(args) -> None:
+    from polymodal.models.wander import importers
+
+    storage_opts = _load(args).storage if args.config else None
+    if args.format == "mmsa":
+        out = importers.import_mmsa(args.source, args.out, opts=storage_opts, skip_bad=args.skip_bad,
+                                    progress=not args.quiet)
+    else:
+        if not args.tokenizer:
+            raise PolymodalError("--format food101 needs --tokenizer PATH_OR_HUB_ID")
+        out = importers.import_food101(args.source, args.out, tokenizer=args.tokenizer, opts=storage_opts,
+                                       skip_bad=args.skip_bad, progress=not args.quiet)
+    for name, uri in out.items():
+        print(f"{name}: {uri}")
+
+
+def cmd_data_inspect(args) -> None:
+    from polymodal import shards
+
+    storage_opts = _load(args).storage if args.config else None
+    shards.open_dataset(args.uri, storage_opts, verify=args.verify)
+    print(shards.describe(args.uri, storage_opts))
+    print(f"verified: {args.verify}")
+
+
+def cmd_train(args) -> None:
+    from polymodal.train.loop import fit, fit_local
+
+    cfg = _load(args)
+    summary = (fit_local if args.local else fit)(cfg, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"run folder:  {cfg.run_uri}")
+    print(f"checkpoint:  {summary.get('best_checkpoint')}")
+    print(f"metrics csv: {cfg.run_uri}/logs/metrics.csv   tensorboard: {cfg.run_uri}/logs/tensorboard")
+
+
+def cmd_evaluate(args) -> None:
+    from polymodal.evaluate import evaluate_run
+
+    out, uri = evaluate_run(_load(args), split=args.split, which=args.which, progress=not args.quiet)
+    print(json.dumps(out, indent=2))
+    print(f"written: {uri}")
+
+
+def cmd_report(args) -> None:
+    from polymodal.report import write_report
+
+    uri = write_report(_load(args))
+    print(f"report: {uri}")
+
+
+def cmd_s3_serve(args) -> None:
+    from polymodal.s3server import serve_forever
+
+    serve_forever(args.port, tuple(args.bucket))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polymodal",
+        description="Train, tune, evaluate and serve multimodal research systems on Ray.",
+        epilog="Example: polymodal data synth --task wander.classification --out data/wander && "
+               "polymodal train --config jobs/configs/wander_tiny.yaml --set optim.epochs=2")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="make, import and check datasets (Parquet shards + manifest.json)")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    p = dsub.add_parser("synth", help="write synthetic train/val/test datasets with a planted signal")
+    p.add_argument("--task", help="task name, e.g. wander.classification (default: the config's task)")
+    p.add_argument("--out", required=True, help="folder or s3:// URI to write the splits into")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the default row counts")
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_data_synth)
+    p = dsub.add_parser("import", help="convert a public dataset layout to shards")
+    p.add_argument("--format", required=True, choices=["mmsa", "food101"],
+                   help="mmsa: CMU-MOSI/MOSEI pickle; food101: UPMC-Food101 json + images")
+    p.add_argument("--source", required=True, help="the pickle file (mmsa) or dataset root folder (food101)")
+    p.add_argument("--out", required=True, help="folder or s3:// URI for the splits")
+    p.add_argument("--tokenizer", help="tokenizer path or hub id (food101)")
+    p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_data_import)
+    p = dsub.add_parser("inspect", help="validate a dataset and print its manifest")
+    p.add_argument("uri", help="dataset folder or s3:// URI")
+    p.add_argument("--verify", choices=["footer", "checksum"], default="checksum",
+                   help="footer: sizes and schemas; checksum: also sha256 of every shard (default)")
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_data_inspect)
+
+    p = sub.add_parser("train", help="train with Ray Train + DeepSpeed (resumes an existing run)")
+    _add_config(p)
+    p.add_argument("--local", action="store_true", help="single process without Ray (CUDA if present)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split")
+    _add_config(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--which", default="best", choices=["best", "latest"], help="which checkpoint")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("report", help="write a Markdown report with metric tables and a PNG curve")
+    _add_config(p)
+    p.set_defaults(func=cmd_report)
+
+    s3 = sub.add_parser("s3", help="embedded S3 server for demos and tests")
+    s3sub = s3.add_subparsers(dest="s3_command", required=True, metavar="SUBCOMMAND")
+    p = s3sub.add_parser("serve", help="serve S3 on 127.0.0.1 (moto) until Ctrl-C")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--bucket", action="append", default=None, help="bucket to create (repeatable)")
+    p.set_defaults(func=cmd_s3_serve)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "bucket", "") is None:
+        args.bucket = ["polymodal"]
+    try:
+        args.func(args)
+    except PolymodalError as exc:
+        print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polymodal: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Typed, strict experiment configs.
+
+An experiment YAML holds values only; these pydantic models hold the rules. Unknown keys,
+wrong types and impossible values are all reported at once, each with its dotted path::
+
+    task: wander.classification
+    model: {preset: tiny, rank_h: 4}
+    data: {train: s3://bucket/wander/train, val: s3://bucket/wander/val}
+    optim: {epochs: 3, lr: 1.0e-3, batch_size: 32}
+    storage_path: s3://bucket/runs
+
+``model`` is validated against the model-config class that the task registers, after its
+``preset`` (``tiny`` or ``paper``) has filled the defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from polymodal.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageOptions(StrictModel):
+    """How ``s3://`` URIs are reached. Credentials come from the standard AWS chain
+    (env vars, shared files, instance roles) or, for the embedded server, from env."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    region: str | None = None
+    profile: str | None = Field(None, description="AWS shared-config profile name")
+    anon: bool = False
+
+
+class DataConfig(StrictModel):
+    train: str = Field(..., description="URI of the training dataset folder (manifest.json + shards)")
+    val: str | None = None
+    test: str | None = None
+    shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer; 0 disables")
+    verify: Literal["footer", "checksum"] = Field(
+        "footer", description="footer: sizes and Parquet schemas before training; checksum: also sha256 of every shard")
+
+
+class OptimConfig(StrictModel):
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1, description="micro-batch per worker")
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+
+
+class DeepSpeedOptions(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    @model_validator(mode="after")
+    def _offload_params_needs_stage3(self) -> "DeepSpeedOptions":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3 (parameter offload is a ZeRO-3 feature)")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        return self
+
+
+class ScalingOptions(StrictModel):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+
+
+class FailureOptions(StrictModel):
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts before giving up; -1 = forever")
+
+
+class CheckpointOptions(StrictModel):
+    num_to_keep: int = Field(2, ge=1)
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: what to train, on which data, how, and where results go."""
+
+    task: str
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name under storage_path")
+    seed: int = 0
+    model: SerializeAsAny[BaseModel]
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedOptions = Field(default_factory=DeepSpeedOptions)
+    scaling: ScalingOptions = Field(default_factory=ScalingOptions)
+    failure: FailureOptions = Field(default_factory=FailureOptions)
+    checkpoint: CheckpointOptions = Field(default_factory=CheckpointOptions)
+    storage_path: str = Field("runs", description="folder or s3:// URI where runs are written")
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+
+    @property
+    def run_uri(self) -> str:
+        return self.storage_path.rstrip("/") + "/" + self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict that :func:`validate_config` turns back into an equal config."""
+        out = self.model_dump(mode="json")
+        out["optim"]["betas"] = list(out["optim"]["betas"])
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class _RawExperiment(ExperimentConfig):
+    """First validation pass: everything but the model section, which depends on the task."""
+
+    model: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError([(item, "override must look like dotted.key=value")])
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([(key or item, "override key must be a dotted path like optim.lr")])
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError([(key, f"value {text!r} is not valid YAML: {exc}")]) from None
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with every ``dotted.key=value`` applied."""
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError([(key, f"cannot set a key below {part!r}, which holds a value, not a section")])
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _errors_from(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("__root__",))
+        path = ".".join(p for p in (prefix, loc) if p)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `polymodal train --help` for the schema)"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append((path, msg))
+    return out
+
+
+def validate_model_section(task_name: str, model: dict[str, Any]) -> tuple[BaseModel | None, list[tuple[str, str]]]:
+    """Fill ``model`` from its preset and validate it against the task's model-config class."""
+    from polymodal.registry import get_task, task_names
+
+    try:
+        task = get_task(task_name)
+    except KeyError:
+        return None, [("task", f"unknown task {task_name!r}; known tasks: {', '.join(task_names())}")]
+    model = dict(model or {})
+    preset = model.pop("preset", "tiny")
+    if preset not in task.presets:
+        return None, [("model.preset", f"unknown preset {preset!r} for {task_name}; choose one of {sorted(task.presets)}")]
+    values = {**task.presets[preset](), **model}
+    try:
+        return task.model_config_cls.model_validate(values), []
+    except ValidationError as exc:
+        return None, _errors_from(exc, "model")
+
+
+def validate_config(raw: dict[str, Any], source: str | None = None) -> ExperimentConfig:
+    """Validate a raw dict; raise one :class:`ConfigError` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError([("", f"config must be a mapping, got {type(raw).__name__}")], source)
+    errors: list[tuple[str, str]] = []
+    try:
+        _RawExperiment.model_validate(raw)
+    except ValidationError as exc:
+        errors += _errors_from(exc)
+    model_obj = None
+    task = raw.get("task")
+    if isinstance(task, str):
+        model_raw = raw.get("model", {})
+        if not isinstance(model_raw, dict):
+            errors.append(("model", "must be a mapping with at least a preset"))
+        else:
+            model_obj, model_errors = validate_model_section(task, model_raw)
+            errors += model_errors
+    if errors:
+        raise ConfigError(errors, source)
+    return ExperimentConfig.model_validate({**raw, "model": model_obj})
+
+
+def load_config(source: str, overrides: list[str] | None = None,
+                storage: StorageOptions | None = None) -> ExperimentConfig:
+    """Read a YAML config from a path or URI (``s3://`` too), apply overrides, validate."""
+    from polymodal import storage as st
+
+    try:
+        text = st.read_text(source, storage)
+    except FileNotFoundError:
+        raise ConfigError([("", f"config file not found: {source}")], source) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([("", f"not valid YAML: {exc}")], source) from None
+    return validate_config(apply_overrides(raw, overrides), source)

@@ -1,0 +1,42 @@
+"""Typed errors a user or a file can trigger. Each message names the bad thing and the fix."""
+
+from __future__ import annotations
+
+
+class PolymodalError(Exception):
+    """Base class for every error polymodal raises on purpose."""
+
+
+class ConfigError(PolymodalError, ValueError):
+    """A config failed validation. ``errors`` lists ``(dotted.path, message)`` pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str | None = None):
+        self.errors = list(errors)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"{len(self.errors)} config error(s){where}:"]
+        lines += [f"  {path or '<root>'}: {msg}" for path, msg in self.errors]
+        super().__init__("\n".join(lines))
+
+
+class StorageError(PolymodalError, OSError):
+    """A URI could not be resolved, read or written."""
+
+
+class ShardError(PolymodalError, ValueError):
+    """A shard or manifest is missing, corrupt, or does not match its declared schema."""
+
+    def __init__(self, message: str, *, shard: str | None = None, column: str | None = None):
+        self.shard = shard
+        self.column = column
+        parts = []
+        if shard:
+            parts.append(f"shard {shard}")
+        if column:
+            parts.append(f"column {column!r}")
+        prefix = (", ".join(parts) + ": ") if parts else ""
+        super().__init__(prefix + message)
+
+
+class ImportDataError(PolymodalError, ValueError):
+    """A source file fed to an importer is malformed; the message names file and row/line."""

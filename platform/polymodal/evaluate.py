@@ -1,0 +1,80 @@
+"""Evaluate a trained export on a dataset split, without Ray or DeepSpeed."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polymodal import shards, storage
+from polymodal.config import ExperimentConfig, StorageOptions
+from polymodal.errors import PolymodalError
+from polymodal.registry import get_task
+from polymodal.train.checkpoint import MODEL_DIR, load_export, load_trainable
+
+
+def find_checkpoint(cfg: ExperimentConfig, which: str = "best") -> str:
+    """URI of the run's ``best`` or ``latest`` checkpoint, from ``<run>/summary.json``."""
+    uri = storage.join(cfg.run_uri, "summary.json")
+    if not storage.exists(uri, cfg.storage):
+        raise PolymodalError(f"no summary.json in {cfg.run_uri}: train the run first (polymodal train)")
+    summary = json.loads(storage.read_text(uri, cfg.storage))
+    ckpt = summary.get(f"{which}_checkpoint") or summary.get("latest_checkpoint")
+    if not ckpt:
+        raise PolymodalError(f"{uri} names no checkpoint")
+    return ckpt
+
+
+def load_model(checkpoint_uri: str, opts: StorageOptions | None = None, device: str | torch.device = "cpu"):
+    """(config, task, model) from a checkpoint folder or its ``model/`` export, local or S3."""
+    with tempfile.TemporaryDirectory(prefix="polymodal-export-") as tmp:
+        src = checkpoint_uri.rstrip("/")
+        if not src.endswith("/" + MODEL_DIR) and storage.exists(storage.join(src, MODEL_DIR), opts):
+            src = storage.join(src, MODEL_DIR)
+        storage.download_dir(src, tmp, opts)
+        cfg, weights, info = load_export(Path(tmp))
+    task = get_task(cfg.task)
+    model = task.build_model(cfg.model)
+    load_trainable(model, weights)
+    return cfg, task, model.to(device).eval()
+
+
+@torch.no_grad()
+def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None = None,
+             batch_size: int = 64, device: str | None = None, progress: bool = True) -> dict[str, float]:
+    """Metrics of the checkpoint's model on the dataset at ``data_uri``."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg, task, model = load_model(checkpoint_uri, opts, dev)
+    manifest = shards.open_dataset(data_uri, opts)
+    if manifest.task != cfg.task:
+        raise PolymodalError(f"dataset {data_uri} is for task {manifest.task!r}, the model for {cfg.task!r}")
+    outputs: list[dict[str, np.ndarray]] = []
+    batches = shards.iter_local_batches(data_uri, batch_size, manifest=manifest, shuffle=False,
+                                        shuffle_buffer=0, opts=opts)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=-(-manifest.num_rows // batch_size), desc="evaluate", leave=False)
+    for cols in batches:
+        batch = {k: v.to(dev) for k, v in task.collate(cols).items()}
+        outputs.append(task.predict(model, batch))
+    merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    return task.metrics(merged)
+
+
+def evaluate_run(cfg: ExperimentConfig, split: str = "test", which: str = "best",
+                 progress: bool = True) -> tuple[dict[str, Any], str]:
+    """Evaluate a run's checkpoint on one of its configured splits; write ``<run>/eval/<split>.json``."""
+    data_uri = getattr(cfg.data, split, None)
+    if not data_uri:
+        raise PolymodalError(f"data.{split} is not set in the config; set it or pick another --split")
+    ckpt = find_checkpoint(cfg, which)
+    metrics = evaluate(ckpt, data_uri, opts=cfg.storage, batch_size=cfg.optim.batch_size, progress=progress)
+    out = {"split": split, "checkpoint": ckpt, "data": data_uri, "metrics": metrics}
+    out_uri = storage.join(cfg.run_uri, "eval", f"{split}.json")
+    storage.write_text(out_uri, json.dumps(out, indent=2), cfg.storage)
+    return out, out_uri

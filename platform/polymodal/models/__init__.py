@@ -1,0 +1,1 @@
+"""One subpackage per system; each registers its tasks in ``polymodal.registry``."""

@@ -1,0 +1,584 @@
+"""Importers that turn public multimodal benchmarks into polymodal shards.
+
+* :func:`import_mmsa` - CMU-MOSI / CMU-MOSEI feature pickles in the MMSA layout
+  (regression, modalities ``text``, ``audio``, ``vision``).
+* :func:`import_food101` - UPMC-Food101 JSON(L) records plus image files
+  (classification, modalities ``image``, ``text``).
+
+Both check the whole source before writing anything, so a malformed file fails in seconds
+with an :class:`~polymodal.errors.ImportDataError` naming the file, split and row rather
+than after hours of writing. With ``skip_bad=True`` bad rows are dropped instead, each one
+logged as a warning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from polymodal import storage
+from polymodal.config import StorageOptions
+from polymodal.errors import ImportDataError
+
+__all__ = ["import_mmsa", "import_food101", "SafeUnpickler"]
+
+logger = logging.getLogger(__name__)
+
+#: rows per ``ShardWriter.write`` call: bounds memory for large feature arrays and images
+_CHUNK = 256
+#: at most this many per-row warnings per split; the rest are summarised in one line
+_MAX_ROW_WARNINGS = 20
+
+
+class _SkipLog:
+    """Collects rows dropped under ``skip_bad`` and logs them without flooding the log."""
+
+    def __init__(self, source: str, split: str) -> None:
+        self.source = source
+        self.split = split
+        self.count = 0
+
+    def skip(self, row: int, reason: str) -> None:
+        self.count += 1
+        if self.count <= _MAX_ROW_WARNINGS:
+            logger.warning("%s: split %r row %d skipped: %s", self.source, self.split, row, reason)
+
+    def summary(self) -> None:
+        if self.count > _MAX_ROW_WARNINGS:
+            logger.warning(
+                "%s: split %r: %d more row(s) skipped (%d in total)",
+                self.source, self.split, self.count - _MAX_ROW_WARNINGS, self.count,
+            )
+
+
+# =========================================================================== MMSA pickles
+
+MMSA_SPLITS = {"train": "train", "valid": "val", "test": "test"}
+MMSA_MODALITIES = ("text", "audio", "vision")
+MMSA_LABEL = "regression_labels"
+
+_SAFE_BUILTINS = frozenset(
+    {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str",
+     "bytes", "bytearray", "bool", "slice", "range"}
+)
+# The globals numpy's own pickles reference (protocols 0-5, numpy 1.x and 2.x module names).
+_SAFE_NUMPY = frozenset(
+    {("numpy", "ndarray"), ("numpy", "dtype"),
+     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+     # protocol <= 2 stores bytes as _codecs.encode(latin-1 text): a pure function
+     ("_codecs", "encode"),
+     ("collections", "OrderedDict")}
+)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that can only rebuild numpy arrays, numpy scalars and builtin containers.
+
+    Ordinary :func:`pickle.load` calls any importable callable named in the file, which lets
+    a crafted file run arbitrary code. This subclass refuses every global except the handful
+    numpy's array pickles need, which blocks the usual payloads (``os.system``,
+    ``builtins.eval``, ...). It lowers the risk; it does not make untrusted pickles safe, so
+    only import files you trust.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return getattr(importlib.import_module("builtins"), name)
+        if (module, name) in _SAFE_NUMPY:
+            if module.startswith("numpy.core."):
+                # numpy 2 renamed numpy.core to numpy._core and warns on the old name;
+                # pickles written by numpy 1.x still reference it.
+                try:
+                    return getattr(importlib.import_module("numpy._core." + module[11:]), name)
+                except ImportError:
+                    pass
+            return getattr(importlib.import_module(module), name)
+        raise pickle.UnpicklingError(
+            f"refusing to load global {module}.{name}: only numpy arrays and builtin "
+            "containers are allowed in an MMSA pickle"
+        )
+
+
+def _load_pickle(path: str) -> Any:
+    """Read a pickle with :class:`SafeUnpickler`, turning every failure into ImportDataError."""
+    try:
+        with open(path, "rb") as fh:
+            return SafeUnpickler(fh).load()
+    except FileNotFoundError:
+        raise ImportDataError(f"{path}: file not found; pass the path of the MMSA .pkl file") from None
+    except pickle.UnpicklingError as exc:
+        raise ImportDataError(
+            f"{path}: not a loadable MMSA pickle ({exc}); re-save it as a dict of numpy arrays"
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as exc:
+        raise ImportDataError(
+            f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
+            "download or re-create the file"
+        ) from None
+
+
+@dataclass
+class _MmsaSplit:
+    """One validated MMSA split: features (N, L, D) per modality and labels (N,)."""
+
+    name: str
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    keep: np.ndarray  # bool (N,): rows that will be written
+
+
+def _check_mmsa_split(
+    path: str, split: str, raw: Any, fix_neg_inf: bool, skip_bad: bool
+) -> _MmsaSplit:
+    """Validate keys, shapes and finiteness of one split; mark bad rows (or raise)."""
+    if not isinstance(raw, dict):
+        raise ImportDataError(
+            f"{path}: split {split!r} is a {type(raw).__name__}, expected a dict with keys "
+            f"{[*MMSA_MODALITIES, MMSA_LABEL]}"
+        )
+    missing = [k for k in (*MMSA_MODALITIES, MMSA_LABEL) if k not in raw]
+    if missing:
+        raise ImportDataError(
+            f"{path}: split {split!r} is missing key(s) {missing}; found {sorted(map(str, raw))}. "
+            "Use an MMSA feature pickle (e.g. aligned_50.pkl / unaligned_50.pkl)"
+        )
+    features: dict[str, np.ndarray] = {}
+    for mod in MMSA_MODALITIES:
+        arr = np.asarray(raw[mod])
+        if arr.ndim != 3 or arr.dtype.kind not in "biuf":
+            raise ImportDataError(
+                f"{path}: split {split!r} key {mod!r} must be a numeric (N, seq_len, dim) array, "
+                f"got shape {arr.shape} dtype {arr.dtype}"
+            )
+        features[mod] = arr
+    labels = np.asarray(raw[MMSA_LABEL])
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.dtype.kind not in "biuf":
+        raise ImportDataError(
+            f"{path}: split {split!r} key {MMSA_LABEL!r} must be a numeric (N,) array, "
+            f"got shape {labels.shape} dtype {labels.dtype}"
+        )
+    sizes = {k: v.shape[0] for k, v in features.items()} | {MMSA_LABEL: labels.shape[0]}
+    if len(set(sizes.values())) != 1:
+        raise ImportDataError(
+            f"{path}: split {split!r} has inconsistent row counts {sizes}; every key must have "
+            "the same N"
+        )
+
+    if fix_neg_inf and features["audio"].dtype.kind == "f":
+        audio = features["audio"]
+        if np.isneginf(audio).any():
+            features["audio"] = np.where(np.isneginf(audio), 0.0, audio).astype(audio.dtype)
+
+    n = labels.shape[0]
+    keep = np.ones(n, dtype=bool)
+    reasons: dict[int, list[str]] = {}
+    for key, arr in (*features.items(), (MMSA_LABEL, labels)):
+        if arr.dtype.kind != "f":
+            continue
+        finite = np.isfinite(arr).reshape(n, -1).all(axis=1)
+        for row in np.nonzero(~finite)[0].tolist():
+            reasons.setdefault(row, []).append(key)
+            keep[row] = False
+    if reasons:
+        first = min(reasons)
+        hint = (
+            " (CMU-MOSI/MOSEI audio features contain -inf; pass fix_neg_inf=True to set them "
+            "to 0 as MMSA's loader does)"
+            if "audio" in reasons[first] and np.isneginf(features["audio"][first]).any()
+            else ""
+        )
+        if not skip_bad:
+            raise ImportDataError(
+                f"{path}: split {split!r} row {first}: NaN or inf in {', '.join(reasons[first])} "
+                f"({len(reasons)} bad row(s) in this split){hint}; fix the data or pass "
+                "skip_bad=True to drop such rows"
+            )
+        log = _SkipLog(path, split)
+        for row in sorted(reasons):
+            log.skip(row, f"NaN or inf in {', '.join(reasons[row])}")
+        log.summary()
+    if not keep.any():
+        raise ImportDataError(f"{path}: split {split!r} has no usable rows ({n} in the file)")
+    return _MmsaSplit(split, features, labels, keep)
+
+
+def import_mmsa(
+    pickle_path: str,
+    out_uri: str,
+    *,
+    opts: StorageOptions | None = None,
+    skip_bad: bool = False,
+    progress: bool | str = True,
+    fix_neg_inf: bool = False,
+) -> dict[str, str]:
+    """Import a CMU-MOSI / CMU-MOSEI feature pickle in the MMSA layout.
+
+    The pickle holds a dict with keys ``train``, ``valid`` and ``test``; each is a dict with
+    at least ``text`` (N, L_t, D_t), ``audio`` (N, L_a, D_a), ``vision`` (N, L_v, D_v) float
+    arrays and ``regression_labels`` (N,) sentiment scores in [-3, 3]. Other keys (``id``,
+    ``raw_text``, ``text_bert``, ...) are ignored.
+
+    .. warning::
+       Pickle is a code-executing format. The file is read with :class:`SafeUnpickler`,
+       which only rebuilds numpy arrays and builtin containers, but only import files from a
+       source you trust.
+
+    Parameters
+    ----------
+    pickle_path : str
+        Local path of the ``.pkl`` file.
+    out_uri : str
+        Folder or ``s3://`` prefix; receives ``train/``, ``val/`` (from ``valid``), ``test/``.
+    opts : StorageOptions, optional
+        S3 settings for ``s3://`` destinations.
+    skip_bad : bool
+        Drop rows with NaN/inf features or labels (each logged as a warning naming split and
+        row) instead of raising.
+    progress : bool or str
+        Passed to :class:`~polymodal.shards.ShardWriter`.
+    fix_neg_inf : bool
+        Replace ``-inf`` in ``audio`` by 0 before checking, as MMSA's own loader does for the
+        COVAREP features of CMU-MOSI/MOSEI.
+
+    Returns
+    -------
+    dict[str, str]
+        ``{"train": uri, "val": uri, "test": uri}``. Each split has columns ``text``,
+        ``audio``, ``vision`` (float32, fixed shapes ``[L, D]``) and ``label`` (float32 scalar);
+        task ``wander.regression``.
+
+    Raises
+    ------
+    ImportDataError
+        Unreadable pickle, missing keys, inconsistent row counts or shapes, or (without
+        ``skip_bad``) a NaN/inf row; the message names the file, split and row.
+    """
+    from polymodal.shards import ColumnSpec, ShardWriter
+
+    path = os.fspath(pickle_path)
+    data = _load_pickle(path)
+    if not isinstance(data, dict):
+        raise ImportDataError(
+            f"{path}: top level is a {type(data).__name__}, expected a dict with keys "
+            f"{list(MMSA_SPLITS)}"
+        )
+    missing = [k for k in MMSA_SPLITS if k not in data]
+    if missing:
+        raise ImportDataError(
+            f"{path}: missing split key(s) {missing}; found {sorted(map(str, data))}. An MMSA "
+            f"pickle has keys {list(MMSA_SPLITS)}"
+        )
+    # Check every split before writing any, so a bad test split cannot leave a half import.
+    splits = [_check_mmsa_split(path, s, data[s], fix_neg_inf, skip_bad) for s in MMSA_SPLITS]
+    shapes = {mod: splits[0].features[mod].shape[1:] for mod in MMSA_MODALITIES}
+    for sp in splits[1:]:
+        for mod in MMSA_MODALITIES:
+            if sp.features[mod].shape[1:] != shapes[mod]:
+                raise ImportDataError(
+                    f"{path}: split {sp.name!r} key {mod!r} has per-row shape "
+                    f"{sp.features[mod].shape[1:]} but split 'train' has {shapes[mod]}; all "
+                    "splits must share (seq_len, dim)"
+                )
+
+    columns = {
+        mod: ColumnSpec(dtype="float32", shape=[int(d) for d in shapes[mod]])
+        for mod in MMSA_MODALITIES
+    }
+    columns["label"] = ColumnSpec(dtype="float32", shape=[])
+    meta = {"head": "regression", "modalities": list(MMSA_MODALITIES), "source": "mmsa"}
+    out: dict[str, str] = {}
+    for sp in splits:
+        split_out = MMSA_SPLITS[sp.name]
+        out[split_out] = storage.join(out_uri, split_out)
+        rows = np.nonzero(sp.keep)[0]
+        with ShardWriter(
+            out[split_out], task="wander.regression", split=split_out, columns=columns,
+            meta=meta, opts=opts, progress=progress,
+        ) as writer:
+            for start in range(0, rows.size, _CHUNK):
+                idx = rows[start : start + _CHUNK]
+                batch = {mod: sp.features[mod][idx].astype(np.float32) for mod in MMSA_MODALITIES}
+                batch["label"] = sp.labels[idx].astype(np.float32)
+                writer.write(batch)
+    return out
+
+
+# =========================================================================== UPMC-Food101
+
+FOOD101_SPLITS = {"train": "train", "dev": "val", "test": "test"}
+#: record keys that may hold the image path (relative to root), in order of preference
+IMAGE_KEYS = ("img", "image", "id")
+
+
+@dataclass
+class _Record:
+    """One checked Food101 record."""
+
+    index: int  # position in the source file (0-based record number)
+    where: str  # "record 3" or "record 3 (line 5)" for messages
+    image: str  # absolute image path
+    text: str
+    label: str
+
+
+def _read_records(path: str) -> list[tuple[int, str, Any]]:
+    """Parse a JSON list or JSON-lines file into ``(index, where, record)`` triples."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = fh.read()
+    except UnicodeDecodeError as exc:
+        raise ImportDataError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8 JSON") from None
+    if content.lstrip().startswith("["):
+        try:
+            records = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise ImportDataError(
+                f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+        return [(i, f"record {i}", r) for i, r in enumerate(records)]
+    out = []
+    for lineno, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ImportDataError(
+                f"{path}: line {lineno} is not valid JSON ({exc.msg}); the file must be a JSON "
+                "list or one JSON object per line"
+            ) from None
+        out.append((len(out), f"record {len(out)} (line {lineno})", record))
+    return out
+
+
+def _find_split_file(root: str, split: str) -> str:
+    for ext in (".json", ".jsonl"):
+        candidate = os.path.join(root, split + ext)
+        if os.path.isfile(candidate):
+            return candidate
+    raise ImportDataError(
+        f"{os.path.join(root, split + '.json')}: file not found (nor {split}.jsonl); a Food101 "
+        "root holds train.json, dev.json and test.json"
+    )
+
+
+def _check_record(root: str, raw: Any) -> tuple[str, str, str] | str:
+    """Return ``(image_path, text, label)`` or a reason string saying what is wrong."""
+    if not isinstance(raw, dict):
+        return f"is a {type(raw).__name__}, expected a JSON object"
+    rel = next((raw[k] for k in IMAGE_KEYS if isinstance(raw.get(k), str) and raw[k]), None)
+    if rel is None:
+        return f"has no image path; give one of the keys {list(IMAGE_KEYS)}"
+    text, label = raw.get("text"), raw.get("label")
+    if not isinstance(text, str):
+        return f"'text' must be a string, got {type(text).__name__}"
+    if not isinstance(label, str) or not label:
+        return f"'label' must be a non-empty class-name string, got {label!r}"
+    image = os.path.join(root, rel)
+    if not os.path.isfile(image):
+        return f"image file {image} does not exist"
+    return image, text, label
+
+
+def _collect_records(
+    root: str, split: str, classes: Sequence[str] | None, skip_bad: bool
+) -> tuple[str, list[_Record], _SkipLog]:
+    """Read and check one split file; unknown labels are bad when ``classes`` is given."""
+    path = _find_split_file(root, split)
+    log = _SkipLog(path, split)
+    known = set(classes) if classes is not None else None
+    records = []
+    for index, where, raw in _read_records(path):
+        checked = _check_record(root, raw)
+        if isinstance(checked, tuple) and known is not None and checked[2] not in known:
+            checked = f"label {checked[2]!r} does not occur in train.json; fix the label or add it to train"
+        if isinstance(checked, str):
+            if not skip_bad:
+                raise ImportDataError(
+                    f"{path}: {where}: {checked} (or pass skip_bad=True to drop bad records)"
+                )
+            log.skip(index, checked)
+            continue
+        records.append(_Record(index, where, *checked))
+    return path, records, log
+
+
+def _load_image(path: str, size: int) -> np.ndarray | str:
+    """Image file -> uint8 (3, size, size) RGB array, or a reason string if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"image file {path} cannot be decoded ({type(exc).__name__}: {exc})"
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _chunks(items: Sequence[_Record], size: int) -> Iterator[Sequence[_Record]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def import_food101(
+    root: str,
+    out_uri: str,
+    *,
+    tokenizer: str,
+    image_size: int = 224,
+    max_text_len: int = 40,
+    opts: StorageOptions | None = None,
+    skip_bad: bool = False,
+    progress: bool | str = True,
+) -> dict[str, str]:
+    """Import UPMC-Food101 (image + recipe text, 101 classes) into shards.
+
+    Layout: ``{root}/train.json``, ``{root}/dev.json``, ``{root}/test.json`` (``.jsonl`` is
+    also accepted), each either a JSON list or one JSON object per line. Every record has
+    ``text`` (string), ``label`` (class name) and an image path relative to ``root`` under
+    ``img``, ``image`` or ``id`` (first present wins).
+
+    The class vocabulary is the sorted set of ``train`` labels; class ids index it. Images
+    are converted to RGB and resized to ``image_size`` x ``image_size`` (bicubic, aspect
+    ratio not kept). Text is tokenised with ``AutoTokenizer.from_pretrained(tokenizer)``,
+    truncated and padded to ``max_text_len`` with the tokenizer's pad id.
+
+    Parameters
+    ----------
+    root : str
+        Local folder holding the split files and the images.
+    out_uri : str
+        Folder or ``s3://`` prefix; receives ``train/``, ``val/`` (from ``dev``), ``test/``.
+    tokenizer : str
+        Local folder or hub id of a Hugging Face tokenizer.
+    image_size : int
+        Side of the stored square images.
+    max_text_len : int
+        Token ids per row.
+    opts : StorageOptions, optional
+        S3 settings for ``s3://`` destinations.
+    skip_bad : bool
+        Drop bad records (missing or undecodable image, missing fields, label unknown to
+        ``train``), each logged as a warning naming file and record, instead of raising.
+    progress : bool or str
+        Passed to :class:`~polymodal.shards.ShardWriter`.
+
+    Returns
+    -------
+    dict[str, str]
+        ``{"train": uri, "val": uri, "test": uri}``. Columns: ``image`` uint8
+        ``[3, image_size, image_size]``, ``text`` int64 ``[max_text_len]``, ``label`` int64;
+        task ``wander.classification``.
+
+    Raises
+    ------
+    ImportDataError
+        A missing split file, invalid JSON, or (without ``skip_bad``) a bad record; the
+        message names the file and the record (and line, for JSON lines).
+    """
+    from polymodal.shards import ColumnSpec, ShardWriter
+
+    if image_size < 1 or max_text_len < 1:
+        raise ValueError(
+            f"image_size and max_text_len must be >= 1, got {image_size} and {max_text_len}"
+        )
+    root = os.fspath(root)
+    tok = _load_tokenizer(tokenizer)
+
+    # Check every split (fields, image files, labels) before the slow image pass.
+    train_path, train_records, train_log = _collect_records(root, "train", None, skip_bad)
+    classes = sorted({r.label for r in train_records})
+    if not classes:
+        raise ImportDataError(f"{train_path}: no usable records; the class list comes from train")
+    checked = {"train": (train_path, train_records, train_log)}
+    for split in ("dev", "test"):
+        checked[split] = _collect_records(root, split, classes, skip_bad)
+    class_id = {name: i for i, name in enumerate(classes)}
+
+    columns = {
+        "image": ColumnSpec(dtype="uint8", shape=[3, image_size, image_size]),
+        "text": ColumnSpec(dtype="int64", shape=[max_text_len]),
+        "label": ColumnSpec(dtype="int64", shape=[]),
+    }
+    meta = {
+        "head": "classification",
+        "num_classes": len(classes),
+        "classes": classes,
+        "modalities": ["image", "text"],
+        "inputs": {"image": "pixel_values", "text": "input_ids"},
+        "source": "food101",
+        "pad_token_id": int(tok.pad_token_id),
+    }
+    out: dict[str, str] = {}
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for split, (path, records, log) in checked.items():
+            split_out = FOOD101_SPLITS[split]
+            out[split_out] = storage.join(out_uri, split_out)
+            written = 0
+            with ShardWriter(
+                out[split_out], task="wander.classification", split=split_out, columns=columns,
+                meta=meta, opts=opts, progress=progress,
+            ) as writer:
+                for chunk in _chunks(records, _CHUNK):
+                    # Decoding dominates; Pillow releases the GIL, so threads overlap it.
+                    images = list(pool.map(lambda r: _load_image(r.image, image_size), chunk))
+                    good: list[tuple[_Record, np.ndarray]] = []
+                    for rec, img in zip(chunk, images):
+                        if isinstance(img, str):
+                            if not skip_bad:
+                                raise ImportDataError(
+                                    f"{path}: {rec.where}: {img} (or pass skip_bad=True to "
+                                    "drop bad records)"
+                                )
+                            log.skip(rec.index, img)
+                        else:
+                            good.append((rec, img))
+                    if not good:
+                        continue
+                    ids = tok(
+                        [rec.text for rec, _ in good], padding="max_length", truncation=True,
+                        max_length=max_text_len, return_tensors="np",
+                    )["input_ids"]
+                    writer.write({
+                        "image": np.stack([img for _, img in good]),
+                        "text": ids.astype(np.int64),
+                        "label": np.array([class_id[rec.label] for rec, _ in good], dtype=np.int64),
+                    })
+                    written += len(good)
+                if written == 0:
+                    raise ImportDataError(f"{path}: no usable records left in split {split!r}")
+            log.summary()
+    return out
+
+
+def _load_tokenizer(name: str) -> Any:
+    """``AutoTokenizer.from_pretrained(name)`` with a padding token, or a clear error."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot load tokenizer {name!r} ({exc}); pass a folder written by "
+            "save_pretrained or a hub id available offline"
+        ) from None
+    if tok.pad_token_id is None:
+        raise ValueError(
+            f"tokenizer {name!r} has no padding token; set one (tok.pad_token = ...), "
+            "save it with save_pretrained and pass that folder"
+        )
+    return tok

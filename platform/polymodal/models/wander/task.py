@@ -1,0 +1,116 @@
+"""Wander's three tasks, plugged into the spine: classification, regression, retrieval."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal import metrics as M
+from polymodal.cache import local_copy
+from polymodal.registry import Batch, Task, register_task
+
+from .backbone import load_backbone
+from .config import PRESETS, WanderConfig
+from .model import WanderModel
+
+LABEL = "label"
+
+
+class _WanderTask(Task):
+    model_config_cls = WanderConfig
+    presets = PRESETS
+    head: ClassVar[str]
+
+    def build_model(self, cfg: WanderConfig) -> nn.Module:
+        spec, encoders = load_backbone(local_copy(cfg.backbone))
+        return WanderModel(spec, encoders, cfg, head=self.head)
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        out = {}
+        for k, v in columns.items():
+            t = torch.from_numpy(np.require(v, requirements=["C", "W"]))
+            # images are stored as uint8 to keep shards small; the encoder wants floats in [0, 1]
+            out[k] = t.float().div_(255.0) if t.dtype == torch.uint8 else t
+        return out
+
+    @staticmethod
+    def inputs(batch: Batch) -> Batch:
+        return {k: v for k, v in batch.items() if k != LABEL}
+
+    def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True):
+        from .synth import write_synthetic
+
+        return write_synthetic(out_uri, self.head, seed=seed, scale=scale, opts=storage, progress=progress)
+
+
+class ClassificationTask(_WanderTask):
+    """UPMC-Food101-style: cross-entropy, accuracy and F1."""
+
+    name = "wander.classification"
+    head = "classification"
+    primary_metric = "accuracy"
+    mode = "max"
+
+    def loss(self, model, batch):
+        logits = model(self.inputs(batch))["logits"].float()
+        loss = F.cross_entropy(logits, batch[LABEL])
+        return loss, {}
+
+    def predict(self, model, batch):
+        logits = model(self.inputs(batch))["logits"].float()
+        return {"logits": logits.cpu().numpy(), LABEL: batch[LABEL].cpu().numpy()}
+
+    def metrics(self, outputs):
+        return M.classification_metrics(outputs["logits"], outputs[LABEL])
+
+
+class RegressionTask(_WanderTask):
+    """CMU-MOSI-style sentiment in [-3, 3]: L1 loss (as MulT/MMSA train it), MAE, r, Acc-2/7."""
+
+    name = "wander.regression"
+    head = "regression"
+    primary_metric = "mae"
+    mode = "min"
+
+    def loss(self, model, batch):
+        pred = model(self.inputs(batch))["pred"].float()
+        return F.l1_loss(pred, batch[LABEL].float()), {}
+
+    def predict(self, model, batch):
+        pred = model(self.inputs(batch))["pred"].float()
+        return {"pred": pred.cpu().numpy(), LABEL: batch[LABEL].float().cpu().numpy()}
+
+    def metrics(self, outputs):
+        return M.regression_metrics(outputs["pred"], outputs[LABEL])
+
+
+class RetrievalTask(_WanderTask):
+    """MSRVTT-style text-to-video retrieval: symmetric InfoNCE over in-batch pairs."""
+
+    name = "wander.retrieval"
+    head = "retrieval"
+    primary_metric = "t2v_r1"
+    mode = "max"
+
+    def loss(self, model, batch):
+        out = model(self.inputs(batch))
+        v, t = out["video_emb"].float(), out["text_emb"].float()
+        logits = out["logit_scale"].float() * t @ v.T  # (B_text, B_video)
+        target = torch.arange(len(t), device=t.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)), {}
+
+    def predict(self, model, batch):
+        out = model(self.inputs(batch))
+        return {"video_emb": out["video_emb"].float().cpu().numpy(),
+                "text_emb": out["text_emb"].float().cpu().numpy()}
+
+    def metrics(self, outputs):
+        return M.retrieval_metrics(outputs["text_emb"] @ outputs["video_emb"].T)
+
+
+for _task in (ClassificationTask(), RegressionTask(), RetrievalTask()):
+    register_task(_task)

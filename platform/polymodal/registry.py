@@ -1,0 +1,102 @@
+"""The task registry: the one place where the spine learns about a system.
+
+A system (``polymodal.models.<system>``) subclasses :class:`Task` once per task it supports
+and calls :func:`register_task`. Shared code asks the registry and never branches on a name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class Task(ABC):
+    """What a system plugs into the spine.
+
+    The train loop calls, per step: ``collate`` (arrow table -> tensors),
+    ``loss(model, batch)``; per evaluation: ``predict`` on every batch, then ``metrics`` on
+    the concatenated outputs of all workers.
+    """
+
+    #: registry key, ``<system>.<task>``, e.g. ``wander.classification``
+    name: ClassVar[str]
+    #: pydantic class of the ``model:`` section
+    model_config_cls: ClassVar[type[BaseModel]]
+    #: preset name -> function returning model-section values; ``tiny`` and ``paper`` at least
+    presets: ClassVar[dict[str, Callable[[], dict[str, Any]]]]
+    #: the metric that picks the best checkpoint and that Tune optimises
+    primary_metric: ClassVar[str]
+    mode: ClassVar[Literal["max", "min"]] = "max"
+
+    @abstractmethod
+    def build_model(self, cfg: BaseModel) -> nn.Module:
+        """Build the model; frozen parts loaded through ``from_pretrained``.
+
+        Parameters that must not train have ``requires_grad=False`` on return.
+        """
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        """Numpy columns (already shaped per the manifest) -> tensors. Override to pad."""
+        return {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in columns.items()}
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss plus extra scalars to log."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """Per-row outputs (first axis = rows) that :meth:`metrics` needs, targets included."""
+
+    @abstractmethod
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics over a whole split from the concatenated :meth:`predict` outputs."""
+
+    def synth(self, out_uri: str, *, seed: int = 0, scale: float = 1.0,
+              storage: Any = None, progress: bool = True) -> dict[str, str]:
+        """Write synthetic ``train``/``val``/``test`` datasets with a planted signal.
+
+        Returns ``{split: uri}``. ``scale`` multiplies the default row counts.
+        """
+        raise NotImplementedError(f"task {self.name} has no synthetic generator")
+
+
+_TASKS: dict[str, Task] = {}
+_SYSTEMS = ("wander",)  # subpackages of polymodal.models that register tasks on import
+
+
+def register_task(task: Task) -> Task:
+    """Add a task instance to the registry; a duplicate name is an error."""
+    if task.name in _TASKS:
+        raise ValueError(
+            f"task {task.name!r} is already registered by {type(_TASKS[task.name]).__module__}; "
+            "give the new task a different name")
+    for preset in ("tiny", "paper"):
+        if preset not in task.presets:
+            raise ValueError(f"task {task.name!r} must define a {preset!r} preset")
+    _TASKS[task.name] = task
+    return task
+
+
+def _load_systems() -> None:
+    for system in _SYSTEMS:
+        importlib.import_module(f"polymodal.models.{system}")
+
+
+def get_task(name: str) -> Task:
+    _load_systems()
+    if name not in _TASKS:
+        raise KeyError(name)
+    return _TASKS[name]
+
+
+def task_names() -> list[str]:
+    _load_systems()
+    return sorted(_TASKS)

@@ -1,0 +1,1 @@
+"""The one train loop every task runs: Ray Train + DeepSpeed, or ``--local``."""

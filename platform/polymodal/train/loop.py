@@ -1,0 +1,423 @@
+"""The one train loop. A task supplies model, loss and metrics; this file supplies the rest.
+
+``train_worker`` is the whole per-worker program. It runs unchanged in two harnesses:
+
+* Ray Train (``fit``): Ray owns the process group, the data split (``get_dataset_shard``),
+  checkpoint upload (``ray.train.report``) and restarts (``FailureConfig``);
+* ``--local`` (``fit_local``): one process, a gloo/nccl group of one, shards read with plain
+  pyarrow, checkpoints written straight into the run folder. GPU paths can be checked on a
+  machine without Ray this way.
+
+Only the harness classes (``*Batches``, ``*Reporter``) touch Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from polymodal import shards, storage
+from polymodal.config import ExperimentConfig, validate_config
+from polymodal.registry import Task, get_task
+from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, trainable_state,
+                                        write_export)
+from polymodal.train.deepspeed_config import build_deepspeed_config, lr_multiplier, resolve_precision
+from polymodal.train.metrics_log import MetricsLog
+
+Batch = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- harness pieces
+
+
+class BatchSource(Protocol):
+    def epoch(self, epoch: int) -> Iterator[Batch]: ...
+
+
+class RayBatches:
+    """This worker's split of a Ray dataset, as arrow batches converted without Python loops."""
+
+    def __init__(self, name: str, task: Task, manifest: shards.Manifest, batch_size: int,
+                 shuffle_buffer: int, seed: int, train: bool):
+        self.name, self.task, self.manifest = name, task, manifest
+        self.batch_size, self.shuffle_buffer, self.seed, self.train = batch_size, shuffle_buffer, seed, train
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        import ray.train
+
+        it = ray.train.get_dataset_shard(self.name)
+        shuffle = self.train and self.shuffle_buffer > 0
+        for table in it.iter_batches(
+                batch_size=self.batch_size, batch_format="pyarrow", drop_last=False,
+                local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
+                local_shuffle_seed=(self.seed * 100_003 + epoch) if shuffle else None):
+            yield self.task.collate(shards.table_to_numpy(table, self.manifest.columns, shard=self.name))
+
+
+class LocalBatches:
+    """Plain pyarrow streaming (no Ray): one shard in memory at a time."""
+
+    def __init__(self, uri: str, task: Task, manifest: shards.Manifest, batch_size: int,
+                 shuffle_buffer: int, seed: int, train: bool, opts, rank: int = 0, world_size: int = 1):
+        self.uri, self.task, self.manifest, self.opts = uri, task, manifest, opts
+        self.batch_size, self.shuffle_buffer, self.seed, self.train = batch_size, shuffle_buffer, seed, train
+        self.rank, self.world_size = rank, world_size
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        for cols in shards.iter_local_batches(
+                self.uri, self.batch_size, manifest=self.manifest, epoch=epoch, seed=self.seed,
+                shuffle=self.train, shuffle_buffer=self.shuffle_buffer if self.train else 0,
+                rank=self.rank, world_size=self.world_size, opts=self.opts):
+            yield self.task.collate(cols)
+
+
+class Reporter(Protocol):
+    def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None: ...
+
+
+class RayReporter:
+    def restore(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return contextlib.nullcontext(None)
+        return _as_path(ckpt.as_directory())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
+
+
+@contextlib.contextmanager
+def _as_path(cm):
+    with cm as d:
+        yield Path(d)
+
+
+class LocalReporter:
+    """Checkpoints go to ``<run>/checkpoints/epoch_NNNN``; the newest complete one resumes."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg, self.opts = cfg, cfg.storage
+        self.root = storage.join(cfg.run_uri, "checkpoints")
+        self.best: tuple[float, str] | None = None
+
+    def _complete(self) -> list[str]:
+        if not storage.exists(self.root, self.opts):
+            return []
+        names = sorted(n for n in storage.listdir(self.root, self.opts) if n.startswith("epoch_"))
+        return [n for n in names if storage.exists(storage.join(self.root, n, STATE_FILE), self.opts)]
+
+    @contextlib.contextmanager
+    def restore(self):
+        done = self._complete()
+        if not done:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="polymodal-restore-") as tmp:
+            storage.download_dir(storage.join(self.root, done[-1]), tmp, self.opts)
+            yield Path(tmp)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+        state = json.loads((checkpoint_dir / STATE_FILE).read_text())
+        name = f"epoch_{state['epoch']:04d}"
+        # state.json is uploaded last: a checkpoint without it is incomplete and never restored
+        storage.upload_dir(str(checkpoint_dir), storage.join(self.root, name), self.opts)
+        uri = storage.join(self.root, name)
+        task = get_task(self.cfg.task)
+        score = metrics.get(task.primary_metric)
+        if score is not None:
+            signed = score if task.mode == "max" else -score
+            if self.best is None or signed > self.best[0]:
+                self.best = (signed, uri)
+        for old in self._complete()[:-self.cfg.checkpoint.num_to_keep]:
+            if not (self.best and self.best[1].endswith(old)):
+                storage.remove(storage.join(self.root, old), recursive=True, opts=self.opts)
+        write_summary(self.cfg, latest=uri, best=self.best[1] if self.best else uri, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+@dataclass
+class WorkerInfo:
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: Batch, device: torch.device, float_dtype: torch.dtype) -> Batch:
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        out[k] = v.to(float_dtype) if v.is_floating_point() else v
+    return out
+
+
+def _gather(outputs: list[dict[str, np.ndarray]], world_size: int) -> dict[str, np.ndarray]:
+    local = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
+    if world_size > 1:
+        parts: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(parts, local)
+        parts = [p for p in parts if p]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return local
+
+
+@torch.no_grad()
+def evaluate_split(engine, task: Task, source: BatchSource, info: WorkerInfo,
+                   float_dtype: torch.dtype) -> dict[str, float]:
+    """Run ``task.predict`` over this worker's share, gather every share, compute metrics."""
+    engine.eval()
+    outputs = [task.predict(engine, _to_device(b, info.device, float_dtype)) for b in source.epoch(0)]
+    engine.train()
+    gathered = _gather(outputs, info.world_size)
+    return task.metrics(gathered) if gathered else {}
+
+
+def _disable_shm_comm_build_on_cpu() -> None:
+    # DeepSpeed's CPU backend JIT-compiles a shared-memory allreduce on first initialize
+    # (tens of seconds, needs g++). gloo is fast enough for CPU runs and tests.
+    import deepspeed.ops
+
+    with contextlib.suppress(Exception):
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, BatchSource],
+                 reporter: Reporter, steps_per_epoch: int, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` on this worker. Returns the last epoch's metrics."""
+    import deepspeed
+
+    task = get_task(cfg.task)
+    device_type = "cuda" if info.device.type == "cuda" else "cpu"
+    if device_type == "cpu":
+        _disable_shm_comm_build_on_cpu()
+    seed_everything(cfg.seed)  # same init on every rank; DeepSpeed also broadcasts rank 0's weights
+    model = task.build_model(cfg.model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"task {cfg.task} marked no parameter trainable; check model.method")
+    ds_config = build_deepspeed_config(cfg, world_size=info.world_size, device_type=device_type)
+    precision = resolve_precision(cfg.optim.precision, device_type)
+    float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    total_steps = max(1, cfg.optim.epochs * math.ceil(steps_per_epoch / cfg.optim.grad_accum))
+
+    def schedule(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+            s, total_steps=total_steps, warmup_steps=cfg.optim.warmup_steps, schedule=cfg.optim.schedule))
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config,
+                                           lr_scheduler=schedule)
+    start_epoch, micro_step = 0, 0
+    with reporter.restore() as ckpt:
+        if ckpt is not None:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            engine.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_module_strict=False)
+            start_epoch, micro_step = state["epoch"] + 1, state["micro_step"]
+            if info.rank == 0:
+                print(f"[polymodal] resumed from epoch {state['epoch']} (step {engine.global_steps})", flush=True)
+    log = MetricsLog(cfg.run_uri, cfg.storage, start_epoch) if info.rank == 0 else None
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0, seen, loss_sum, n = time.perf_counter(), 0, 0.0, 0
+        bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}")
+        for i, batch in enumerate(sources["train"].epoch(epoch)):
+            if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
+                break
+            batch = _to_device(batch, info.device, float_dtype)
+            loss, extra = task.loss(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            micro_step += 1
+            loss_sum, n = loss_sum + float(loss.detach()), n + 1
+            seen += next(iter(batch.values())).shape[0]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "global_step": int(engine.global_steps),
+                   "train_loss": loss_sum / max(n, 1), "lr": float(engine.get_lr()[0]),
+                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9)}
+        if "val" in sources:
+            metrics.update({f"val_{k}": v for k, v in
+                            evaluate_split(engine, task, sources["val"], info, float_dtype).items()})
+            # Tune and the checkpoint ranking read the task's primary metric under its plain name
+            metrics[task.primary_metric] = metrics.get(f"val_{task.primary_metric}")
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="polymodal-ckpt-"))
+        engine.save_checkpoint(str(ckpt_dir / DS_DIR), tag=DS_TAG, exclude_frozen_parameters=True)
+        weights = trainable_state(engine.module, cfg.deepspeed.zero_stage)
+        if info.rank == 0:
+            write_export(ckpt_dir / MODEL_DIR, cfg, weights, {"epoch": epoch, "metrics": metrics})
+            (ckpt_dir / STATE_FILE).write_text(json.dumps(
+                {"epoch": epoch, "micro_step": micro_step, "global_step": int(engine.global_steps)}))
+            log.log(metrics)
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"[polymodal] epoch {epoch + 1}/{cfg.optim.epochs}: {shown}", flush=True)
+        reporter.report(metrics, ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if log is not None:
+        log.close()
+    return metrics
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- Ray harness
+
+
+def ray_train_loop(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` for :class:`ray.train.torch.TorchTrainer`."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = validate_config(loop_config["config"])
+    ctx = ray.train.get_context()
+    info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    if info.device.type == "cuda":
+        torch.cuda.set_device(info.device)
+    task = get_task(cfg.task)
+    manifests = {k: shards.Manifest.model_validate(v) for k, v in loop_config["manifests"].items()}
+    sources = {name: RayBatches(name, task, m, cfg.optim.batch_size, cfg.data.shuffle_buffer, cfg.seed,
+                                train=name == "train") for name, m in manifests.items()}
+    train_worker(cfg, info, sources, RayReporter(), loop_config["steps_per_epoch"],
+                 progress=loop_config.get("progress", True))
+
+
+def _steps_per_epoch(cfg: ExperimentConfig, rows: int, world_size: int) -> int:
+    steps = math.ceil(rows // world_size / cfg.optim.batch_size)
+    if cfg.optim.max_steps_per_epoch:
+        steps = min(steps, cfg.optim.max_steps_per_epoch)
+    return max(1, steps)
+
+
+def open_splits(cfg: ExperimentConfig) -> dict[str, shards.Manifest]:
+    """Validate every dataset the run reads, before anything starts."""
+    out = {"train": shards.open_dataset(cfg.data.train, cfg.storage, verify=cfg.data.verify)}
+    if cfg.data.val:
+        out["val"] = shards.open_dataset(cfg.data.val, cfg.storage, verify=cfg.data.verify)
+    return out
+
+
+def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    manifests = open_splits(cfg)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    datasets = {name: shards.ray_dataset(uri, manifest=manifests[name], opts=cfg.storage, seed=cfg.seed,
+                                         shuffle=name == "train")
+                for name, uri in (("train", cfg.data.train), ("val", cfg.data.val)) if uri}
+    task = get_task(cfg.task)
+    fs, path = storage.to_pyarrow_fs(cfg.storage_path, cfg.storage)
+    if not storage.is_s3(cfg.storage_path):
+        path, fs = os.path.abspath(path), None
+        os.makedirs(path, exist_ok=True)
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "manifests": {k: m.model_dump(mode="json") for k, m in manifests.items()},
+            "steps_per_epoch": _steps_per_epoch(cfg, manifests["train"].num_rows, cfg.scaling.num_workers),
+            "progress": progress,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=cfg.scaling.resources_per_worker or None),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.checkpoint.num_to_keep,
+                checkpoint_score_attribute=task.primary_metric if cfg.data.val else None,
+                checkpoint_score_order=task.mode),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    prefix = "s3://" if storage.is_s3(cfg.storage_path) else ""
+    latest = prefix + result.checkpoint.path if result.checkpoint else None
+    best = latest
+    if result.best_checkpoints:
+        scored = [(m.get(task.primary_metric), c) for c, m in result.best_checkpoints]
+        scored = [(s, c) for s, c in scored if s is not None]
+        if scored:
+            pick = max(scored, key=lambda t: t[0]) if task.mode == "max" else min(scored, key=lambda t: t[0])
+            best = prefix + pick[1].path
+    return write_summary(cfg, latest=latest, best=best, metrics=dict(result.metrics or {}))
+
+
+def write_summary(cfg: ExperimentConfig, *, latest: str | None, best: str | None,
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """``<run>/summary.json``: where the checkpoints are; evaluate/serve start from it."""
+    summary = {"task": cfg.task, "run": cfg.run_uri, "latest_checkpoint": latest, "best_checkpoint": best,
+               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+    storage.write_text(storage.join(cfg.run_uri, "summary.json"), json.dumps(summary, indent=2), cfg.storage)
+    return summary
+
+
+# --------------------------------------------------------------------------- local harness
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Single-process training without Ray (same worker code; CUDA when available)."""
+    import deepspeed
+
+    manifests = open_splits(cfg)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1"})
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    task = get_task(cfg.task)
+    sources = {name: LocalBatches(uri, task, manifests[name], cfg.optim.batch_size, cfg.data.shuffle_buffer,
+                                  cfg.seed, train=name == "train", opts=cfg.storage)
+               for name, uri in (("train", cfg.data.train), ("val", cfg.data.val)) if uri}
+    reporter = LocalReporter(cfg)
+    metrics = train_worker(cfg, WorkerInfo(0, 1, device), sources, reporter,
+                           _steps_per_epoch(cfg, manifests["train"].num_rows, 1), progress=progress)
+    summary_uri = storage.join(cfg.run_uri, "summary.json")
+    return json.loads(storage.read_text(summary_uri, cfg.storage)) if storage.exists(summary_uri, cfg.storage) \
+        else {"metrics": metrics}

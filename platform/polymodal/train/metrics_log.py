@@ -1,0 +1,51 @@
+"""Per-epoch metrics: a CSV and TensorBoard event files in ``<run>/logs``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from polymodal import storage
+from polymodal.config import StorageOptions
+
+
+class MetricsLog:
+    """Rank-0 writer. Rows are kept in memory (one per epoch) and the whole folder is
+    uploaded after each epoch, so a local folder and S3 behave the same."""
+
+    def __init__(self, run_uri: str, opts: StorageOptions | None, start_epoch: int = 0):
+        self.uri = storage.join(run_uri, "logs")
+        self.opts = opts
+        self.local = Path(tempfile.mkdtemp(prefix="polymodal-logs-"))
+        self.rows: list[dict[str, Any]] = []
+        csv_uri = storage.join(self.uri, "metrics.csv")
+        if start_epoch > 0 and storage.exists(csv_uri, opts):
+            # resumed run: keep the epochs that the checkpoint covers
+            rows = list(csv.DictReader(io.StringIO(storage.read_text(csv_uri, opts))))
+            self.rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.local / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        step = int(row.get("global_step", row["epoch"]))
+        for key, value in row.items():
+            if key not in ("epoch", "global_step") and isinstance(value, (int, float)):
+                self.tb.add_scalar(key.replace(".", "/"), value, step)
+        self.tb.flush()
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        (self.local / "metrics.csv").write_text(buf.getvalue())
+        storage.upload_dir(str(self.local), self.uri, self.opts)
+
+    def close(self) -> None:
+        self.tb.close()
