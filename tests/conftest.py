@@ -37,3 +37,38 @@ def s3_server() -> Iterator[EmbeddedS3]:
 def s3_bucket_uri(s3_server: EmbeddedS3) -> str:
     """A prefix no other test uses: ``s3://polymodal/test-<uuid>``."""
     return f"s3://polymodal/test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """One local Ray cluster for the whole session (TorchTrainer start-up costs ~20 s, so
+    tests share it). Logical CPUs exceed the 2 cores: a 2-worker Train run also needs a slot
+    for its controller, and Tune trials need one for their driver."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def wander_data(s3_server) -> dict[str, str]:
+    """Synthetic Wander classification splits + tiny backbone in the S3 server (1024 train rows)."""
+    from polymodal.registry import get_task
+
+    return get_task("wander.classification").synth(
+        "s3://polymodal/session/wander", seed=0, scale=0.5, progress=False)
+
+
+def wander_config(data: dict[str, str], storage_path: str, name: str, *overrides: str):
+    """The shipped tiny Wander config pointed at ``data`` and ``storage_path``."""
+    from pathlib import Path
+
+    from polymodal.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    return load_config(str(root / "jobs" / "configs" / "wander_tiny.yaml"), [
+        f"name={name}", f"storage_path={storage_path}", f"model.backbone={data['backbone']}",
+        f"data.train={data['train']}", f"data.val={data['val']}", f"data.test={data['test']}",
+        *overrides])

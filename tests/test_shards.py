@@ -364,14 +364,9 @@ def test_table_to_numpy_errors_name_shard_and_column():
 
 
 @pytest.fixture(scope="module")
-def ray_local(s3_server):
-    """Ray started once for this module; it stays up until the session ends. Depends on
-    ``s3_server`` so workers inherit the S3 endpoint and credentials from the env."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    return ray
+def ray_local(ray_cluster):
+    """The session's Ray cluster (see conftest); its workers see the S3 server's env."""
+    return ray_cluster
 
 
 def test_ray_dataset_reads_all_rows_from_s3(ray_local, s3_bucket_uri):

@@ -276,10 +276,11 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             (ckpt_dir / STATE_FILE).write_text(json.dumps(
                 {"epoch": epoch, "micro_step": micro_step, "global_step": int(engine.global_steps)}))
             log.log(metrics)
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-            print(f"[polymodal] epoch {epoch + 1}/{cfg.optim.epochs}: {shown}", flush=True)
         reporter.report(metrics, ckpt_dir)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if info.rank == 0:  # printed once the checkpoint is persisted
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"[polymodal] epoch {epoch + 1}/{cfg.optim.epochs} checkpointed: {shown}", flush=True)
     if log is not None:
         log.close()
     return metrics
@@ -406,10 +407,10 @@ def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1"})
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not torch.distributed.is_initialized():
+        # a group of one; an inherited MASTER_PORT may belong to another process's store
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     task = get_task(cfg.task)
     sources = {name: LocalBatches(uri, task, manifests[name], cfg.optim.batch_size, cfg.data.shuffle_buffer,
