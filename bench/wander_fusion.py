@@ -169,8 +169,102 @@ def main(argv: list[str] | None = None) -> None:
         print_table([bench_size(s, device, args.reps) for s in SIZES], device)
 
 
-# --- shard streaming benchmark (added by the lead) ---
+# --- shard streaming benchmark ---------------------------------------------------------------
+
+
+def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool) -> None:
+    """Throughput of the shard readers against a raw ``pyarrow.parquet`` read of the same
+    shards, all from an embedded S3 server on 127.0.0.1 (HTTP), in one run."""
+    import os
+    import uuid
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from polymodal import shards, storage
+    from polymodal.s3server import EmbeddedS3
+
+    with EmbeddedS3(port=0) as s3:
+        os.environ.update(s3.env())
+        storage.clear_fs_cache()
+        uri = f"s3://polymodal/bench-{uuid.uuid4().hex[:8]}/train"
+        cols = {"m0": shards.ColumnSpec(dtype="float32", shape=[8, 32]),
+                "m1": shards.ColumnSpec(dtype="float32", shape=[8, 32]),
+                "label": shards.ColumnSpec(dtype="int64")}
+        rng = np.random.default_rng(0)
+        with shards.ShardWriter(uri, task="wander.classification", split="train", columns=cols,
+                                rows_per_shard=rows_per_shard, progress=False) as w:
+            for start in range(0, rows, 1024):
+                n = min(1024, rows - start)
+                w.write({"m0": rng.standard_normal((n, 8, 32), dtype=np.float32),
+                         "m1": rng.standard_normal((n, 8, 32), dtype=np.float32),
+                         "label": rng.integers(0, 2, n)})
+        manifest = shards.open_dataset(uri)
+        nbytes = rows * (2 * 8 * 32 * 4 + 8)
+        fs, _ = storage.get_fs(uri)
+
+        def raw() -> int:  # the peer: pyarrow reads each shard, numpy views of the flat values
+            n = 0
+            for shard_uri in shards.shard_uris(manifest, uri):
+                table = pq.read_table(shard_uri.removeprefix("s3://"), filesystem=fs)
+                for name in ("m0", "m1"):
+                    np.asarray(table[name].combine_chunks().flatten()).reshape(len(table), 8, 32)
+                n += len(table)
+            return n
+
+        def polymodal_local() -> int:
+            return sum(len(b["label"]) for b in shards.iter_local_batches(
+                uri, 256, manifest=manifest, shuffle=True, shuffle_buffer=256))
+
+        readers = {"raw pyarrow.parquet": raw, "polymodal iter_local_batches": polymodal_local}
+        if with_ray:
+            import ray
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ds = shards.ray_dataset(uri, manifest=manifest)
+
+            def polymodal_ray() -> int:
+                return sum(len(shards.table_to_numpy(t, manifest.columns)["label"])
+                           for t in ds.iter_batches(batch_size=256, batch_format="pyarrow"))
+
+            readers["polymodal ray_dataset"] = polymodal_ray
+        times = {}
+        for name, fn in readers.items():
+            got = fn()  # warm-up, and a check that every row arrives
+            if got != rows:
+                raise RuntimeError(f"{name} read {got} rows, expected {rows}")
+            times[name] = statistics.median(_timed(fn) for _ in range(reps))
+        print(f"\nshard streaming from S3 over HTTP: {rows} rows, {len(manifest.shards)} shards, "
+              f"{nbytes / 2**20:.1f} MiB of tensors")
+        base = times["raw pyarrow.parquet"]
+        for name, t in times.items():
+            print(f"{name:>30}: {t * 1e3:9.1f} ms  {nbytes / t / 2**20:8.1f} MiB/s  "
+                  f"throughput ratio vs raw = {base / t:.2f}")
+        if with_ray:
+            ray.shutdown()
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main_all(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Wander fusion + shard streaming benchmarks")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--skip-fusion", action="store_true")
+    parser.add_argument("--skip-streaming", action="store_true")
+    parser.add_argument("--rows", type=int, default=16384, help="rows in the streaming dataset")
+    parser.add_argument("--rows-per-shard", type=int, default=4096)
+    parser.add_argument("--ray", action="store_true", help="also time the Ray Data reader")
+    args = parser.parse_args(argv)
+    if not args.skip_fusion:
+        main(["--device", args.device, "--reps", str(args.reps)])
+    if not args.skip_streaming:
+        bench_streaming(args.rows, args.rows_per_shard, max(3, args.reps // 3), args.ray)
 
 
 if __name__ == "__main__":
-    main()
+    main_all()
