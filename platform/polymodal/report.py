@@ -44,8 +44,11 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     axes[1].set(title="validation", xlabel="epoch")
     if val_keys:
         axes[1].legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -220,6 +220,10 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"task {cfg.task} marked no parameter trainable; check model.method")
+    n_train, n_all = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    if info.rank == 0:
+        print(f"[polymodal] {cfg.task} ({getattr(cfg.model, 'method', 'model')}): trainable parameters "
+              f"{n_train:,} of {n_all:,} ({100 * n_train / max(n_all, 1):.2f}%)", flush=True)
     ds_config = build_deepspeed_config(cfg, world_size=info.world_size, device_type=device_type)
     precision = resolve_precision(cfg.optim.precision, device_type)
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -272,7 +276,9 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         engine.save_checkpoint(str(ckpt_dir / DS_DIR), tag=DS_TAG, exclude_frozen_parameters=True)
         weights = trainable_state(engine.module, cfg.deepspeed.zero_stage)
         if info.rank == 0:
-            write_export(ckpt_dir / MODEL_DIR, cfg, weights, {"epoch": epoch, "metrics": metrics})
+            write_export(ckpt_dir / MODEL_DIR, cfg, weights, {"epoch": epoch, "metrics": metrics,
+                                                              "trainable_parameters": n_train,
+                                                              "total_parameters": n_all})
             (ckpt_dir / STATE_FILE).write_text(json.dumps(
                 {"epoch": epoch, "micro_step": micro_step, "global_step": int(engine.global_steps)}))
             log.log(metrics)
@@ -330,15 +336,17 @@ def open_splits(cfg: ExperimentConfig) -> dict[str, shards.Manifest]:
     return out
 
 
-def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
-    import ray
+def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: list | None = None,
+                  manifests: dict[str, shards.Manifest] | None = None):
+    """The :class:`ray.train.torch.TorchTrainer` for ``cfg`` (Ray must be initialised).
+
+    ``callbacks`` are ``ray.train.UserCallback``s, e.g. Tune's ``TuneReportCallback`` when a
+    Tune trial drives this trainer.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    manifests = open_splits(cfg)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    manifests = manifests or open_splits(cfg)
     datasets = {name: shards.ray_dataset(uri, manifest=manifests[name], opts=cfg.storage, seed=cfg.seed,
                                          shuffle=name == "train")
                 for name, uri in (("train", cfg.data.train), ("val", cfg.data.val)) if uri}
@@ -347,7 +355,7 @@ def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     if not storage.is_s3(cfg.storage_path):
         path, fs = os.path.abspath(path), None
         os.makedirs(path, exist_ok=True)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         ray_train_loop,
         train_loop_config={
             "config": cfg.to_dict(),
@@ -359,7 +367,7 @@ def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=cfg.scaling.resources_per_worker or None),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=path, storage_filesystem=fs,
+            name=cfg.name, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.checkpoint.num_to_keep,
                 checkpoint_score_attribute=task.primary_metric if cfg.data.val else None,
@@ -368,17 +376,31 @@ def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
-    result = trainer.fit()
+
+
+def summarize_result(cfg: ExperimentConfig, result) -> dict[str, Any]:
+    """Write ``summary.json`` from a Ray Train result: latest and best checkpoint URIs."""
+    task = get_task(cfg.task)
     prefix = "s3://" if storage.is_s3(cfg.storage_path) else ""
     latest = prefix + result.checkpoint.path if result.checkpoint else None
     best = latest
-    if result.best_checkpoints:
-        scored = [(m.get(task.primary_metric), c) for c, m in result.best_checkpoints]
-        scored = [(s, c) for s, c in scored if s is not None]
-        if scored:
-            pick = max(scored, key=lambda t: t[0]) if task.mode == "max" else min(scored, key=lambda t: t[0])
-            best = prefix + pick[1].path
+    scored = [(m.get(task.primary_metric), c) for c, m in (result.best_checkpoints or [])]
+    scored = [(s, c) for s, c in scored if s is not None]
+    if scored:
+        pick = max(scored, key=lambda t: t[0]) if task.mode == "max" else min(scored, key=lambda t: t[0])
+        best = prefix + pick[1].path
     return write_summary(cfg, latest=latest, best=best, metrics=dict(result.metrics or {}))
+
+
+def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
+    import ray
+
+    manifests = open_splits(cfg)  # bad data fails here, before any Ray work
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
+    return summarize_result(cfg, result)
 
 
 def write_summary(cfg: ExperimentConfig, *, latest: str | None, best: str | None,
