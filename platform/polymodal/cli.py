@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -100,6 +101,14 @@ def cmd_s3_serve(args) -> None:
     serve_forever(args.port, tuple(args.bucket))
 
 
+def _quiet_parent() -> argparse.ArgumentParser:
+    # -q works before or after the subcommand (`polymodal -q train` and `jobs/train.py -q`)
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polymodal",
@@ -108,17 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
                "polymodal train --config jobs/configs/wander_tiny.yaml --set optim.epochs=2")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quiet = _quiet_parent()
 
-    data = sub.add_parser("data", help="make, import and check datasets (Parquet shards + manifest.json)")
+    data = sub.add_parser("data", parents=[quiet], help="make, import and check datasets (Parquet shards + manifest.json)")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    p = dsub.add_parser("synth", help="write synthetic train/val/test datasets with a planted signal")
+    p = dsub.add_parser("synth", parents=[quiet], help="write synthetic train/val/test datasets with a planted signal")
     p.add_argument("--task", help="task name, e.g. wander.classification (default: the config's task)")
     p.add_argument("--out", required=True, help="folder or s3:// URI to write the splits into")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiply the default row counts")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_synth)
-    p = dsub.add_parser("import", help="convert a public dataset layout to shards")
+    p = dsub.add_parser("import", parents=[quiet], help="convert a public dataset layout to shards")
     p.add_argument("--format", required=True, choices=["mmsa", "food101"],
                    help="mmsa: CMU-MOSI/MOSEI pickle; food101: UPMC-Food101 json + images")
     p.add_argument("--source", required=True, help="the pickle file (mmsa) or dataset root folder (food101)")
@@ -127,29 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_import)
-    p = dsub.add_parser("inspect", help="validate a dataset and print its manifest")
+    p = dsub.add_parser("inspect", parents=[quiet], help="validate a dataset and print its manifest")
     p.add_argument("uri", help="dataset folder or s3:// URI")
     p.add_argument("--verify", choices=["footer", "checksum"], default="checksum",
                    help="footer: sizes and schemas; checksum: also sha256 of every shard (default)")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_inspect)
 
-    p = sub.add_parser("train", help="train with Ray Train + DeepSpeed (resumes an existing run)")
+    p = sub.add_parser("train", parents=[quiet], help="train with Ray Train + DeepSpeed (resumes an existing run)")
     _add_config(p)
     p.add_argument("--local", action="store_true", help="single process without Ray (CUDA if present)")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split")
+    p = sub.add_parser("evaluate", parents=[quiet], help="evaluate a run's checkpoint on a split")
     _add_config(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "latest"], help="which checkpoint")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("report", help="write a Markdown report with metric tables and a PNG curve")
+    p = sub.add_parser("report", parents=[quiet], help="write a Markdown report with metric tables and a PNG curve")
     _add_config(p)
     p.set_defaults(func=cmd_report)
 
-    s3 = sub.add_parser("s3", help="embedded S3 server for demos and tests")
+    s3 = sub.add_parser("s3", parents=[quiet], help="embedded S3 server for demos and tests")
     s3sub = s3.add_subparsers(dest="s3_command", required=True, metavar="SUBCOMMAND")
-    p = s3sub.add_parser("serve", help="serve S3 on 127.0.0.1 (moto) until Ctrl-C")
+    p = s3sub.add_parser("serve", parents=[quiet], help="serve S3 on 127.0.0.1 (moto) until Ctrl-C")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--bucket", action="append", default=None, help="bucket to create (repeatable)")
     p.set_defaults(func=cmd_s3_serve)
@@ -169,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("polymodal: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # e.g. a Ray training failure: one line, the trace only on request
+        if os.environ.get("POLYMODAL_DEBUG"):
+            raise
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        print(f"polymodal: {args.command} failed: {type(exc).__name__}: {reason} "
+              "(set POLYMODAL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

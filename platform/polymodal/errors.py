@@ -14,7 +14,11 @@ class ConfigError(PolymodalError, ValueError):
         self.errors = list(errors)
         self.source = source
         where = f" in {source}" if source else ""
-        lines = [f"{len(self.errors)} config error(s){where}:"]
+        if len(self.errors) == 1:
+            path, msg = self.errors[0]
+            super().__init__(f"config error{where}: {path or '<root>'}: {msg}")
+            return
+        lines = [f"{len(self.errors)} config errors{where}:"]
         lines += [f"  {path or '<root>'}: {msg}" for path, msg in self.errors]
         super().__init__("\n".join(lines))
 
