@@ -95,6 +95,25 @@ def cmd_report(args) -> None:
     print(f"report: {uri}")
 
 
+def cmd_params(args) -> None:
+    from polymodal.config import apply_overrides, load_config, validate_config
+    from polymodal.registry import get_task
+
+    base = _load(args)
+    variants = [[]]
+    if args.vary:
+        key, _, values = args.vary.partition("=")
+        variants = [[f"{key}={v}"] for v in values.split(",") if v]
+    print(f"{'variant':<28} {'trainable':>12} {'total':>12} {'trainable %':>12}")
+    for extra in variants:
+        cfg = validate_config(apply_overrides(base.to_dict(), extra)) if extra else base
+        model = get_task(cfg.task).build_model(cfg.model)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        name = extra[0] if extra else "(config)"
+        print(f"{name:<28} {n_train:>12,} {n_all:>12,} {100 * n_train / max(n_all, 1):>11.3f}%")
+
+
 def cmd_s3_serve(args) -> None:
     from polymodal.s3server import serve_forever
 
@@ -156,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[quiet], help="write a Markdown report with metric tables and a PNG curve")
     _add_config(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("params", parents=[quiet],
+                       help="trainable-parameter counts of the configured model (and variants)")
+    _add_config(p)
+    p.add_argument("--vary", metavar="KEY=V1,V2,...",
+                   help="one row per value, e.g. --vary model.method=wander,lora,houlsby,full,none")
+    p.set_defaults(func=cmd_params)
 
     s3 = sub.add_parser("s3", parents=[quiet], help="embedded S3 server for demos and tests")
     s3sub = s3.add_subparsers(dest="s3_command", required=True, metavar="SUBCOMMAND")

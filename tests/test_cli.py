@@ -1,0 +1,68 @@
+"""The `polymodal` command line, driven in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polymodal.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("data", "train", "evaluate", "report", "params", "s3"):
+        assert command in out
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "wander"
+    assert main(["-q", "data", "synth", "--task", "wander.classification", "--out", str(out),
+                 "--scale", "0.05"]) == 0
+    return out
+
+
+def test_synth_then_inspect_verifies_checksums(local_data, capsys):
+    assert main(["data", "inspect", str(local_data / "train")]) == 0
+    out = capsys.readouterr().out
+    assert "wander.classification" in out and "verified: checksum" in out
+
+
+def test_inspect_names_a_corrupt_shard(local_data, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "train"
+    shutil.copytree(local_data / "train", bad)
+    shard = sorted(bad.glob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, so only the checksum can catch it
+    shard.write_bytes(bytes(data))
+    assert main(["data", "inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert shard.name in err and err.startswith("polymodal: error:")
+
+
+def test_params_prints_one_row_per_variant(local_data, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"task: wander.classification\nmodel: {{preset: tiny, backbone: {local_data / 'backbone'}}}\n"
+                   f"data: {{train: {local_data / 'train'}}}\n")
+    assert main(["params", "--config", str(cfg), "--vary", "model.method=wander,none,full"]) == 0
+    rows = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["model.method=full"][3] == "100.000%"
+    # the frozen-backbone baselines train far fewer parameters than full fine-tuning
+    as_int = {k: int(v[1].replace(",", "")) for k, v in rows.items()}
+    assert as_int["model.method=none"] < as_int["model.method=wander"] < as_int["model.method=full"]
+
+
+def test_bad_override_is_reported_with_its_path(local_data, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"task: wander.classification\nmodel: {{preset: tiny, backbone: x}}\n"
+                   f"data: {{train: {local_data / 'train'}}}\n")
+    assert main(["train", "--config", str(cfg), "--set", "optim.lr=-1", "--local"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
