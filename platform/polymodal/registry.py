@@ -15,7 +15,21 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from polymodal.errors import PolymodalError
+
 Batch = dict[str, torch.Tensor]
+
+
+class ServeInputError(PolymodalError, ValueError):
+    """A serving request that parsed but does not fit the model (shape, dtype, range).
+
+    ``field`` is the dotted path of the bad value (``inputs.m0``); the serving app answers 422.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
 
 
 class Task(ABC):
@@ -66,6 +80,33 @@ class Task(ABC):
         Returns ``{split: uri}``. ``scale`` multiplies the default row counts.
         """
         raise NotImplementedError(f"task {self.name} has no synthetic generator")
+
+    # ------------------------------------------------------------------ serving (optional)
+    # polymodal.serving calls these; a task that does not override them cannot be served.
+
+    def request_model(self, cfg: BaseModel) -> type[BaseModel]:
+        """Pydantic class of ONE inference request for a model built from ``cfg``."""
+        raise NotImplementedError(f"task {self.name} does not support serving (no request_model)")
+
+    def response_model(self, cfg: BaseModel) -> type[BaseModel]:
+        """Pydantic class of ONE inference response."""
+        raise NotImplementedError(f"task {self.name} does not support serving (no response_model)")
+
+    def serve_predict(self, model: nn.Module, requests: list[BaseModel]) -> list[BaseModel]:
+        """Batched inference: N requests -> N responses, in order.
+
+        Shapes are checked against what ``model`` expects; a mismatch raises
+        :class:`ServeInputError` naming the field (e.g. ``inputs.m0``), never a bare torch error.
+        """
+        raise NotImplementedError(f"task {self.name} does not support serving (no serve_predict)")
+
+    def adapter_key(self, cfg: BaseModel) -> str | None:
+        """Id of the frozen base a model built from ``cfg`` shares with others, or None.
+
+        Two configs with the same key build models whose frozen parameters are identical, so
+        a server may keep one copy of them for all adapters. None: nothing can be shared.
+        """
+        raise NotImplementedError(f"task {self.name} does not define adapter_key")
 
 
 _TASKS: dict[str, Task] = {}

@@ -46,6 +46,27 @@ class _WanderTask(Task):
 
         return write_synthetic(out_uri, self.head, seed=seed, scale=scale, opts=storage, progress=progress)
 
+    # serving: see polymodal.models.wander.serving
+    def request_model(self, cfg: WanderConfig):
+        from . import serving
+
+        return serving.request_model(cfg)
+
+    def response_model(self, cfg: WanderConfig):
+        from . import serving
+
+        return serving.response_model(self.head)
+
+    def serve_predict(self, model, requests):
+        from . import serving
+
+        return serving.serve_predict(model, requests)
+
+    def adapter_key(self, cfg: WanderConfig):
+        from . import serving
+
+        return serving.adapter_key(cfg)
+
 
 class ClassificationTask(_WanderTask):
     """UPMC-Food101-style: cross-entropy, accuracy and F1."""

@@ -1,0 +1,500 @@
+"""The Serve spine: one deployment that serves a task's checkpoint, plus adapters, over HTTP.
+
+Routes (relative to the application's route prefix)::
+
+    GET  /healthz     no auth; 200 once the default model is loaded
+    GET  /v1/models   default model id, adapter ids (and whether loaded), task, request schema
+    POST /v1/predict  body = the task's request model (one example); batched with @serve.batch
+
+The ``serve_multiplexed_model_id`` header picks an adapter (absent = the default model).
+Adapters load on demand through ``@serve.multiplexed``; when an adapter's
+:meth:`~polymodal.registry.Task.adapter_key` equals the default model's, its frozen
+parameters are the default model's own tensors, so one backbone sits in memory for all.
+
+Everything but ``/healthz`` needs ``Authorization: Bearer <token>`` when ``token_env`` is set.
+Errors: 401 bad/missing token, 404 unknown adapter, 413 body too large, 422 bad body or
+shapes (naming the field), 503 overload (Serve's ``max_queued_requests``), 500 otherwise
+with a short message (the traceback goes to the replica log only).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads route annotations at runtime, and the
+# request body class is a local built per replica from the checkpoint's config.
+
+import asyncio
+import copy
+import hmac
+import json
+import logging
+import os
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ray import serve
+from torch import nn
+
+from polymodal import storage
+from polymodal.config import ExperimentConfig, validate_config
+from polymodal.errors import PolymodalError
+from polymodal.registry import ServeInputError, Task, get_task
+
+logger = logging.getLogger("ray.serve")
+
+DEFAULT_MODEL_ID = "default"
+MODEL_HEADER = "serve_multiplexed_model_id"
+DEPLOYMENT_NAME = "PolymodalServer"
+OPEN_PATHS = ("/healthz",)
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class ServeArgs(BaseModel):
+    """``args:`` of a Serve application (``serve/config.yaml``) or of :func:`app_builder`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(..., min_length=1, description="default model: a checkpoint folder, its model/ "
+                                                           "export, or a run folder (its best checkpoint); "
+                                                           "local or s3://")
+    adapters: dict[str, str] = Field(default_factory=dict, description="adapter id -> checkpoint URI, trained "
+                                                                        "from the same frozen backbone")
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                  description="env var holding the bearer token; unset = no auth")
+    max_batch_size: int = Field(16, ge=1, description="@serve.batch size; batches never exceed "
+                                                      "max_ongoing_requests")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    max_ongoing_requests: int = Field(8, ge=1, description="per replica; config.yaml deployments: overrides")
+    max_queued_requests: int = Field(16, ge=-1, description="per proxy; beyond it -> 503; -1 = unbounded")
+    max_models_per_replica: int = Field(4, ge=1, description="adapters cached per replica (LRU)")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies -> 413")
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_ids(cls, adapters: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in adapters if not re.match(_ID_PATTERN, k))
+        if bad:
+            raise ValueError(f"adapter ids {bad} must match {_ID_PATTERN} (they travel in an HTTP header)")
+        if DEFAULT_MODEL_ID in adapters:
+            raise ValueError(f"adapter id {DEFAULT_MODEL_ID!r} is reserved for the checkpoint; rename it")
+        empty = sorted(k for k, v in adapters.items() if not v.strip())
+        if empty:
+            raise ValueError(f"adapters {empty} have an empty checkpoint URI")
+        return adapters
+
+
+def parse_args(args: "dict[str, Any] | ServeArgs") -> ServeArgs:
+    """Strictly validate builder args; unknown keys and bad values raise ValueError naming them."""
+    if isinstance(args, ServeArgs):
+        return args
+    if not isinstance(args, dict):
+        raise ValueError(f"serve args must be a mapping, got {type(args).__name__}")
+    unknown = sorted(set(args) - set(ServeArgs.model_fields))
+    if unknown:
+        raise ValueError(f"unknown serve args {unknown}; valid keys are {sorted(ServeArgs.model_fields)}")
+    try:
+        return ServeArgs.model_validate(args)
+    except ValidationError as exc:
+        lines = [f"args.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("invalid serve args:\n  " + "\n  ".join(lines)) from None
+
+
+def read_token(token_env: str | None) -> bytes | None:
+    """The bearer token from the environment; fail fast if the variable is named but empty."""
+    if token_env is None:
+        return None
+    value = os.environ.get(token_env, "")
+    if not value.strip():
+        raise PolymodalError(
+            f"token_env={token_env!r} but ${token_env} is empty or unset in the replica; export it before "
+            f"`serve run`, or pass it via runtime_env.env_vars, or drop token_env to serve without auth")
+    return value.encode()
+
+
+# --------------------------------------------------------------------------- models
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """A run folder (holding summary.json) -> its best checkpoint; anything else passes through."""
+    uri = uri.rstrip("/")
+    summary = storage.join(uri, "summary.json")
+    if storage.exists(summary):
+        data = json.loads(storage.read_text(summary))
+        ckpt = data.get("best_checkpoint") or data.get("latest_checkpoint")
+        if not ckpt:
+            raise PolymodalError(f"{summary} names no checkpoint; train the run first")
+        return ckpt.rstrip("/")
+    return uri
+
+
+def export_uri(checkpoint: str) -> str:
+    """The ``model/`` export inside a checkpoint folder, or the URI itself if it is the export."""
+    from polymodal.train.checkpoint import MODEL_DIR
+
+    if not checkpoint.endswith("/" + MODEL_DIR) and storage.exists(storage.join(checkpoint, MODEL_DIR)):
+        return storage.join(checkpoint, MODEL_DIR)
+    return checkpoint
+
+
+def read_config(checkpoint: str) -> ExperimentConfig:
+    """Only the config of an export (one small file): enough to check an adapter at startup."""
+    import yaml
+
+    uri = storage.join(export_uri(checkpoint), "config.yaml")
+    if not storage.exists(uri):
+        raise PolymodalError(f"{checkpoint} is not a polymodal checkpoint: {uri} is missing")
+    return validate_config(yaml.safe_load(storage.read_text(uri)), uri)
+
+
+def read_export(checkpoint: str) -> tuple[ExperimentConfig, dict[str, torch.Tensor]]:
+    """(config, trainable weights) of a checkpoint, local or S3."""
+    import tempfile
+
+    from polymodal.train.checkpoint import load_export
+
+    with tempfile.TemporaryDirectory(prefix="polymodal-serve-") as tmp:
+        storage.download_dir(export_uri(checkpoint), tmp)
+        cfg, weights, _ = load_export(tmp)
+    return cfg, weights
+
+
+def task_adapter_key(task: Task, model_cfg: BaseModel) -> str | None:
+    try:
+        return task.adapter_key(model_cfg)
+    except NotImplementedError:
+        return None
+
+
+@dataclass(eq=False)  # identity semantics: weakly referenced and grouped by id()
+class LoadedModel:
+    """A model ready for :meth:`Task.serve_predict`."""
+
+    model_id: str
+    checkpoint: str
+    cfg: ExperimentConfig
+    task: Task
+    model: nn.Module
+    key: str | None
+    shared_parameters: int = 0  # elements whose storage is the default model's
+
+
+def clone_sharing_frozen(base: nn.Module) -> nn.Module:
+    """Deep copy of ``base`` in which every frozen parameter IS the base's (same object).
+
+    Used when an adapter has the same model config as the base: no backbone load at all.
+    """
+    memo = {id(p): p for p in base.parameters() if not p.requires_grad}
+    return copy.deepcopy(base, memo)
+
+
+def tie_frozen(model: nn.Module, base: nn.Module) -> None:
+    """Replace each frozen parameter of ``model`` by the base's parameter of the same name when
+    both are frozen and hold equal values, so ``model``'s own copy can be freed."""
+    base_params = dict(base.named_parameters())
+    for name, p in list(model.named_parameters()):
+        bp = base_params.get(name)
+        if (p.requires_grad or bp is None or bp.requires_grad or bp.shape != p.shape or bp.dtype != p.dtype
+                or not torch.equal(bp, p)):
+            continue
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, leaf, bp)
+
+
+def shared_elements(model: nn.Module, base: nn.Module) -> int:
+    """Parameter elements of ``model`` stored in the base's memory (data_ptr identity)."""
+    ptrs = {p.data_ptr() for p in base.parameters()}
+    return sum(p.numel() for p in model.parameters() if p.data_ptr() in ptrs)
+
+
+class ModelStore:
+    """The default model plus on-demand adapters; no Ray needed (tests use it in-process)."""
+
+    def __init__(self, args: ServeArgs):
+        from polymodal.train.checkpoint import load_trainable
+
+        self.args = args
+        ckpt = resolve_checkpoint(args.checkpoint)
+        cfg, weights = read_export(ckpt)
+        task = get_task(cfg.task)
+        model = task.build_model(cfg.model)
+        load_trainable(model, weights)
+        self.base = LoadedModel(DEFAULT_MODEL_ID, ckpt, cfg, task, model.eval(),
+                                task_adapter_key(task, cfg.model))
+        self.task = task
+        self.request_model = task.request_model(cfg.model)
+        self.response_model = task.response_model(cfg.model)
+        # adapters: check the task now (one small read each) so a wrong one fails at startup
+        self.adapter_checkpoints: dict[str, str] = {}
+        bad = []
+        for aid, uri in args.adapters.items():
+            resolved = resolve_checkpoint(uri)
+            acfg = read_config(resolved)
+            if acfg.task != cfg.task:
+                bad.append(f"{aid}: task {acfg.task!r}")
+            self.adapter_checkpoints[aid] = resolved
+        if bad:
+            raise PolymodalError(f"adapters must be trained for the checkpoint's task {cfg.task!r}; "
+                                 f"got {'; '.join(bad)}. Serve them as a separate application")
+        self.loaded: "weakref.WeakValueDictionary[str, LoadedModel]" = weakref.WeakValueDictionary()
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [DEFAULT_MODEL_ID, *self.adapter_checkpoints]
+
+    def load_adapter(self, model_id: str) -> LoadedModel:
+        """Build adapter ``model_id``, sharing the base's frozen parameters when keys match."""
+        from polymodal.train.checkpoint import load_trainable
+
+        ckpt = self.adapter_checkpoints[model_id]
+        cfg, weights = read_export(ckpt)
+        key = task_adapter_key(self.task, cfg.model)
+        base = self.base.model
+        if key is not None and key == self.base.key and cfg.model == self.base.cfg.model:
+            model = clone_sharing_frozen(base)           # same architecture: no backbone load
+        else:
+            model = self.task.build_model(cfg.model)
+            if key is not None and key == self.base.key:
+                tie_frozen(model, base)                  # other head/method, same frozen encoders
+        load_trainable(model, weights)
+        loaded = LoadedModel(model_id, ckpt, cfg, self.task, model.eval(), key, shared_elements(model, base))
+        self.loaded[model_id] = loaded
+        logger.info("loaded adapter %s from %s (%d frozen elements shared with the default model)",
+                    model_id, ckpt, loaded.shared_parameters)
+        return loaded
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` returns."""
+        def entry(mid: str, ckpt: str, loaded: LoadedModel | None) -> dict[str, Any]:
+            out: dict[str, Any] = {"id": mid, "checkpoint": ckpt, "loaded": loaded is not None}
+            if loaded is not None:
+                n = sum(p.numel() for p in loaded.model.parameters())
+                out.update(adapter_key=loaded.key, parameters=n, shared_parameters=loaded.shared_parameters)
+            return out
+
+        models = [entry(DEFAULT_MODEL_ID, self.base.checkpoint, self.base)]
+        models[0]["shared_parameters"] = 0
+        models += [entry(a, c, self.loaded.get(a)) for a, c in self.adapter_checkpoints.items()]
+        return {"default_model": DEFAULT_MODEL_ID, "task": self.base.cfg.task, "model_header": MODEL_HEADER,
+                "models": models, "request_schema": self.request_model.model_json_schema()}
+
+    def run_batch(self, items: list[tuple[LoadedModel, BaseModel]]) -> list[Any]:
+        """Responses (or the exception for that item) for a mixed batch, in order."""
+        results: list[Any] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (lm, _) in enumerate(items):
+            groups.setdefault(id(lm), []).append(i)
+        for idx in groups.values():
+            lm = items[idx[0]][0]
+            reqs = [items[i][1] for i in idx]
+            try:
+                outs: list[Any] = lm.task.serve_predict(lm.model, reqs)
+            except ServeInputError as exc:
+                # one bad example spoils the stacked batch: rerun one by one so only it gets the 422
+                outs = [exc] if len(reqs) == 1 else [self._one(lm, r) for r in reqs]
+            except Exception as exc:  # noqa: BLE001 -- handed to each caller, who answers 500
+                outs = [exc] * len(reqs)
+            for i, out in zip(idx, outs):
+                results[i] = out
+        return results
+
+    @staticmethod
+    def _one(lm: LoadedModel, req: BaseModel) -> Any:
+        try:
+            return lm.task.serve_predict(lm.model, [req])[0]
+        except Exception as exc:  # noqa: BLE001
+            return exc
+
+
+# --------------------------------------------------------------------------- HTTP guard
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any],
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class GuardMiddleware:
+    """Pure ASGI: bearer token first (so nothing leaks before auth), then the body-size limit.
+
+    The body (<= ``max_body_bytes``) is buffered and replayed, so a chunked upload that grows
+    past the limit is refused with 413 before the app parses a byte of it.
+    """
+
+    def __init__(self, app: Any, token: bytes | None, max_body_bytes: int, open_paths: tuple[str, ...] = OPEN_PATHS):
+        self.app, self.token, self.max_body_bytes, self.open_paths = app, token, max_body_bytes, open_paths
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                scheme, _, cred = value.partition(b" ")
+                # compare_digest: the time taken must not depend on how much of the token matched
+                return scheme.lower() == b"bearer" and hmac.compare_digest(cred.strip(), self.token)
+        return False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        if self.token is not None and path not in self.open_paths and not self._authorized(scope):
+            return await _send_json(send, 401, {"detail": "missing or invalid bearer token; send "
+                                                          "'Authorization: Bearer <token>'"},
+                                    ((b"www-authenticate", b"Bearer"),))
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit = self.max_body_bytes
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                return await _send_json(send, 400, {"detail": "Content-Length header is not an integer"})
+            if too_big:
+                return await _send_json(send, 413, {"detail": f"body of {int(declared)} bytes exceeds the "
+                                                              f"limit of {limit} (max_body_bytes)"})
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await _send_json(send, 413, {"detail": f"body exceeds the limit of {limit} bytes "
+                                                              "(max_body_bytes)"})
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> dict[str, Any]:
+            return pending.pop() if pending else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _field_errors(exc: Any) -> list[dict[str, str]]:
+    """FastAPI/pydantic errors -> [{"field": "inputs.m0", "message": ...}] without echoing input."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        if err.get("type") == "json_invalid":
+            out.append({"field": "body", "message": f"malformed JSON: {err.get('ctx', {}).get('error', err['msg'])}"})
+        else:
+            out.append({"field": ".".join(loc) or "body", "message": err["msg"]})
+    return out
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 1}, health_check_period_s=10)
+@serve.ingress()
+class PolymodalServer:
+    """One replica: the default model, an adapter cache, and the FastAPI app built on top."""
+
+    def __init__(self, args: dict[str, Any]):
+        self._ready = False
+        self.args = parse_args(args)
+        self._token = read_token(self.args.token_env)
+        self.store = ModelStore(self.args)
+        self.predict_batch.set_max_batch_size(self.args.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        store = self.store
+
+        # A closure rather than a method so max_models_per_replica can come from args; Serve
+        # detects multiplexed loaders stored on the instance.
+        async def load_adapter(model_id: str) -> LoadedModel:
+            return await asyncio.to_thread(store.load_adapter, model_id)
+
+        self._load_adapter = serve.multiplexed(max_num_models_per_replica=self.args.max_models_per_replica)(
+            load_adapter)
+        self._ready = True
+
+    def check_health(self) -> None:
+        if not self._ready:
+            raise RuntimeError("the default model is not loaded")
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, items: list[tuple[LoadedModel, BaseModel]]) -> list[Any]:
+        # torch runs in a thread so /healthz and queueing stay responsive during a forward pass
+        return await asyncio.to_thread(self.store.run_batch, items)
+
+    async def _model_for_request(self) -> LoadedModel:
+        from fastapi import HTTPException
+
+        model_id = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
+        if model_id == DEFAULT_MODEL_ID:
+            return self.store.base
+        if model_id not in self.store.adapter_checkpoints:
+            raise HTTPException(404, f"unknown model {model_id!r} in header {MODEL_HEADER}; known: "
+                                     f"{self.store.model_ids}")
+        return await self._load_adapter(model_id)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from fastapi import FastAPI, HTTPException
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse
+
+        request_model, response_model = self.store.request_model, self.store.response_model
+        api = FastAPI(title=f"polymodal {self.store.base.cfg.task}")
+
+        @api.exception_handler(RequestValidationError)
+        async def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+            errors = _field_errors(exc)
+            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+        @api.get("/healthz")
+        async def healthz() -> JSONResponse:
+            if not self._ready:
+                return JSONResponse({"status": "loading"}, status_code=503)
+            return JSONResponse({"status": "ok", "default_model": DEFAULT_MODEL_ID})
+
+        @api.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            return self.store.describe()
+
+        @api.post("/v1/predict", response_model=response_model)
+        async def predict(body: request_model) -> Any:  # type: ignore[valid-type]
+            try:
+                loaded = await self._model_for_request()
+                result = await self.predict_batch((loaded, body))
+            except HTTPException:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- adapter load failures land here
+                result = exc
+            if isinstance(result, ServeInputError):
+                return JSONResponse({"detail": str(result), "errors": [{"field": result.field,
+                                                                        "message": result.message}]},
+                                    status_code=422)
+            if isinstance(result, Exception):
+                logger.error("predict failed", exc_info=result)
+                return JSONResponse({"detail": f"internal error ({type(result).__name__}); see the replica "
+                                               "log"}, status_code=500)
+            return result
+
+        api.add_middleware(GuardMiddleware, token=self._token, max_body_bytes=self.args.max_body_bytes)
+        return api
+
+
+def build_deployment(args: ServeArgs, **options: Any) -> Any:
+    """The deployment with the args' request limits; ``options`` go to ``Deployment.options``."""
+    return PolymodalServer.options(max_ongoing_requests=args.max_ongoing_requests,
+                                   max_queued_requests=args.max_queued_requests, **options)
+
+
+def app_builder(args: "dict[str, Any] | ServeArgs") -> Any:
+    """Serve application builder: strict ``args`` -> a bound :class:`PolymodalServer`."""
+    parsed = parse_args(args)
+    return build_deployment(parsed).bind(parsed.model_dump())
