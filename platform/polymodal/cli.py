@@ -80,6 +80,23 @@ def cmd_train(args) -> None:
     print(f"metrics csv: {cfg.run_uri}/logs/metrics.csv   tensorboard: {cfg.run_uri}/logs/tensorboard")
 
 
+def cmd_tune(args) -> None:
+    from polymodal.tune import load_space, run_sweep
+
+    cfg = _load(args)
+    space = load_space(args.space, cfg)  # every dotted path is checked before Ray starts
+    out = run_sweep(cfg, space, resume=not args.no_resume, progress=not args.quiet)
+    if out.best_trial_id:
+        print(f"best trial:  {out.best_trial_id}  {out.metric}={out.best_metric:.4g}  {json.dumps(out.best_values)}")
+    print(f"sweep:       {out.sweep_uri}")
+    print(f"table:       {out.results_md}  (csv: {out.results_csv})")
+    print(f"best config: {out.best_config}")
+    for key, uri in out.plots.items():
+        print(f"plot:        {uri}")
+    if not out.complete:
+        print("sweep unfinished: run the same command again to resume it")
+
+
 def cmd_evaluate(args) -> None:
     from polymodal.evaluate import evaluate_run
 
@@ -112,6 +129,13 @@ def cmd_params(args) -> None:
         n_all = sum(p.numel() for p in model.parameters())
         name = extra[0] if extra else "(config)"
         print(f"{name:<28} {n_train:>12,} {n_all:>12,} {100 * n_train / max(n_all, 1):>11.3f}%")
+
+
+def cmd_deploy(args) -> None:
+    from polymodal.serving.deploy import deploy
+
+    for url in deploy(args.config, args.overrides):
+        print(f"deployed: {url}  (routes: /healthz, /v1/models, /v1/predict)")
 
 
 def cmd_s3_serve(args) -> None:
@@ -167,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--local", action="store_true", help="single process without Ray (CUDA if present)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("tune", parents=[quiet], help="hyperparameter sweep with Ray Tune (resumes an existing sweep)")
+    _add_config(p)
+    p.add_argument("--space", required=True, metavar="PATH_OR_URI",
+                   help="search-space YAML, e.g. tune_spaces/wander.yaml")
+    p.add_argument("--no-resume", action="store_true",
+                   help="fail if a sweep of the same name exists instead of continuing it")
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("evaluate", parents=[quiet], help="evaluate a run's checkpoint on a split")
     _add_config(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -182,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vary", metavar="KEY=V1,V2,...",
                    help="one row per value, e.g. --vary model.method=wander,lora,houlsby,full,none")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("deploy", parents=[quiet],
+                       help="deploy Serve applications from a serve config YAML onto the running cluster")
+    p.add_argument("--config", required=True, metavar="PATH_OR_URI", help="Serve config, e.g. serve/config.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="APP.KEY=VALUE",
+                   help="override, e.g. --set wander.args.checkpoint=s3://bucket/runs/x (repeatable)")
+    p.set_defaults(func=cmd_deploy)
 
     s3 = sub.add_parser("s3", parents=[quiet], help="embedded S3 server for demos and tests")
     s3sub = s3.add_subparsers(dest="s3_command", required=True, metavar="SUBCOMMAND")
