@@ -1,19 +1,80 @@
 """`make demo`: the whole Wander pipeline on embedded defaults.
 
 Embedded S3 (moto on 127.0.0.1) -> synthetic shards with a planted cross-modal signal ->
-2-worker Ray Train with DeepSpeed ZeRO-2 on CPU -> evaluation -> Markdown report + PNG curve.
-The S3 server lives only as long as this script, so the run folder is copied to ``demo_out/``.
+2-worker Ray Train with DeepSpeed ZeRO-2 on CPU -> evaluation -> Markdown report + PNG curve ->
+a small Ray Tune sweep (tune_spaces/wander.yaml, few trials, short) -> the trained run behind
+Ray Serve (serve/config.yaml, bearer token) answering one real HTTP request.
+The S3 server lives only as long as this script, so the run folder and the sweep results are
+copied to ``demo_out/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import socket
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sweep(cfg, samples: int, out: Path) -> Path:
+    """A short sweep of the shipped Wander space: ``samples`` trials of 2 epochs, 1 worker each."""
+    from polymodal import storage
+    from polymodal.tune import load_space, run_sweep
+
+    space = load_space(str(ROOT / "tune_spaces" / "wander.yaml"), cfg)
+    space = space.model_copy(update={
+        "name": "wander-demo", "num_samples": samples,
+        "base_overrides": [*space.base_overrides, "optim.epochs=2", "scaling.num_workers=1"]})
+    print(f"[demo] tune: {samples} trials over {', '.join(space.params)}", flush=True)
+    result = run_sweep(cfg, space, resume=False)
+    print(storage.read_text(result.results_md, cfg.storage), flush=True)
+    if result.best_trial_id:
+        print(f"[demo] best trial {result.best_trial_id}: {result.metric}={result.best_metric:.3f} "
+              f"with {result.best_values}", flush=True)
+    local = out / "sweep"
+    storage.download_dir(storage.join(result.sweep_uri, "results"), str(local), cfg.storage)
+    return local
+
+
+def _serve(cfg, test_uri: str) -> None:
+    """Deploy serve/config.yaml with the demo run, send one test example over HTTP, shut down."""
+    import httpx
+    from ray import serve
+
+    from polymodal.serving.deploy import deploy
+    from polymodal.shards import iter_local_batches
+
+    port = _free_port()
+    print(f"[demo] serve: deploying serve/config.yaml on 127.0.0.1:{port}", flush=True)
+    (url,) = deploy(str(ROOT / "serve" / "config.yaml"),
+                    [f"wander.args.checkpoint={cfg.run_uri}", f"http_options.port={port}"])
+    try:
+        row = next(iter_local_batches(test_uri, 1, shuffle=False, opts=cfg.storage))
+        label = int(row.pop("label")[0])
+        body = {"inputs": {name: values[0].tolist() for name, values in row.items()}}
+        headers = {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
+        reply = httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=60)
+        reply.raise_for_status()
+        out = reply.json()
+        probs = ", ".join(f"{p:.3f}" for p in out["probabilities"])
+        print(f"[demo] POST {url}/v1/predict (first test example, true label {label}) -> "
+              f"{reply.status_code}: label {out['label']}, probabilities [{probs}]", flush=True)
+        anonymous = httpx.post(f"{url}/v1/predict", json=body, timeout=60)
+        print(f"[demo] the same request without the bearer token -> {anonymous.status_code}", flush=True)
+    finally:
+        serve.shutdown()
 
 
 def main(argv=None) -> int:
@@ -22,6 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--scale", type=float, default=1.0, help="synthetic dataset size multiplier")
+    parser.add_argument("--tune-samples", type=int, default=3, help="trials in the demo sweep (0: skip Tune)")
+    parser.add_argument("--no-serve", action="store_true", help="skip the Serve deployment")
     args = parser.parse_args(argv)
 
     from polymodal import storage
@@ -33,6 +96,8 @@ def main(argv=None) -> int:
     from polymodal.train.loop import fit
 
     t0 = time.time()
+    # the Serve replicas read the token from their environment, inherited from this process
+    os.environ.setdefault("POLYMODAL_SERVE_TOKEN", secrets.token_urlsafe(32))
     with EmbeddedS3(port=0, buckets=("polymodal",)) as s3:
         os.environ.update(s3.env())  # before ray.init, so the workers inherit the endpoint
         print(f"[demo] embedded S3 at {s3.endpoint_url}", flush=True)
@@ -40,13 +105,15 @@ def main(argv=None) -> int:
                           [f"scaling.num_workers={args.workers}", f"optim.epochs={args.epochs}"])
         task = get_task(cfg.task)
         print("[demo] writing synthetic shards", flush=True)
-        for split, uri in task.synth("s3://polymodal/demo/wander", seed=cfg.seed, scale=args.scale).items():
+        splits = task.synth("s3://polymodal/demo/wander", seed=cfg.seed, scale=args.scale)
+        for split, uri in splits.items():
             print(f"[demo]   {split}: {uri}")
 
         import ray
 
-        # logical CPUs: the Train controller and the workers need slots beside each other on 2 cores
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+        # logical CPUs: the Train controller and the workers need slots beside each other on 2 cores;
+        # the dashboard serves the State API, through which Train frees ASHA-stopped trials' CPUs
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True)
         summary = fit(cfg)
         print(f"[demo] trained; best checkpoint {summary['best_checkpoint']}", flush=True)
         for split in ("val", "test"):
@@ -56,6 +123,9 @@ def main(argv=None) -> int:
         report_uri = write_report(cfg)
         out = Path(args.out).resolve() / cfg.name
         storage.download_dir(cfg.run_uri, str(out), cfg.storage)
+        sweep = _sweep(cfg, args.tune_samples, out.parent) if args.tune_samples > 0 else None
+        if not args.no_serve:
+            _serve(cfg, cfg.data.test)
         ray.shutdown()
     print(f"\n[demo] done in {time.time() - t0:.0f} s. Everything went to {cfg.run_uri} (embedded S3), copied to:")
     print(f"  report:      {out / 'report' / 'report.md'}")
@@ -63,6 +133,8 @@ def main(argv=None) -> int:
     print(f"  metrics:     {out / 'logs' / 'metrics.csv'}  (TensorBoard: {out / 'logs' / 'tensorboard'})")
     print(f"  evaluation:  {out / 'eval'}")
     print(f"  checkpoints: {out}/checkpoint_*  (report source: {report_uri})")
+    if sweep is not None:
+        print(f"  sweep:       {sweep / 'results.md'}  (best config: {sweep / 'best_config.yaml'}, plots: *.png)")
     return 0
 
 

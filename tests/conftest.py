@@ -43,11 +43,13 @@ def s3_bucket_uri(s3_server: EmbeddedS3) -> str:
 def ray_cluster(s3_server):
     """One local Ray cluster for the whole session (TorchTrainer start-up costs ~20 s, so
     tests share it). Logical CPUs exceed the 2 cores: a 2-worker Train run also needs a slot
-    for its controller, and Tune trials need one for their driver."""
+    for its controller, and Tune trials need one for their driver. The dashboard runs because
+    Ray's State API needs it, and Train needs that to release the placement group of a run
+    whose trial Tune stopped (ASHA)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -220,6 +220,23 @@ def test_adapters_share_encoder_tensors_in_process(checkpoints, s3_server):
     assert store.load_adapter("same").model.head.weight is not base.head.weight
 
 
+def test_deploy_serves_the_shipped_config(server, checkpoints, example):
+    """``polymodal deploy`` path: serve/config.yaml (its deployments: options included) with
+    overrides, deployed beside the fixture's apps, answers over HTTP."""
+    from polymodal.serving.deploy import deploy
+
+    port = int(server.rsplit(":", 1)[1])
+    (url,) = deploy(str(ROOT / "serve" / "config.yaml"),
+                    ["wander.name=deployed", "wander.route_prefix=/deployed", "wander.args.token_env=null",
+                     f"wander.args.checkpoint={checkpoints['base_run']}", f"http_options.port={port}"])
+    assert url == f"{server}/deployed"
+    r = httpx.post(f"{url}/v1/predict", json={"inputs": example}, timeout=60)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["probabilities"], _in_process_probs(checkpoints["base"], example),
+                               atol=1e-5)
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
 def test_serve_config_checks_strictly(tmp_path):
     assert check_serve_config(ROOT / "serve" / "config.yaml") == []
     text = (ROOT / "serve" / "config.yaml").read_text().replace("max_ongoing_requests: 8",

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def test_asha_sweep_interrupted_then_resumed(ray_cluster, wander_data, s3_bucket
     space = load_space(str(ROOT / "tune_spaces" / "wander.yaml"), cfg).model_copy(
         update={"name": "wander-test", "num_samples": 4, "max_concurrent_trials": 1})
 
+    reserved_before = _live_placement_groups()
     first = run_sweep(cfg, space, callbacks=[InterruptAfterFirstTrial()])
     assert not first.complete, first.trials
     done = {r["trial_id"]: r for r in first.trials if r["status"] in ("finished", "stopped early")}
@@ -117,3 +119,15 @@ def test_asha_sweep_interrupted_then_resumed(ray_cluster, wander_data, s3_bucket
     assert set(second.plots) == set(space.params)
     for uri in second.plots.values():
         assert storage.read_bytes(uri)[:8] == PNG
+    # ASHA-stopped and interrupted trials give their Train workers' CPUs back (Train's cleaner
+    # polls every few seconds), so a long sweep never runs out of CPUs
+    deadline = time.time() + 60
+    while _live_placement_groups() - reserved_before and time.time() < deadline:
+        time.sleep(1)
+    assert not _live_placement_groups() - reserved_before, ray_cluster.util.placement_group_table()
+
+
+def _live_placement_groups() -> set[str]:
+    import ray
+
+    return {pg for pg, info in ray.util.placement_group_table().items() if info["state"] != "REMOVED"}

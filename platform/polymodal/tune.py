@@ -419,6 +419,29 @@ def _concurrency(base_cfg: ExperimentConfig, space: SearchSpace, cluster_cpus: f
     return space.max_concurrent_trials
 
 
+def _check_state_api(space: SearchSpace) -> None:
+    """Refuse an early-stopping sweep on a cluster without Ray's State API (no dashboard).
+
+    When a scheduler stops a trial, Tune kills the trial's driver and with it the Train
+    controller before it can shut down; Train's placement-group cleaner then asks the State API
+    whether the controller died. Without it the worker group's CPUs stay reserved for the rest of
+    the sweep and later trials hang waiting for CPUs.
+    """
+    if space.scheduler.type != "asha":
+        return
+    from ray.util.state import list_actors
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    except (RayStateApiException, ConnectionError) as exc:
+        raise ConfigError([("scheduler.type", "ASHA stops trials early, and Ray Train frees a stopped trial's "
+                                              "worker CPUs through Ray's State API, which this cluster does not "
+                                              "serve (started without the dashboard?). Start Ray with the "
+                                              "dashboard (ray start --head / ray.init(include_dashboard=True)) "
+                                              f"or use scheduler.type: fifo ({type(exc).__name__})")]) from None
+
+
 def _tune_location(uri: str, cfg: ExperimentConfig) -> tuple[str, Any]:
     """Path and pyarrow filesystem as Tune wants them: bare path + fs for S3, absolute local path."""
     fs, path = storage.to_pyarrow_fs(uri, cfg.storage)
@@ -464,6 +487,7 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=progress)
     concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)))
+    _check_state_api(space)
 
     setup = {"base": base, "trials_uri": storage.join(uri, "trials"), "manifests": manifests}
     resources = {"cpu": space.resources_per_trial.cpu, "gpu": space.resources_per_trial.gpu}
@@ -580,7 +604,10 @@ def _plot(rows: list[dict[str, Any]], key: str, dist: Dist, metric: str, best_id
             ax.scatter([x], [y], marker="*", s=200, color="tab:red", label=f"best ({tid})")
             ax.legend(fontsize=8)
     if dist.kind == "loguniform":
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within one decade
     if labels:
         ax.set_xticks(range(len(labels)), labels)
     ax.set(xlabel=key, ylabel=f"{metric} (best epoch)", title=f"{metric} vs {key}")

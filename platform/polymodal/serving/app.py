@@ -489,9 +489,10 @@ class PolymodalServer:
 
 
 def build_deployment(args: ServeArgs, **options: Any) -> Any:
-    """The deployment with the args' request limits; ``options`` go to ``Deployment.options``."""
-    return PolymodalServer.options(max_ongoing_requests=args.max_ongoing_requests,
-                                   max_queued_requests=args.max_queued_requests, **options)
+    """The deployment with the args' request limits; ``options`` (a config file's ``deployments:``
+    entry) go to ``Deployment.options`` and win over the args' limits."""
+    limits = {"max_ongoing_requests": args.max_ongoing_requests, "max_queued_requests": args.max_queued_requests}
+    return PolymodalServer.options(**{**limits, **options})
 
 
 def app_builder(args: "dict[str, Any] | ServeArgs") -> Any:
