@@ -146,21 +146,26 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set ``raw[a][b][c] = value`` for ``key="a.b.c"`` in place, creating missing sections."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError([(key, f"cannot set a key below {part!r}, which holds a value, not a section")])
+        node = child
+    node[parts[-1]] = value
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Return a copy of ``raw`` with every ``dotted.key=value`` applied."""
     out = copy.deepcopy(raw)
     for item in overrides or []:
-        key, value = parse_override(item)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError([(key, f"cannot set a key below {part!r}, which holds a value, not a section")])
-            node = child
-        node[parts[-1]] = value
+        set_dotted(out, *parse_override(item))
     return out
 
 

@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from polymodal import storage
-from polymodal.config import ExperimentConfig, apply_overrides, validate_config
+from polymodal.config import ExperimentConfig, apply_overrides, set_dotted, validate_config
 from polymodal.errors import ConfigError
 
 _DOTTED = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -153,21 +153,6 @@ class SweepResult:
 # --------------------------------------------------------------------------- loading & validation
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    # values are set as objects, not re-parsed from text: "1e-05" would read back as a string
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError([(key, f"cannot set a key below {part!r}, which holds a value, not a section")])
-        node = child
-    node[parts[-1]] = value
-    return raw
-
-
 def _plain(value: Any) -> Any:
     """numpy scalars (what Tune samples) -> Python scalars, so YAML and pydantic take them."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
@@ -177,7 +162,8 @@ def trial_raw_config(base: dict[str, Any], values: dict[str, Any]) -> dict[str, 
     """``base`` (a config dict) with each ``dotted.path: value`` applied."""
     out = json.loads(json.dumps(base))  # deep copy of plain data
     for key, value in values.items():
-        _set_dotted(out, key, _plain(value))
+        # set as objects, not re-parsed from text: "1e-05" would read back as a string
+        set_dotted(out, key, _plain(value))
     return out
 
 

@@ -1,0 +1,7 @@
+"""fMRI language encoding models (Huth-lab story listening): text features on the TR clock,
+delays, and voxelwise ridge with per-voxel alphas chosen by cross-validation over stories."""
+
+from polymodal.models.fmri.features import lanczos_interp, make_delayed
+from polymodal.models.fmri.ridge import RidgeCV
+
+__all__ = ["RidgeCV", "lanczos_interp", "make_delayed"]
