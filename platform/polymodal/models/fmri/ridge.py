@@ -223,6 +223,7 @@ class RidgeBasis:
 
     def solve(self, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Y (n, v) -> mean CV scores (n_alphas, v), best alpha index (v,), weights (p, v)."""
+        Y = Y.to(device=self.U.device, dtype=self.U.dtype)
         scores = torch.zeros(len(self.alphas), Y.shape[1], dtype=Y.dtype, device=Y.device)
         for fold in self.folds:
             scores += fold_scores(fold, Y, self.alphas, self.score)
