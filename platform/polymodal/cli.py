@@ -48,6 +48,13 @@ def cmd_data_import(args) -> None:
     from polymodal.models.wander import importers
 
     storage_opts = _load(args).storage if args.config else None
+    if args.format in ("huth", "fmri-plain"):
+        from polymodal.models.fmri import importers as fmri_importers
+
+        run = fmri_importers.import_huth if args.format == "huth" else fmri_importers.import_plain
+        print(json.dumps(run(args.source, args.out, chunk=args.voxel_chunk, opts=storage_opts,
+                             progress=not args.quiet), indent=2))
+        return
     if args.format == "mmsa":
         out = importers.import_mmsa(args.source, args.out, opts=storage_opts, skip_bad=args.skip_bad,
                                     progress=not args.quiet)
@@ -172,9 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("import", parents=[quiet], help="convert a public dataset layout to shards")
-    p.add_argument("--format", required=True, choices=["mmsa", "food101"],
-                   help="mmsa: CMU-MOSI/MOSEI pickle; food101: UPMC-Food101 json + images")
-    p.add_argument("--source", required=True, help="the pickle file (mmsa) or dataset root folder (food101)")
+    p.add_argument("--format", required=True, choices=["mmsa", "food101", "huth", "fmri-plain"],
+                   help="mmsa: CMU-MOSI/MOSEI pickle; food101: UPMC-Food101 json + images; huth: OpenNeuro "
+                        "ds003020 derivative/ (TextGrids, respdict.json, preprocessed_data); fmri-plain: "
+                        "words.csv|parquet + stories.json + responses/<subject>/<story>.npy|hf5")
+    p.add_argument("--source", required=True,
+                   help="the pickle file (mmsa) or dataset root folder (food101, huth, fmri-plain)")
+    p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (fMRI)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the splits")
     p.add_argument("--tokenizer", help="tokenizer path or hub id (food101)")
     p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")

@@ -51,7 +51,10 @@ def subject_uri(root: str, subject: str) -> str:
 
 def write_responses(root: str, subject: str, responses: Mapping[str, np.ndarray], *, chunk: int = 4096,
                     opts: StorageOptions | None = None, progress: bool = False) -> ResponseIndex:
-    """Store ``story -> (TRs, voxels)`` arrays voxel-chunked; every story needs the same voxels."""
+    """Store ``story -> (TRs, voxels)`` arrays voxel-chunked; every story needs the same voxels.
+
+    Values may be any array-like with ``.shape`` and 2-D slicing (numpy, memory-mapped ``.npy``,
+    h5py datasets): each chunk reads only its columns."""
     if not responses:
         raise PolymodalError(f"subject {subject!r}: no stories to write")
     shapes = {name: np.shape(arr) for name, arr in responses.items()}
@@ -72,12 +75,13 @@ def write_responses(root: str, subject: str, responses: Mapping[str, np.ndarray]
         with ShardWriter(storage.join(base, info.name), task=TASK, split=subject, columns=columns,
                          rows_per_shard=8192, opts=opts, progress=progress and f"{subject} {info.name}",
                          meta={"subject": subject, "voxel_start": start, "voxel_stop": stop}) as writer:
-            for name, arr in responses.items():
-                arr = np.asarray(arr, dtype=np.float32)
-                if not np.isfinite(arr[:, start:stop]).all():
+            for name, source in responses.items():
+                # slice first: h5py datasets and memory-mapped .npy files read only these columns
+                arr = np.asarray(source[:, start:stop], dtype=np.float32)
+                if not np.isfinite(arr).all():
                     raise PolymodalError(f"subject {subject!r}, story {name!r}: NaN/inf in voxels {start}..{stop - 1}")
                 writer.write({"story": np.array([name] * len(arr), dtype=object),
-                              "tr": np.arange(len(arr), dtype=np.int32), "y": arr[:, start:stop]})
+                              "tr": np.arange(len(arr), dtype=np.int32), "y": arr})
         chunks.append(info)
     index = ResponseIndex(subject=subject, n_voxels=n_vox, stories={n: s[0] for n, s in shapes.items()},
                           chunks=chunks)
