@@ -86,10 +86,18 @@ def test_ray_job_submit_train_succeeds_and_checkpoints_to_s3(head_node, wander_d
             "scaling.num_workers=1", "optim.epochs=1", "optim.max_steps_per_epoch=4"]
     entrypoint = "python jobs/train.py -q --config jobs/configs/wander_tiny.yaml " + " ".join(
         f"--set {s}" for s in sets)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(ROOT),
-                     "excludes": [".venv/", ".git/", "demo_out/", "runs/", "**/__pycache__/"]})
+    runtime_env = {"working_dir": str(ROOT),
+                   "excludes": [".venv/", ".git/", "demo_out/", "runs/", "**/__pycache__/", ".hypothesis/"]}
+    # a head that just started may not have its job agent yet ("No available agent ..."): retry that
+    deadline = time.time() + 90
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.time() + 480
     status = client.get_job_status(job_id)
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
