@@ -34,7 +34,9 @@ def head_node(s3_server):
     in-process cluster alone (a plain `ray stop` would kill every Ray process on the machine).
     Token authentication stays on: the job server refuses requests without the token."""
     temp_dir = tempfile.mkdtemp(prefix="pmray", dir="/tmp")
-    gcs_port, dash_port = _free_port(), _free_port()
+    # its own agent port too: the session's in-process cluster holds Ray's default (52365), and a
+    # head whose job agent cannot bind answers every submit with "No available agent"
+    gcs_port, dash_port, agent_port = _free_port(), _free_port(), _free_port()
     # `python` in a job's entrypoint is the cluster's Python: this venv's, where polymodal is installed
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -44,6 +46,7 @@ def head_node(s3_server):
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard=true",
+         f"--dashboard-agent-listen-port={agent_port}",
          "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dash_port}"
