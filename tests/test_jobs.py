@@ -84,7 +84,7 @@ def test_ray_job_submit_train_succeeds_and_checkpoints_to_s3(head_node, wander_d
 
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
     client = JobSubmissionClient(head_node, headers={"Authorization": f"Bearer {token}"})
-    sets = [f"name=job", f"storage_path={s3_bucket_uri}", f"model.backbone={wander_data['backbone']}",
+    sets = ["name=job", f"storage_path={s3_bucket_uri}", f"model.backbone={wander_data['backbone']}",
             f"data.train={wander_data['train']}", f"data.val={wander_data['val']}",
             "scaling.num_workers=1", "optim.epochs=1", "optim.max_steps_per_epoch=4"]
     entrypoint = "python jobs/train.py -q --config jobs/configs/wander_tiny.yaml " + " ".join(

@@ -228,17 +228,22 @@ def validate_config(raw: dict[str, Any], source: str | None = None) -> Experimen
     return ExperimentConfig.model_validate({**raw, "model": model_obj})
 
 
-def load_config(source: str, overrides: list[str] | None = None,
-                storage: StorageOptions | None = None) -> ExperimentConfig:
-    """Read a YAML config from a path or URI (``s3://`` too), apply overrides, validate."""
+def read_yaml(source: str, what: str = "config", storage: StorageOptions | None = None) -> Any:
+    """Parse a YAML file from a path or URI (``s3://`` too); a missing file or bad YAML is a
+    :class:`ConfigError` naming ``source``. An empty file reads as ``{}``."""
     from polymodal import storage as st
 
     try:
         text = st.read_text(source, storage)
     except FileNotFoundError:
-        raise ConfigError([("", f"config file not found: {source}")], source) from None
+        raise ConfigError([("", f"{what} file not found: {source}")], source) from None
     try:
-        raw = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"not valid YAML: {exc}")], source) from None
-    return validate_config(apply_overrides(raw, overrides), source)
+
+
+def load_config(source: str, overrides: list[str] | None = None,
+                storage: StorageOptions | None = None) -> ExperimentConfig:
+    """Read a YAML config from a path or URI (``s3://`` too), apply overrides, validate."""
+    return validate_config(apply_overrides(read_yaml(source, "config", storage), overrides), source)

@@ -30,11 +30,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from polymodal import storage
-from polymodal.config import ExperimentConfig, apply_overrides, set_dotted, validate_config
+from polymodal.config import ExperimentConfig, apply_overrides, read_yaml, set_dotted, validate_config
 from polymodal.errors import ConfigError
 
 _DOTTED = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -193,7 +192,7 @@ def _check_params(cfg: ExperimentConfig, params: dict[str, Dist], base_overrides
     """Errors for every dotted path or value that the experiment config rejects."""
     errors: list[tuple[str, str]] = []
     try:
-        base = apply_overrides(cfg.to_dict(), base_overrides)
+        base = apply_overrides(cfg.to_dict(), base_overrides)  # what _base_raw gives, for any overrides
         validate_config(base)
     except ConfigError as exc:
         return [(f"base_overrides ({path})" if path else "base_overrides", msg) for path, msg in exc.errors]
@@ -271,14 +270,7 @@ def load_space(source: str, cfg: ExperimentConfig | None = None) -> SearchSpace:
 
     Schema errors and config-path errors are reported together in one :class:`ConfigError`.
     """
-    try:
-        text = storage.read_text(source, cfg.storage if cfg else None)
-    except FileNotFoundError:
-        raise ConfigError([("", f"search space file not found: {source}")], source) from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError([("", f"not valid YAML: {exc}")], source) from None
+    raw = read_yaml(source, "search space", cfg.storage if cfg else None)
     if not isinstance(raw, dict):
         raise ConfigError([("", f"a search space must be a mapping, got {type(raw).__name__}")], source)
     errors: list[tuple[str, str]] = []

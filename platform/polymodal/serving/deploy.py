@@ -16,8 +16,7 @@ from typing import Any
 
 import yaml
 
-from polymodal import storage
-from polymodal.config import parse_override
+from polymodal.config import parse_override, read_yaml, set_dotted
 from polymodal.errors import PolymodalError
 
 ROOT = Path(__file__).resolve().parents[3]  # repo root: where serve/ lives, Serve's working_dir
@@ -32,17 +31,13 @@ def apply_serve_overrides(raw: dict[str, Any], overrides: list[str] | None) -> d
         key, value = parse_override(item)
         head, _, rest = key.partition(".")
         if head in apps and rest:
-            node, parts = apps[head], rest.split(".")
+            node, path = apps[head], rest
         elif head in ("http_options", "grpc_options", "logging_config", "proxy_location"):
-            node, parts = out, key.split(".")
+            node, path = out, key
         else:
             raise PolymodalError(f"override {key!r}: start with an application name ({', '.join(map(str, apps))}) "
                                  "or http_options")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise PolymodalError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = value
+        set_dotted(node, path, value)
     return out
 
 
@@ -50,8 +45,7 @@ def load_serve_config(source: str, overrides: list[str] | None = None) -> dict[s
     """Read (path or s3://), apply overrides, check strictly; raise with every problem listed."""
     from polymodal.serving.config_check import check_serve_config
 
-    raw = yaml.safe_load(storage.read_text(source)) or {}
-    raw = apply_serve_overrides(raw, overrides)
+    raw = apply_serve_overrides(read_yaml(source, "serve config"), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(raw))

@@ -75,11 +75,12 @@ def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_u
     missing = [s for s in sel.stories if s not in index.stories]
     if missing:
         raise ValueError(f"subject {sel.subject!r} has no responses for stories {missing}")
-    basis = RidgeCV(alphas, cv=cv, score=score, dtype=dtype).basis(X, groups)
     todo = [c for c in index.chunks if not storage.exists(_chunk_uri(out_uri, c), opts)]
-    basis_ref = ray.put(basis)
-    task = ray.remote(num_cpus=num_cpus_per_task)(solve_chunk)
-    pending = [task.remote(basis_ref, sel, c, out_uri, opts) for c in todo]
+    pending = []
+    if todo:  # a finished run needs no decomposition of X
+        basis_ref = ray.put(RidgeCV(alphas, cv=cv, score=score, dtype=dtype).basis(X, groups))
+        task = ray.remote(num_cpus=num_cpus_per_task)(solve_chunk)
+        pending = [task.remote(basis_ref, sel, c, out_uri, opts) for c in todo]
     summaries = []
     bar = None
     if progress:

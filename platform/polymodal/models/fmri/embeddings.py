@@ -15,7 +15,7 @@ import numpy as np
 from polymodal.errors import PolymodalError
 from polymodal.storage import StorageOptions
 
-from .features import lanczos_fun
+from .features import lanczos_matrix
 
 
 def normalise_word(word: str) -> str:
@@ -39,8 +39,7 @@ class BagOfWords:
     def on_trs(self, words: Sequence[str], word_times: np.ndarray, new_times: np.ndarray, window: int = 3,
                cutoff_mult: float = 1.0) -> np.ndarray:
         """(n_trs, vocab): Lanczos-resampled one-hot words, without building the (words, vocab) matrix."""
-        cutoff = cutoff_mult / float(np.mean(np.diff(new_times)))
-        sinc = lanczos_fun(cutoff, np.asarray(new_times)[:, None] - np.asarray(word_times)[None, :], window)
+        sinc = lanczos_matrix(word_times, new_times, window, cutoff_mult)          # (n_trs, n_words)
         out = np.zeros((len(new_times), self.dim))
         cols = np.array([self.index.get(normalise_word(w), -1) for w in words], dtype=np.int64)
         known = cols >= 0

@@ -41,17 +41,22 @@ def lanczos_interp(data: np.ndarray, old_times: np.ndarray, new_times: np.ndarra
     input rows within ``window`` lobes.
     """
     data = np.asarray(data)
-    old_times = np.asarray(old_times, dtype=np.float64)
-    new_times = np.asarray(new_times, dtype=np.float64)
     if data.ndim == 1:
         data = data[:, None]
-    if data.shape[0] != old_times.shape[0]:
-        raise ValueError(f"data has {data.shape[0]} rows but old_times has {old_times.shape[0]} entries")
+    if data.shape[0] != np.shape(old_times)[0]:
+        raise ValueError(f"data has {data.shape[0]} rows but old_times has {np.shape(old_times)[0]} entries")
+    return lanczos_matrix(old_times, new_times, window, cutoff_mult) @ data
+
+
+def lanczos_matrix(old_times: np.ndarray, new_times: np.ndarray, window: int = 3,
+                   cutoff_mult: float = 1.0) -> np.ndarray:
+    """(n_new, n_old) resampling weights of :func:`lanczos_interp`."""
+    old_times = np.asarray(old_times, dtype=np.float64)
+    new_times = np.asarray(new_times, dtype=np.float64)
     if new_times.shape[0] < 2:
         raise ValueError("new_times needs at least 2 entries to define a sampling rate")
     cutoff = cutoff_mult / float(np.mean(np.diff(new_times)))
-    sinc = lanczos_fun(cutoff, new_times[:, None] - old_times[None, :], window)  # (n_new, n_old)
-    return sinc @ data
+    return lanczos_fun(cutoff, new_times[:, None] - old_times[None, :], window)
 
 
 def make_delayed(X: np.ndarray, delays: Sequence[int]) -> np.ndarray:

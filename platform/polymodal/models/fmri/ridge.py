@@ -156,8 +156,9 @@ def fold_scores(basis: FoldBasis, Y: torch.Tensor, alphas: torch.Tensor, score: 
     Yv = Y[va]                                                      # (n_val, v)
     n_val = Yv.shape[0]
     z = (basis.s[:, None] * (basis.U.T @ Y[tr])).double()          # (r, v)
-    y_mean = Yv.mean(0).double()
-    y_c = Yv - Yv.mean(0)
+    y_mean = Yv.mean(0)
+    y_c = Yv - y_mean
+    y_mean = y_mean.double()
     ss_y = (y_c * y_c).sum(0).double()                              # (v,)
     cross_w = z * (basis.K.T @ y_c).double()                        # (r, v)
     mean_w = z * basis.K.double().mean(0)[:, None]                  # (r, v)
