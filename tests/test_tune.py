@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import wander_config
 from ray import tune
 
@@ -28,6 +29,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.parametrize("space_file", SPACES, ids=lambda p: p.stem)
 def test_shipped_spaces_validate_against_shipped_configs(space_file, config):
     cfg = load_config(str(config))
+    declared = yaml.safe_load(space_file.read_text()).get("task")
+    if declared != cfg.task:
+        with pytest.raises(ConfigError, match=f"this space is for {declared}"):
+            load_space(str(space_file), cfg)
+        return
     space = load_space(str(space_file), cfg)
     assert space.params and space.num_samples >= 1
 

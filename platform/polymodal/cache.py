@@ -33,3 +33,25 @@ def local_copy(uri: str, opts: StorageOptions | None = None) -> str:
     except OSError:  # another worker won the race
         shutil.rmtree(tmp, ignore_errors=True)
     return str(dest)
+
+
+def local_file(uri: str, opts: StorageOptions | None = None) -> str:
+    """A local path for the single file at ``uri`` (word-vector files, ...): ``s3://`` files are
+    streamed once into the cache under their own name; local paths pass through. The cache is
+    keyed by URI: a file replaced in place under the same URI needs ``POLYMODAL_CACHE`` cleared."""
+    if not storage.is_s3(uri):
+        return uri[len("file://"):] if uri.startswith("file://") else uri
+    folder = cache_root() / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    dest = folder / uri.rstrip("/").rsplit("/", 1)[-1]
+    if dest.is_file():
+        return str(dest)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, storage.open_uri(uri, "rb", opts) as src:
+            shutil.copyfileobj(src, out, length=8 << 20)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return str(dest)

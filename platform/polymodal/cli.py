@@ -115,7 +115,7 @@ def cmd_evaluate(args) -> None:
 def cmd_report(args) -> None:
     from polymodal.report import write_report
 
-    uri = write_report(_load(args))
+    uri = write_report(_load(args), compare=args.compare or None)
     print(f"report: {uri}")
 
 
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("report", parents=[quiet], help="write a Markdown report with metric tables and a PNG curve")
     _add_config(p)
+    p.add_argument("--compare", action="append", default=[], metavar="RUN_URI",
+                   help="fmri.encoding: another fitted run (folder or s3:// URI) whose correlations the report "
+                        "plots beside this run's, e.g. another feature space (repeatable)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("params", parents=[quiet],

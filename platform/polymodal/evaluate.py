@@ -69,6 +69,9 @@ def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None 
 def evaluate_run(cfg: ExperimentConfig, split: str = "test", which: str = "best",
                  progress: bool = True) -> tuple[dict[str, Any], str]:
     """Evaluate a run's checkpoint on one of its configured splits; write ``<run>/eval/<split>.json``."""
+    task = get_task(cfg.task)
+    if task.trains_itself:
+        return task.evaluate_run(cfg, split=split, progress=progress)
     data_uri = getattr(cfg.data, split, None)
     if not data_uri:
         raise PolymodalError(f"data.{split} is not set in the config; set it or pick another --split")

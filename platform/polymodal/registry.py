@@ -81,6 +81,33 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name} has no synthetic generator")
 
+    # ------------------------------------------------------------------ own fitting (optional)
+    # A task that is not trained by gradient steps (e.g. closed-form ridge) sets ``trains_itself``
+    # and overrides the four methods below; `polymodal train/evaluate/report`, jobs, Tune trials
+    # and serving then call them instead of the Ray Train loop and the checkpoint export.
+
+    #: True: :meth:`fit` replaces the Ray Train + DeepSpeed loop for this task
+    trains_itself: ClassVar[bool] = False
+
+    def fit(self, cfg: Any, *, progress: bool = True, local: bool = False) -> dict[str, Any]:
+        """Fit ``cfg`` and return the run summary (``summary.json``: checkpoints and metrics).
+
+        ``local``: no Ray (``polymodal train --local``). Rerunning a run resumes it.
+        """
+        raise NotImplementedError(f"task {self.name} is trained by the shared train loop")
+
+    def evaluate_run(self, cfg: Any, split: str = "test", progress: bool = True) -> tuple[dict[str, Any], str]:
+        """Evaluate a fitted run on ``split``: (result, URI of the written JSON)."""
+        raise NotImplementedError(f"task {self.name} is evaluated by polymodal.evaluate")
+
+    def write_report(self, cfg: Any, compare: list[str] | None = None) -> str:
+        """Write the run's Markdown report (and plots); return its URI. ``compare``: other runs."""
+        raise NotImplementedError(f"task {self.name} is reported by polymodal.report")
+
+    def load_checkpoint(self, checkpoint_uri: str, opts: Any = None) -> tuple[Any, nn.Module]:
+        """(experiment config, eval-mode model) of a fitted run, for serving."""
+        raise NotImplementedError(f"task {self.name} is loaded from the train loop's model export")
+
     # ------------------------------------------------------------------ serving (optional)
     # polymodal.serving calls these; a task that does not override them cannot be served.
 
@@ -110,7 +137,7 @@ class Task(ABC):
 
 
 _TASKS: dict[str, Task] = {}
-_SYSTEMS = ("wander",)  # subpackages of polymodal.models that register tasks on import
+_SYSTEMS = ("wander", "fmri")  # subpackages of polymodal.models that register tasks on import
 
 
 def register_task(task: Task) -> Task:

@@ -54,8 +54,18 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: ExperimentConfig) -> str:
-    """Write ``<run>/report/report.md`` and ``curves.png``; return the report URI."""
+def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str:
+    """Write ``<run>/report/report.md`` and ``curves.png``; return the report URI.
+
+    ``compare``: other runs of the same task shown beside this one, for tasks that report
+    themselves (:attr:`Task.trains_itself`)."""
+    from polymodal.registry import get_task
+
+    task = get_task(cfg.task)
+    if task.trains_itself:
+        return task.write_report(cfg, compare=compare)
+    if compare:
+        raise ValueError(f"--compare is not supported for {cfg.task} reports")
     opts = cfg.storage
     csv_uri = storage.join(cfg.run_uri, "logs", "metrics.csv")
     rows = list(csv.DictReader(io.StringIO(storage.read_text(csv_uri, opts))))

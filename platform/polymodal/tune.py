@@ -120,6 +120,7 @@ class SearchSpace(_Strict):
     """A ``tune_spaces/*.yaml`` file."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="folder under <storage_path>/sweeps")
+    task: str | None = Field(None, description="the task this space is written for; a config for another is an error")
     metric: str | None = Field(None, description="default: the task's primary metric")
     mode: Literal["max", "min"] | None = Field(None, description="default: the task's mode")
     num_samples: int = Field(8, ge=1, description="sampled trials (times the grid size when grid params exist)")
@@ -230,6 +231,8 @@ def _check_params(cfg: ExperimentConfig, params: dict[str, Dist], base_overrides
 
 def validate_space(cfg: ExperimentConfig, space: SearchSpace, source: str | None = None) -> None:
     """Check the space against ``cfg``: paths, values, scheduler horizon. One error lists all."""
+    if space.task is not None and space.task != cfg.task:
+        raise ConfigError([("task", f"this space is for {space.task}, but the config trains {cfg.task}")], source)
     errors = _check_params(cfg, space.params, space.base_overrides, space.search.algorithm)
     if not errors and space.scheduler.type == "asha":
         max_t = _max_t(cfg, space)
@@ -355,6 +358,12 @@ def _make_trial_fn(setup: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         # one marker per start: shows whether a trial ever ran twice (resume checks, debugging)
         marker = storage.join(trial_cfg.run_uri, "starts", f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json")
         storage.write_text(marker, json.dumps({k: _plain(v) for k, v in config.items()}), trial_cfg.storage)
+        from polymodal.registry import get_task
+
+        task = get_task(trial_cfg.task)
+        if task.trains_itself:  # one fit, one report: the trial's only iteration
+            tune.report(task.fit(trial_cfg, progress=False)["metrics"])
+            return
         manifests = None
         if setup["manifests"] is not None:
             manifests = {k: shards.Manifest.model_validate(v) for k, v in setup["manifests"].items()}
@@ -461,7 +470,10 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     uri = sweep_uri(cfg, space)
     # bad data fails here, once, instead of in every trial; swept data paths are checked per trial
     swept_data = any(k.startswith("data.") for k in space.params)
-    manifests = None if swept_data else {k: m.model_dump(mode="json") for k, m in open_splits(base_cfg).items()}
+    from polymodal.registry import get_task
+
+    own_data = get_task(base_cfg.task).trains_itself  # its data.train is not a shard dataset
+    manifests = None if swept_data or own_data else {k: m.model_dump(mode="json") for k, m in open_splits(base_cfg).items()}
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=progress)
     concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)))

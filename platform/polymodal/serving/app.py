@@ -218,10 +218,13 @@ class ModelStore:
 
         self.args = args
         ckpt = resolve_checkpoint(args.checkpoint)
-        cfg, weights = read_export(ckpt)
-        task = get_task(cfg.task)
-        model = task.build_model(cfg.model)
-        load_trainable(model, weights)
+        task = get_task(read_config(ckpt).task)
+        if task.trains_itself:
+            cfg, model = task.load_checkpoint(ckpt)
+        else:
+            cfg, weights = read_export(ckpt)
+            model = task.build_model(cfg.model)
+            load_trainable(model, weights)
         self.base = LoadedModel(DEFAULT_MODEL_ID, ckpt, cfg, task, model.eval(),
                                 task_adapter_key(task, cfg.model))
         self.task = task

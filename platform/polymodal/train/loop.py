@@ -393,9 +393,14 @@ def summarize_result(cfg: ExperimentConfig, result) -> dict[str, Any]:
 
 
 def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
+    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes.
+
+    A task with ``trains_itself`` (closed-form fits) runs its own :meth:`Task.fit` instead."""
     import ray
 
+    task = get_task(cfg.task)
+    if task.trains_itself:
+        return task.fit(cfg, progress=progress)
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
@@ -425,6 +430,8 @@ def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     """Single-process training without Ray (same worker code; CUDA when available)."""
     import deepspeed
 
+    if get_task(cfg.task).trains_itself:
+        return get_task(cfg.task).fit(cfg, progress=progress, local=True)
     manifests = open_splits(cfg)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":

@@ -12,6 +12,7 @@ after a failure only solves what is missing.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -47,18 +48,19 @@ def _chunk_uri(out_uri: str, chunk: ChunkInfo) -> str:
 
 
 def solve_chunk(basis: RidgeBasis, sel: ResponseSelection, chunk: ChunkInfo, out_uri: str,
-                opts: StorageOptions | None = None) -> dict[str, Any]:
-    """Read one chunk, solve it, write its safetensors; return a small summary."""
+                opts: StorageOptions | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Read one chunk, solve it on ``device``, write its safetensors; return a small summary."""
     from safetensors.torch import save
 
+    basis = basis.to(device)
     Y = stack_responses(read_chunk(sel.root, sel.subject, chunk, sel.stories, opts), sel)
     if Y.shape[0] != basis.n_samples:
         raise ValueError(f"chunk {chunk.name}: {Y.shape[0]} response rows after trimming, but the design "
                          f"has {basis.n_samples}; stories or trimming differ between X and Y")
     scores, best, coef = basis.solve(torch.from_numpy(Y).to(basis.U.dtype))
     best_scores = scores.gather(0, best[None]).squeeze(0)
-    tensors = {"coef": coef.contiguous(), "best_alphas": basis.alphas[best].contiguous(),
-               "cv_scores": scores.contiguous()}
+    tensors = {"coef": coef.cpu().contiguous(), "best_alphas": basis.alphas[best].cpu().contiguous(),
+               "cv_scores": scores.cpu().contiguous()}
     storage.write_bytes(_chunk_uri(out_uri, chunk), save(tensors, metadata={"start": str(chunk.start),
                                                                             "stop": str(chunk.stop)}), opts)
     return {"chunk": chunk.name, "voxels": chunk.stop - chunk.start, "mean_cv_score": float(best_scores.mean())}
@@ -66,39 +68,110 @@ def solve_chunk(basis: RidgeBasis, sel: ResponseSelection, chunk: ChunkInfo, out
 
 def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_uri: str, *,
                   alphas: Sequence[float] = tuple(np.logspace(0, 4, 10)), cv: int = 5,
-                  score: str = "correlation", dtype: str = "float32", opts: StorageOptions | None = None,
-                  num_cpus_per_task: float = 1.0, progress: bool = False) -> dict[str, Any]:
-    """Solve every voxel chunk of ``sel.subject`` as a Ray task; write ``<out>/index.json``."""
-    import ray
+                  score: str = "correlation", dtype: str = "float32", device: str = "cpu",
+                  opts: StorageOptions | None = None, num_cpus_per_task: float = 1.0,
+                  use_ray: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Solve every voxel chunk of ``sel.subject``; write ``<out>/index.json``.
 
+    With ``use_ray`` each chunk is a Ray task (``num_cpus_per_task`` CPUs, one GPU each when
+    ``device`` is ``cuda``) sharing the X basis through the object store; without it the chunks
+    are solved one after another in this process (``polymodal train --local``).
+    """
     index = read_index(sel.root, sel.subject, opts)
     missing = [s for s in sel.stories if s not in index.stories]
     if missing:
         raise ValueError(f"subject {sel.subject!r} has no responses for stories {missing}")
     todo = [c for c in index.chunks if not storage.exists(_chunk_uri(out_uri, c), opts)]
-    pending = []
-    if todo:  # a finished run needs no decomposition of X
-        basis_ref = ray.put(RidgeCV(alphas, cv=cv, score=score, dtype=dtype).basis(X, groups))
-        task = ray.remote(num_cpus=num_cpus_per_task)(solve_chunk)
-        pending = [task.remote(basis_ref, sel, c, out_uri, opts) for c in todo]
     summaries = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    if todo:  # a finished run needs no decomposition of X
+        basis = RidgeCV(alphas, cv=cv, score=score, dtype=dtype, device=device).basis(X, groups)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pending), desc=f"ridge {sel.subject}", unit="chunk")
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        summaries.extend(ray.get(done))
+            bar = tqdm(total=len(todo), desc=f"ridge {sel.subject}", unit="chunk")
+        for summary in _run_chunks(solve_chunk, basis, todo, (sel,), out_uri, opts, device, use_ray,
+                                   num_cpus_per_task):
+            summaries.append(summary)
+            if bar:
+                bar.update(1)
         if bar:
-            bar.update(len(done))
-    if bar:
-        bar.close()
+            bar.close()
     result = {"subject": sel.subject, "n_voxels": index.n_voxels, "chunks": [c.model_dump() for c in index.chunks],
               "alphas": [float(a) for a in alphas], "score": score, "stories": sel.stories,
               "solved_now": sorted(s["chunk"] for s in summaries)}
     storage.write_text(storage.join(out_uri, "index.json"), json.dumps(result, indent=2), opts)
     return result
+
+
+def _run_chunks(fn, shared: Any, chunks: list[ChunkInfo], args: tuple, out_uri: str, opts, device: str,
+                use_ray: bool, num_cpus: float):
+    """Yield ``fn(shared, *args, chunk, out_uri, opts, device)`` per chunk, as results arrive."""
+    if not use_ray:
+        for c in chunks:
+            yield fn(shared, *args, c, out_uri, opts, device)
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    shared_ref = ray.put(shared.to("cpu") if hasattr(shared, "to") else shared)
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=1 if device == "cuda" else 0)(fn)
+    pending = [remote.remote(shared_ref, *args, c, out_uri, opts, device) for c in chunks]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+def evaluate_chunk(X_test: np.ndarray, sel: ResponseSelection, chunk: ChunkInfo, sol_uri: str,
+                   opts: StorageOptions | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Held-out correlations of one solved chunk: read its weights and its test responses only.
+
+    ``X_test`` stacks the test stories in ``sel.stories`` order. Returns ``r`` (v,) over all test
+    TRs, ``story_r`` (n_stories, v) per story, ``cv_score`` (v,) at the chosen alpha and
+    ``best_alphas`` (v,).
+    """
+    from safetensors.numpy import load
+
+    from .evaluate import voxel_correlations
+
+    sol = load(storage.read_bytes(_chunk_uri(sol_uri, chunk), opts))
+    raw = read_chunk(sel.root, sel.subject, chunk, sel.stories, opts)
+    Y = stack_responses(raw, sel)
+    if Y.shape[0] != X_test.shape[0]:
+        raise ValueError(f"chunk {chunk.name}: {Y.shape[0]} test response rows after trimming, but the test "
+                         f"design has {X_test.shape[0]}")
+    pred = (torch.from_numpy(np.ascontiguousarray(X_test, dtype=np.float32)).to(device)
+            @ torch.from_numpy(sol["coef"]).to(device)).cpu().numpy()       # (n_test, v)
+    bounds = np.cumsum([0] + [len(sel.trim.apply(raw[name], sel.tr)) for name in sel.stories])
+    story_r = np.stack([voxel_correlations(pred[a:b], Y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+    return {"chunk": chunk.name, "r": voxel_correlations(pred, Y).astype(np.float32),
+            "story_r": story_r.astype(np.float32), "cv_score": sol["cv_scores"].max(0),
+            "best_alphas": sol["best_alphas"]}
+
+
+def evaluate_ray(X_test: np.ndarray, sel: ResponseSelection, sol_uri: str, *, opts: StorageOptions | None = None,
+                 device: str = "cpu", num_cpus_per_task: float = 1.0, use_ray: bool = True,
+                 progress: bool = False) -> dict[str, np.ndarray]:
+    """:func:`evaluate_chunk` over every chunk of a solution, reassembled in voxel order."""
+    meta = json.loads(storage.read_text(storage.join(sol_uri, "index.json"), opts))
+    chunks = [ChunkInfo(**c) for c in meta["chunks"]]
+    parts: dict[str, dict[str, Any]] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(chunks), desc=f"evaluate {sel.subject}", unit="chunk")
+    for part in _run_chunks(evaluate_chunk, X_test, chunks, (sel,), sol_uri, opts, device, use_ray,
+                            num_cpus_per_task):
+        parts[part["chunk"]] = part
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    ordered = [parts[c.name] for c in chunks]
+    return {key: np.concatenate([p[key] for p in ordered], axis=-1)
+            for key in ("r", "story_r", "cv_score", "best_alphas")}
 
 
 def load_solution(out_uri: str, opts: StorageOptions | None = None) -> dict[str, np.ndarray]:
@@ -110,4 +183,5 @@ def load_solution(out_uri: str, opts: StorageOptions | None = None) -> dict[str,
     return {key: np.concatenate([p[key] for p in parts], axis=-1) for key in ("coef", "best_alphas", "cv_scores")}
 
 
-__all__ = ["ResponseSelection", "fit_ridge_ray", "load_solution", "solve_chunk", "stack_responses"]
+__all__ = ["ResponseSelection", "evaluate_chunk", "evaluate_ray", "fit_ridge_ray", "load_solution", "solve_chunk",
+           "stack_responses"]

@@ -69,9 +69,12 @@ class WordVectors:
         """``fmt=auto``: ``*.bin`` is binary word2vec, anything else GloVe text (no header line)."""
         from gensim.models import KeyedVectors
 
-        from polymodal.cache import local_copy
+        from polymodal.cache import local_file
 
-        path = local_copy(source, opts) if "://" in source else source
+        try:
+            path = local_file(source, opts)
+        except FileNotFoundError:
+            raise PolymodalError(f"word vectors not found: {source}") from None
         if fmt == "auto":
             fmt = "word2vec" if path.endswith(".bin") else "glove"
         try:

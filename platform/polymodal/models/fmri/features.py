@@ -119,3 +119,12 @@ class Trim(BaseModel):
 def tr_times(n_trs: int, tr: float, start_time: float = 0.0) -> np.ndarray:
     """Acquisition midpoints of ``n_trs`` volumes: ``k * tr - start_time + tr / 2``."""
     return np.arange(n_trs, dtype=np.float64) * tr - start_time + tr / 2.0
+
+
+def story_design(on_trs: np.ndarray, tr: float, trim: Trim, delays: Sequence[int]) -> np.ndarray:
+    """One story's design matrix: trim, z-score per column, then stack the delays.
+
+    (n_trs, F) -> (n_trs - trimmed, F * len(delays)). The order is the Huth lab's: responses are
+    trimmed and z-scored the same way, so both sides have zero mean over the kept TRs.
+    """
+    return make_delayed(zscore(trim.apply(on_trs, tr)), delays)

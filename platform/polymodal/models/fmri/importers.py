@@ -113,7 +113,8 @@ def _check_times(story: str, words: list[tuple[str, float, float]], source: str)
                              f"non-decreasing with end >= start, got start={starts[i]}, end={ends[i]}")
 
 
-def _write_words(out: str, words: dict[str, list[tuple[str, float, float]]], opts: StorageOptions | None) -> None:
+def write_words(out: str, words: dict[str, list[tuple[str, float, float]]], opts: StorageOptions | None) -> None:
+    """The ``words/`` shard dataset: one row per word (story, word, start, end in seconds)."""
     columns = {"story": {"dtype": "string"}, "word": {"dtype": "string"},
                "start": {"dtype": "float64"}, "end": {"dtype": "float64"}}
     with ShardWriter(storage.join(out, "words"), task=TASK, split="words", columns=columns, opts=opts,
@@ -122,6 +123,11 @@ def _write_words(out: str, words: dict[str, list[tuple[str, float, float]]], opt
             writer.write({"story": np.array([story] * len(items), dtype=object),
                           "word": np.array([w for w, _, _ in items], dtype=object),
                           "start": np.array([a for _, a, _ in items]), "end": np.array([b for _, _, b in items])})
+
+
+def write_story_meta(out: str, meta: dict[str, dict[str, Any]], opts: StorageOptions | None) -> None:
+    """``stories.json``, written last: its presence marks a complete dataset."""
+    storage.write_text(storage.join(out, "stories.json"), json.dumps(meta, indent=2), opts)
 
 
 def _open_responses(path: Path, stack: ExitStack) -> Any:
@@ -216,8 +222,8 @@ def _finish(out: str, words: dict, meta: dict, files: dict, chunk: int, opts: St
             progress: bool) -> dict[str, Any]:
     if not files:
         raise PolymodalError("no subjects with responses found")
-    _write_words(out, words, opts)
+    write_words(out, words, opts)
     _write_subjects(out, meta, files, chunk, opts, progress)
-    storage.write_text(storage.join(out, "stories.json"), json.dumps(meta, indent=2), opts)
+    write_story_meta(out, meta, opts)
     return {"stories": len(meta), "words": sum(len(w) for w in words.values()), "subjects": sorted(files),
             "out": out}

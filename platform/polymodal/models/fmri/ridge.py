@@ -23,8 +23,9 @@ object store.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -85,6 +86,11 @@ def resolve_splits(cv: int | Iterable, n_samples: int, groups: Sequence | None =
 # --------------------------------------------------------------------------- solver pieces
 
 
+def _tensors_to(obj: Any, device: str | torch.device) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(obj, f.name).to(device) for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), torch.Tensor)}
+
+
 def _to_tensor(a, device: torch.device, dtype: torch.dtype, name: str) -> torch.Tensor:
     t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
     if t.ndim != 2:
@@ -115,6 +121,9 @@ class FoldBasis:
     C: torch.Tensor         # (r, r) float64, zero on the diagonal and on near-degenerate pairs
     pairs: torch.Tensor     # (n_pairs, 2) near-degenerate (i, j), i != j, both s > 0
     M_pairs: torch.Tensor   # (n_pairs,) float64
+
+    def to(self, device: str | torch.device) -> "FoldBasis":
+        return dataclasses.replace(self, **_tensors_to(self, device))
 
     @classmethod
     def build(cls, X: torch.Tensor, train: np.ndarray, val: np.ndarray) -> "FoldBasis":
@@ -221,6 +230,10 @@ class RidgeBasis:
     @property
     def n_samples(self) -> int:
         return self.U.shape[0]
+
+    def to(self, device: str | torch.device) -> "RidgeBasis":
+        """A copy on ``device`` (the driver builds on its device; tasks move it to theirs)."""
+        return dataclasses.replace(self, folds=[f.to(device) for f in self.folds], **_tensors_to(self, device))
 
     def solve(self, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Y (n, v) -> mean CV scores (n_alphas, v), best alpha index (v,), weights (p, v)."""

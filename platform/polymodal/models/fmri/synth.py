@@ -11,10 +11,11 @@ variance ``1 / (1 + snr)``, a perfect model's held-out correlation for the voxel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .features import Trim, lanczos_interp, make_delayed, tr_times, zscore
+from .features import Trim, lanczos_interp, story_design, tr_times, zscore
 
 
 @dataclass
@@ -48,18 +49,23 @@ def story_features(data: SynthData, name: str) -> np.ndarray:
     times = (story.starts + story.ends) / 2.0          # a word happens at its midpoint
     n_trs = story.responses.shape[0]
     on_trs = lanczos_interp(vectors, times, tr_times(n_trs, data.tr))
-    return make_delayed(data.trim.apply(zscore(on_trs), data.tr), data.delays)
+    return story_design(on_trs, data.tr, data.trim, data.delays)
 
 
 def make_synthetic(n_stories: int = 10, trs_per_story: int = 150, n_voxels: int = 200, dim: int = 16,
                    vocab: int = 300, noise_fraction: float = 0.25, snr_range: tuple[float, float] = (0.25, 4.0),
                    tr: float = 2.0, delays: tuple[int, ...] = (1, 2, 3, 4), trim: Trim | None = None,
-                   seed: int = 0) -> SynthData:
-    """Stories, ground-truth weights and per-voxel SNRs; see the module docstring."""
+                   seed: int = 0, story_seed: int | None = None) -> SynthData:
+    """Stories, ground-truth weights and per-voxel SNRs; see the module docstring.
+
+    ``story_seed`` fixes the words, timings and embeddings apart from ``seed``: two subjects
+    who heard the same stories are two calls with the same ``story_seed`` and different seeds.
+    """
     rng = np.random.default_rng(seed)
+    srng = rng if story_seed is None else np.random.default_rng(story_seed)
     trim = trim or Trim()
     words_vocab = [f"w{i:04d}" for i in range(vocab)]
-    embeddings = {w: rng.standard_normal(dim) for w in words_vocab}
+    embeddings = {w: srng.standard_normal(dim) for w in words_vocab}
     n_noise = int(round(noise_fraction * n_voxels))
     snr = np.exp(rng.uniform(np.log(snr_range[0]), np.log(snr_range[1]), n_voxels))
     snr[rng.permutation(n_voxels)[:n_noise]] = 0.0
@@ -72,13 +78,13 @@ def make_synthetic(n_stories: int = 10, trs_per_story: int = 150, n_voxels: int 
         # ~2.5 words per second, durations 0.2-0.6 s, starting after a short silence
         t, starts, ends = 1.0, [], []
         while True:
-            length = rng.uniform(0.2, 0.6)
+            length = srng.uniform(0.2, 0.6)
             if t + length > duration - 1.0:
                 break
             starts.append(t)
             ends.append(t + length)
-            t += length + rng.uniform(0.0, 0.2)
-        words = [words_vocab[i] for i in rng.integers(0, vocab, len(starts))]
+            t += length + srng.uniform(0.0, 0.2)
+        words = [words_vocab[i] for i in srng.integers(0, vocab, len(starts))]
         name = f"story{k:02d}"
         data.stories[name] = SynthStory(words, np.asarray(starts), np.asarray(ends),
                                         np.zeros((trs_per_story, n_voxels), np.float32))
@@ -106,3 +112,36 @@ def design(data: SynthData, names: list[str]) -> tuple[np.ndarray, np.ndarray, n
         ys.append(Y)
         gs.append(np.full(len(X), i))
     return np.vstack(xs), np.vstack(ys), np.concatenate(gs)
+
+
+def write_dataset(root: str, subjects: dict[str, SynthData], *, chunk: int = 4096, opts=None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Write synthetic subjects as an imported fMRI dataset at ``root`` (local or ``s3://``).
+
+    The layout is what ``polymodal data import`` writes (``stories.json``, ``words/``,
+    ``responses/<subject>/``), plus ``vectors.txt``: the words' true embeddings in GloVe text
+    format, so ``feature: glove`` can recover the planted model exactly. Every subject must
+    have heard the same stories (``make_synthetic(..., story_seed=s)``).
+    """
+    from polymodal import storage
+
+    from .data import write_responses
+    from .importers import write_story_meta, write_words
+
+    first = next(iter(subjects.values()))
+    for name, data in subjects.items():
+        if sorted(data.stories) != sorted(first.stories) or any(
+                data.stories[s].words != first.stories[s].words for s in first.stories):
+            raise ValueError(f"subject {name!r} heard other stories; build subjects with one story_seed")
+    words = {name: list(zip(st.words, st.starts.tolist(), st.ends.tolist())) for name, st in first.stories.items()}
+    meta = {name: {"n_trs": int(st.responses.shape[0]), "tr": first.tr, "start_time": 0.0}
+            for name, st in first.stories.items()}
+    write_words(root, words, opts)
+    for subject, data in subjects.items():
+        write_responses(root, subject, {n: st.responses for n, st in data.stories.items()}, chunk=chunk,
+                        opts=opts, progress=progress)
+    lines = [" ".join([w, *(f"{x:.6f}" for x in vec)]) for w, vec in first.embeddings.items()]
+    storage.write_text(storage.join(root, "vectors.txt"), "\n".join(lines) + "\n", opts)
+    write_story_meta(root, meta, opts)
+    return {"root": root, "stories": sorted(meta), "subjects": sorted(subjects),
+            "vectors": storage.join(root, "vectors.txt")}

@@ -1,0 +1,131 @@
+"""Serving a fitted encoding model: a story's words with times in, predicted voxels out.
+
+A request names a subject and gives the words (``word``, ``start``, ``end`` in seconds). The
+response holds predictions on the TR clock for the requested ``voxels`` or, without them, the
+``top_k`` voxels with the best held-out correlation. Predictions are in the units the model was
+fitted in: responses z-scored per story.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from polymodal.registry import ServeInputError
+
+from .features import make_delayed, zscore
+from .pipeline import Featurizer, Story
+
+
+class Word(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    word: str = Field(..., min_length=1)
+    start: float = Field(..., ge=0, description="seconds from the story's start")
+    end: float = Field(..., ge=0)
+
+
+class EncodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str
+    words: list[Word] = Field(..., min_length=1, description="the story, in time order")
+    n_trs: int | None = Field(None, ge=1, le=100_000, description="TRs to predict; None: until the last word ends")
+    voxels: list[int] | None = Field(None, min_length=1, max_length=10_000, description="voxel indices")
+    top_k: int = Field(10, ge=1, le=10_000, description="without voxels: the k best-predicted voxels")
+
+
+class EncodeResponse(BaseModel):
+    subject: str
+    tr: float
+    n_trs: int
+    voxels: list[int]
+    test_r: list[float] = Field(..., description="each voxel's held-out correlation")
+    predictions: list[list[float]] = Field(..., description="(n_trs, len(voxels)), z-scored response units")
+
+
+class EncodingModel(nn.Module):
+    """Feature space + per-subject ridge weights (buffers) of one fitted run."""
+
+    def __init__(self, featurizer: Featurizer, tr: float, weights: dict[str, np.ndarray],
+                 test_r: dict[str, np.ndarray]):
+        super().__init__()
+        self.featurizer, self.tr = featurizer, tr
+        self.subjects = sorted(weights)
+        for s in self.subjects:
+            self.register_buffer(f"coef_{s}", torch.from_numpy(np.ascontiguousarray(weights[s], np.float32)))
+            self.register_buffer(f"r_{s}", torch.from_numpy(np.ascontiguousarray(test_r[s], np.float32)))
+
+    def coef(self, subject: str) -> torch.Tensor:
+        return getattr(self, f"coef_{subject}")            # (features * delays, voxels)
+
+    def test_r(self, subject: str) -> torch.Tensor:
+        return getattr(self, f"r_{subject}")               # (voxels,)
+
+    def design(self, story: Story) -> torch.Tensor:
+        """(n_trs, features * delays): z-scored and delayed like training, nothing trimmed."""
+        m = self.featurizer.mcfg
+        X = make_delayed(zscore(self.featurizer.on_trs(story)), m.delays)
+        return torch.from_numpy(X.astype(np.float32))
+
+
+def _check(model: EncodingModel, req: EncodeRequest) -> Story:
+    if req.subject not in model.subjects:
+        raise ServeInputError("subject", f"unknown subject {req.subject!r}; this model has {model.subjects}")
+    starts = np.array([w.start for w in req.words])
+    ends = np.array([w.end for w in req.words])
+    for i in range(len(req.words)):
+        if ends[i] < starts[i]:
+            raise ServeInputError(f"words.{i}.end", f"ends ({ends[i]}) before it starts ({starts[i]})")
+        if i and starts[i] < starts[i - 1]:
+            raise ServeInputError(f"words.{i}.start", f"times must not decrease: {starts[i]} comes after "
+                                                      f"{starts[i - 1]} (word {i - 1})")
+    n_voxels = model.coef(req.subject).shape[1]
+    if req.voxels is not None:
+        bad = [v for v in req.voxels if not 0 <= v < n_voxels]
+        if bad:
+            raise ServeInputError("voxels", f"indices {bad[:5]} are outside 0..{n_voxels - 1}")
+    n_trs = req.n_trs or max(1, math.ceil(float(ends.max()) / model.tr))
+    return Story([w.word for w in req.words], (starts + ends) / 2.0, n_trs, model.tr)
+
+
+def serve_predict(model: EncodingModel, requests: list[EncodeRequest]) -> list[EncodeResponse]:
+    out = []
+    for req in requests:
+        story = _check(model, req)
+        r = model.test_r(req.subject)
+        if req.voxels is not None:
+            voxels = torch.as_tensor(req.voxels)
+        else:
+            voxels = torch.argsort(r, descending=True)[:req.top_k]
+        with torch.no_grad():
+            pred = model.design(story) @ model.coef(req.subject)[:, voxels]     # (n_trs, k)
+        out.append(EncodeResponse(subject=req.subject, tr=model.tr, n_trs=story.n_trs, voxels=voxels.tolist(),
+                                  test_r=r[voxels].tolist(), predictions=pred.tolist()))
+    return out
+
+
+def load_model(run_uri: str, opts: Any = None) -> tuple[Any, EncodingModel]:
+    """(config, model) of a fitted run folder: weights from the chunk files, r from the evaluation."""
+    import yaml
+
+    from polymodal import storage
+    from polymodal.config import validate_config
+
+    from .distributed import load_solution
+    from .pipeline import EXPORT_DIR, build_featurizer, load_subject_eval, read_export
+
+    info, state = read_export(run_uri, opts)
+    cfg_uri = storage.join(run_uri, EXPORT_DIR, "config.yaml")
+    cfg = validate_config(yaml.safe_load(storage.read_text(cfg_uri, opts)), cfg_uri)
+    featurizer = build_featurizer(cfg.model, vocab=state.get("vocab"), opts=opts)
+    weights, test_r = {}, {}
+    for subject in info["subjects"]:
+        weights[subject] = load_solution(storage.join(run_uri, "subjects", subject, "ridge"), opts)["coef"]
+        test_r[subject] = load_subject_eval(run_uri, subject, opts)["r"]
+    return cfg, EncodingModel(featurizer, float(info["tr"]), weights, test_r).eval()
