@@ -174,6 +174,47 @@ def test_local_fit_without_ray_equals_the_ray_fit(fitted, tmp_path):
     np.testing.assert_array_equal(local["best_alphas"], remote["best_alphas"])
 
 
+def test_encoder_features_from_a_saved_transformer(fitted, synth, tmp_path):
+    """feature: encoder with a tiny random BERT saved like a real checkpoint (config + tokenizer)."""
+    from transformers import BertConfig, BertModel
+
+    from polymodal.models.fmri.mlm import train_tokenizer
+
+    root, _, _ = fitted
+    folder = tmp_path / "tiny-bert"
+    texts = [" ".join(st.words) for st in synth["S01"].stories.values()]
+    tokenizer = train_tokenizer(texts, str(folder), vocab_size=300)
+    BertModel(BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
+    config = _write_config(tmp_path, root, str(tmp_path / "runs"), feature="encoder", encoder=tokenizer,
+                           layer=1, context_words=3, subjects=["S01"])
+    assert cli.main(["train", "--config", str(config), "--local", "-q"]) == 0
+    run = tmp_path / "runs" / "glove"
+    assert load_solution(str(run / "subjects" / "S01" / "ridge"))["coef"].shape == (16 * 4, 160)
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert np.isfinite(list(metrics.values())).all()
+
+
+def test_tune_sweep_trials_are_ridge_fits(fitted, tmp_path):
+    """The shipped space, cut to the feature-space grid: the true embeddings beat bag-of-words."""
+    from polymodal.config import load_config
+    from polymodal.tune import load_space, run_sweep
+
+    root, _, _ = fitted
+    cfg = load_config(str(_write_config(tmp_path, root, str(tmp_path / "runs"))))
+    space = load_space(str(ROOT / "tune_spaces" / "fmri.yaml"), cfg)
+    space = space.model_copy(update={"params": {"model.feature": space.params["model.feature"]}})
+    out = run_sweep(cfg, space)
+    assert out.complete and len(out.trials) == 2, out.trials
+    assert all(t["status"] == "finished" for t in out.trials), out.trials
+    assert out.best_values == {"model.feature": "glove"}
+    scores = {t["model.feature"]: t["cv_score_final"] for t in out.trials}
+    assert scores["glove"] > scores["bow"] > 0.05
+    for trial in out.trials:  # each trial is a complete run: summary, weights, held-out evaluation
+        summary = json.loads(storage.read_text(f"{out.sweep_uri}/trials/{trial['trial_id']}/summary.json"))
+        assert summary["metrics"]["cv_score"] == pytest.approx(trial["cv_score_final"])
+
+
 # --------------------------------------------------------------------------- over HTTP
 
 

@@ -361,8 +361,8 @@ def _make_trial_fn(setup: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         from polymodal.registry import get_task
 
         task = get_task(trial_cfg.task)
-        if task.trains_itself:  # one fit, one report: the trial's only iteration
-            tune.report(task.fit(trial_cfg, progress=False)["metrics"])
+        if task.trains_itself:  # one fit, one report: the trial's only iteration (its one "epoch")
+            tune.report({**task.fit(trial_cfg, progress=False)["metrics"], "epoch": 0})
             return
         manifests = None
         if setup["manifests"] is not None:
@@ -480,7 +480,15 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     _check_state_api(space)
 
     setup = {"base": base, "trials_uri": storage.join(uri, "trials"), "manifests": manifests}
-    resources = {"cpu": space.resources_per_trial.cpu, "gpu": space.resources_per_trial.gpu}
+    resources: Any = {"cpu": space.resources_per_trial.cpu, "gpu": space.resources_per_trial.gpu}
+    if own_data:
+        # a self-fitting task's Ray tasks must fit inside the trial's placement group: one bundle
+        # for the driver, one per scaling worker (that many tasks run at once per trial)
+        worker = {"CPU": base_cfg.scaling.resources_per_worker.get("CPU", 1.0),
+                  "GPU": 1.0 if base_cfg.scaling.use_gpu else 0.0}
+        resources = tune.PlacementGroupFactory(
+            [{"CPU": space.resources_per_trial.cpu, "GPU": space.resources_per_trial.gpu}]
+            + [worker] * base_cfg.scaling.num_workers)
     trainable = tune.with_resources(_make_trial_fn(setup), resources)
     path, fs = _tune_location(uri, cfg)
     snapshot_uri = storage.join(uri, "sweep.json")

@@ -5,12 +5,6 @@ from polymodal.models.fmri.features import lanczos_interp, make_delayed
 from polymodal.models.fmri.ridge import RidgeCV
 
 # importing the task modules registers fmri.encoding and fmri.mlm
-from polymodal.models.fmri import task  # noqa: E402,F401
-
-try:  # fmri.mlm lands with its encoder features
-    from polymodal.models.fmri import mlm  # noqa: E402,F401
-except ImportError as _exc:  # pragma: no cover
-    if "polymodal.models.fmri.mlm" not in str(_exc) and "mlm" not in str(_exc):
-        raise
+from polymodal.models.fmri import mlm, task  # noqa: E402,F401
 
 __all__ = ["RidgeCV", "lanczos_interp", "make_delayed"]

@@ -7,7 +7,9 @@ One run fits one feature space for every listed subject::
     data: {train: s3://bucket/fmri/ds003020}      # root written by `polymodal data import`
 
 ``data.train`` is the imported dataset root (``stories.json``, ``words/``, ``responses/``); the
-model section says which stories train and which are held out.
+model section says which stories train and which are held out. Each voxel chunk is solved by a
+Ray task with ``scaling.resources_per_worker`` (default 1 CPU; 1 GPU each with
+``scaling.use_gpu``); in a Tune trial ``scaling.num_workers`` of them run at once.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class FmriConfig(StrictModel):
         None, description="held-out stories; None: test_fraction of the stories, picked with the run's seed")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     train_stories: list[str] | None = Field(None, description="None: every story not held out")
-    cpus_per_chunk: float = Field(1.0, gt=0, description="Ray CPUs per voxel-chunk task")
 
     @model_validator(mode="after")
     def _check(self) -> "FmriConfig":

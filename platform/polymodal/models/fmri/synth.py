@@ -114,6 +114,14 @@ def design(data: SynthData, names: list[str]) -> tuple[np.ndarray, np.ndarray, n
     return np.vstack(xs), np.vstack(ys), np.concatenate(gs)
 
 
+def subjects_for_task(seed: int = 0, scale: float = 1.0) -> dict[str, SynthData]:
+    """What ``polymodal data synth --task fmri.encoding`` writes: subjects S01 and S02 who heard
+    the same ``12 * scale`` stories (150 TRs), 300 voxels each, a quarter of them noise."""
+    n_stories = max(6, int(round(12 * scale)))
+    return {f"S{i + 1:02d}": make_synthetic(n_stories=n_stories, trs_per_story=150, n_voxels=300, dim=16,
+                                            seed=seed * 10 + i + 1, story_seed=seed) for i in range(2)}
+
+
 def write_dataset(root: str, subjects: dict[str, SynthData], *, chunk: int = 4096, opts=None,
                   progress: bool = False) -> dict[str, Any]:
     """Write synthetic subjects as an imported fMRI dataset at ``root`` (local or ``s3://``).

