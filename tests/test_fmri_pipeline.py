@@ -195,6 +195,23 @@ def test_encoder_features_from_a_saved_transformer(fitted, synth, tmp_path):
     assert np.isfinite(list(metrics.values())).all()
 
 
+def test_mlm_data_from_the_transcripts_keeps_test_stories_out(fitted, tmp_path):
+    from polymodal.shards import iter_local_batches, open_dataset
+
+    root, _, _ = fitted
+    out = str(tmp_path / "mlm")
+    assert cli.main(["data", "mlm", "--source", root, "--out", out, "--exclude", ",".join(TEST_STORIES),
+                     "--val-stories", "story00", "--vocab-size", "200", "--max-length", "64", "-q"]) == 0
+    seen = {}
+    for split in ("train", "val"):
+        manifest = open_dataset(f"{out}/{split}")
+        assert manifest.task == "fmri.mlm" and manifest.num_rows > 0
+        seen[split] = {str(s) for b in iter_local_batches(f"{out}/{split}", 512, shuffle=False) for s in b["story"]}
+    assert seen["val"] == {"story00"}
+    assert seen["train"] == {f"story0{i}" for i in range(8)} - {"story00", *TEST_STORIES}
+    assert cli.main(["data", "mlm", "--source", root, "--out", out, "--exclude", "nope", "-q"]) == 2
+
+
 def test_tune_sweep_trials_are_ridge_fits(fitted, tmp_path):
     """The shipped space, cut to the feature-space grid: the true embeddings beat bag-of-words."""
     from polymodal.config import load_config

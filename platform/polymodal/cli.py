@@ -67,6 +67,21 @@ def cmd_data_import(args) -> None:
         print(f"{name}: {uri}")
 
 
+def cmd_data_mlm(args) -> None:
+    from polymodal.models.fmri.mlm import prepare_from_fmri
+
+    storage_opts = _load(args).storage if args.config else None
+    out = prepare_from_fmri(args.source, args.out, exclude=_names(args.exclude), val_stories=_names(args.val_stories),
+                            vocab_size=args.vocab_size, max_length=args.max_length, opts=storage_opts,
+                            progress=not args.quiet)
+    for name, uri in out.items():
+        print(f"{name}: {uri}")
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
 def cmd_data_inspect(args) -> None:
     from polymodal import shards
 
@@ -191,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_import)
+    p = dsub.add_parser("mlm", parents=[quiet],
+                        help="fmri.mlm training data: a WordPiece tokenizer and token windows from an fMRI dataset's "
+                             "transcripts")
+    p.add_argument("--source", required=True, metavar="FMRI_ROOT", help="dataset root written by data import")
+    p.add_argument("--out", required=True, metavar="URI", help="writes tokenizer/, train/ and val/ here")
+    p.add_argument("--exclude", metavar="S1,S2", help="stories kept out entirely (the fMRI test stories)")
+    p.add_argument("--val-stories", metavar="S1,S2", help="stories for the validation split")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-length", type=int, default=256, help="tokens per window (the paper preset: 256)")
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_data_mlm)
+
     p = dsub.add_parser("inspect", parents=[quiet], help="validate a dataset and print its manifest")
     p.add_argument("uri", help="dataset folder or s3:// URI")
     p.add_argument("--verify", choices=["footer", "checksum"], default="checksum",

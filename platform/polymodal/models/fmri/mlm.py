@@ -196,21 +196,10 @@ def _columns(max_length: int, with_story: bool) -> dict[str, dict[str, Any]]:
 
 
 def read_story_words(fmri_root: str, opts: StorageOptions | None = None) -> dict[str, list[str]]:
-    """Story -> its words in time order, from ``<fmri_root>/words`` (see ``importers``)."""
-    if not st.exists(st.join(fmri_root, "stories.json"), opts):
-        raise PolymodalError(f"{fmri_root} is not an fMRI dataset root (no stories.json); create one with "
-                             "`polymodal data import` (polymodal.models.fmri.importers)")
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for batch in iter_local_batches(st.join(fmri_root, "words"), 65536, shuffle=False, shuffle_buffer=0, opts=opts):
-        for name in dict.fromkeys(batch["story"]):
-            keep = batch["story"] == name
-            parts.setdefault(str(name), []).append((batch["start"][keep], batch["word"][keep]))
-    out = {}
-    for name, chunks in parts.items():
-        starts = np.concatenate([s for s, _ in chunks])
-        words = np.concatenate([w for _, w in chunks])
-        out[name] = [str(w) for w in words[np.argsort(starts, kind="stable")]]
-    return out
+    """Story -> its words in time order, from an fMRI dataset root (see ``importers``)."""
+    from .pipeline import load_stories
+
+    return {name: story.words for name, story in load_stories(fmri_root, opts).items()}
 
 
 def write_mlm_dataset(fmri_root: str, out_uri: str, *, tokenizer_dir: str, stories: Sequence[str] | None = None,
@@ -241,6 +230,33 @@ def write_mlm_dataset(fmri_root: str, out_uri: str, *, tokenizer_dir: str, stori
             rows = encode_windows(tok, windows, max_length)
             writer.write({**rows, "story": np.array([name] * len(windows), dtype=object)})
     return writer.close()
+
+
+def prepare_from_fmri(fmri_root: str, out_uri: str, *, exclude: Sequence[str] = (), val_stories: Sequence[str] = (),
+                      vocab_size: int = 8000, max_length: int = 256, opts: StorageOptions | None = None,
+                      progress: bool = True) -> dict[str, str]:
+    """Tokenizer + ``train`` (+ ``val``) windows from an fMRI dataset root's transcripts.
+
+    ``exclude``: stories kept out of both (the fMRI held-out stories, so the encoder never reads
+    them); ``val_stories``: stories for the validation split. The tokenizer is trained on the
+    training stories only. Returns ``{"tokenizer", "train"[, "val"]}`` URIs under ``out_uri``.
+    """
+    words = read_story_words(fmri_root, opts)
+    unknown = sorted((set(exclude) | set(val_stories)) - set(words))
+    if unknown:
+        raise PolymodalError(f"stories {unknown} are not in {fmri_root}; it has {sorted(words)}")
+    train = [s for s in sorted(words) if s not in set(exclude) | set(val_stories)]
+    if not train:
+        raise PolymodalError("no training stories left after --exclude and --val-stories")
+    out = {"tokenizer": st.join(out_uri, "tokenizer")}
+    train_tokenizer((" ".join(words[s]) for s in train), out["tokenizer"], vocab_size=vocab_size,
+                    model_max_length=max_length, opts=opts)
+    for split, names in (("train", train), ("val", list(val_stories))):
+        if names:
+            out[split] = st.join(out_uri, split)
+            write_mlm_dataset(fmri_root, out[split], tokenizer_dir=out["tokenizer"], stories=names,
+                              max_length=max_length, split=split, opts=opts, progress=progress)
+    return out
 
 
 # --------------------------------------------------------------------------- synthetic text
