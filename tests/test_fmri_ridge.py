@@ -114,14 +114,15 @@ def _degenerate(kind: str, X: np.ndarray) -> np.ndarray:
     return X
 
 
+@pytest.mark.parametrize("method", ["gram", "svd"])
 @pytest.mark.parametrize("score", ["correlation", "r2"])
 @pytest.mark.parametrize("kind", ["generic", "repeated", "rank-deficient"])
-def test_cv_scores_match_direct_solves(score, kind):
+def test_cv_scores_match_direct_solves(score, kind, method):
     """Every (alpha, voxel) CV score equals a plain normal-equations solve per fold."""
     X, Y, groups = _problem(v=20)
     X = _degenerate(kind, X)
     alphas = np.logspace(0, 4, 5)
-    model = RidgeCV(alphas, cv=4, score=score, dtype="float64").fit(X, Y, groups=groups)
+    model = RidgeCV(alphas, cv=4, score=score, dtype="float64", method=method).fit(X, Y, groups=groups)
     splits = group_kfold_splits(groups, 4)
     want = np.zeros((len(alphas), Y.shape[1]))
     for tr, va in splits:
@@ -141,8 +142,9 @@ def test_cv_scores_match_direct_solves(score, kind):
         np.testing.assert_allclose(model.coef_[:, v], b, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["gram", "svd"])
 @pytest.mark.parametrize("score", ["correlation", "r2"])
-def test_agrees_with_himalaya(score):
+def test_agrees_with_himalaya(score, method):
     """Same CV splits and alphas: the same best alpha on >= 99% of voxels, predictions within 1e-4."""
     from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV as HimalayaRidgeCV
@@ -153,7 +155,7 @@ def test_agrees_with_himalaya(score):
     X, Y = X.astype(np.float32), Y.astype(np.float32)
     alphas = np.logspace(0, 4, 10)
     splits = group_kfold_splits(groups, 5)
-    ours = RidgeCV(alphas, cv=splits, score=score).fit(X, Y)
+    ours = RidgeCV(alphas, cv=splits, score=score, method=method).fit(X, Y)
     ref = HimalayaRidgeCV(alphas=alphas, cv=splits, solver_params={
         "score_func": correlation_score if score == "correlation" else r2_score}).fit(X, Y)
     same = np.isclose(ours.best_alphas_, np.asarray(ref.best_alphas_), rtol=1e-6)
@@ -208,3 +210,37 @@ def test_synthetic_recovers_the_known_correlation():
     assert np.abs(r[signal] - expected[signal]).mean() < 0.05
     assert np.corrcoef(r[signal], expected[signal])[0, 1] > 0.9
     assert abs(r[noise].mean()) < 0.03 and np.abs(r[noise]).max() < 0.2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_solver_matches_cpu(dtype):
+    """The torch backend on CUDA: same alphas, same weights and predictions as on the CPU."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    data = make_synthetic(n_stories=10, trs_per_story=140, n_voxels=300, dim=12, seed=3)
+    X, Y, groups = design(data, sorted(data.stories))
+    alphas = np.logspace(0, 4, 10)
+    cpu = RidgeCV(alphas, cv=5, dtype=dtype).fit(X, Y, groups=groups)
+    gpu = RidgeCV(alphas, cv=5, device="cuda", dtype=dtype).fit(torch.as_tensor(X).cuda(), Y, groups=groups)
+    assert (cpu.best_alphas_ == gpu.best_alphas_).mean() >= 0.99
+    same = cpu.best_alphas_ == gpu.best_alphas_
+    tol = 1e-4 if dtype == "float32" else 1e-9
+    np.testing.assert_allclose(gpu.coef_[:, same], cpu.coef_[:, same], rtol=tol, atol=tol)
+    assert isinstance(gpu.predict(X), np.ndarray)
+
+
+def test_gram_route_needs_a_partition_and_auto_falls_back():
+    """Folds that leave samples out cannot use X^T X - X_val^T X_val; auto then takes SVDs."""
+    X, Y, _ = _problem(v=10)
+    splits = [(np.arange(0, 100), np.arange(100, 140)), (np.arange(140, 240), np.arange(0, 40))]
+    with pytest.raises(ValueError, match="partition"):
+        RidgeCV([1.0, 10.0], cv=splits, method="gram").fit(X, Y)
+    auto = RidgeCV([1.0, 10.0], cv=splits, dtype="float64").fit(X, Y)
+    svd = RidgeCV([1.0, 10.0], cv=splits, dtype="float64", method="svd").fit(X, Y)
+    np.testing.assert_allclose(auto.cv_scores_, svd.cv_scores_, atol=1e-12)
+    assert auto.basis(X).U is not None
+    wide = np.hstack([X, X[:, :5] ** 2, np.random.default_rng(0).standard_normal((240, 200))])   # p > n_train
+    assert RidgeCV([1.0], cv=4).basis(wide).X is None
+    assert RidgeCV([1.0], cv=4).basis(X).X is not None

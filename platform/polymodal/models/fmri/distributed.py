@@ -57,7 +57,7 @@ def solve_chunk(basis: RidgeBasis, sel: ResponseSelection, chunk: ChunkInfo, out
     if Y.shape[0] != basis.n_samples:
         raise ValueError(f"chunk {chunk.name}: {Y.shape[0]} response rows after trimming, but the design "
                          f"has {basis.n_samples}; stories or trimming differ between X and Y")
-    scores, best, coef = basis.solve(torch.from_numpy(Y).to(basis.U.dtype))
+    scores, best, coef = basis.solve(torch.from_numpy(Y).to(basis.s.dtype))
     best_scores = scores.gather(0, best[None]).squeeze(0)
     tensors = {"coef": coef.cpu().contiguous(), "best_alphas": basis.alphas[best].cpu().contiguous(),
                "cv_scores": scores.cpu().contiguous()}

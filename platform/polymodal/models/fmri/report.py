@@ -43,6 +43,18 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _zero_line_legend(ax, title: str, xlabel: str) -> None:
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set(title=title, xlabel=xlabel, ylabel="voxels")
+    ax.legend(fontsize=7)
+
+
 def plot_histograms(runs: dict[str, dict[str, np.ndarray]], path: Path) -> None:
     """``runs``: label (feature space) -> subject -> per-voxel r."""
     plt = _plt()
@@ -56,12 +68,8 @@ def plot_histograms(runs: dict[str, dict[str, np.ndarray]], path: Path) -> None:
             if subject in per:
                 r = per[subject]
                 ax.hist(r, bins=bins, histtype="step", linewidth=1.4, label=f"{label} (mean {r.mean():.3f})")
-        ax.axvline(0, color="grey", linewidth=0.8)
-        ax.set(title=f"subject {subject}", xlabel="held-out r per voxel", ylabel="voxels")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _zero_line_legend(ax, f"subject {subject}", "held-out r per voxel")
+    _save(plt, fig, path)
 
 
 def plot_best_worst(story_r: dict[str, tuple[list[str], np.ndarray]], path: Path) -> None:
@@ -75,12 +83,8 @@ def plot_best_worst(story_r: dict[str, tuple[list[str], np.ndarray]], path: Path
         ax.hist(r[best], bins=bins, histtype="step", linewidth=1.4, label=f"best: {names[best]} ({means[best]:.3f})")
         ax.hist(r[worst], bins=bins, histtype="step", linewidth=1.4,
                 label=f"worst: {names[worst]} ({means[worst]:.3f})")
-        ax.axvline(0, color="grey", linewidth=0.8)
-        ax.set(title=f"subject {subject}", xlabel="r per voxel within one story", ylabel="voxels")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _zero_line_legend(ax, f"subject {subject}", "r per voxel within one story")
+    _save(plt, fig, path)
 
 
 def plot_subjects(r: dict[str, np.ndarray], summaries: dict[str, dict[str, float]], path: Path) -> None:
@@ -101,9 +105,7 @@ def plot_subjects(r: dict[str, np.ndarray], summaries: dict[str, dict[str, float
     axes[1].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_alphas(alphas: dict[str, np.ndarray], grid: list[float], path: Path) -> None:
@@ -116,9 +118,7 @@ def plot_alphas(alphas: dict[str, np.ndarray], grid: list[float], path: Path) ->
     ax.set_xticks(np.arange(len(grid)) + 0.4 - width / 2, [f"{g:.3g}" for g in grid], rotation=45, fontsize=7)
     ax.set(title="best ridge penalty per voxel", xlabel="alpha", ylabel="voxels")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str:
