@@ -127,6 +127,18 @@ def cmd_evaluate(args) -> None:
     print(f"written: {uri}")
 
 
+def cmd_eval_qvhighlights(args) -> None:
+    from polymodal import storage
+    from polymodal.models.llavilo.qvh_eval import evaluate_files
+
+    metrics = evaluate_files(args.submission, args.gt)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.out:
+        storage.write_text(args.out, text + "\n")
+        print(f"written: {args.out}", file=sys.stderr)
+
+
 def cmd_report(args) -> None:
     from polymodal.report import write_report
 
@@ -241,6 +253,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--which", default="best", choices=["best", "latest"], help="which checkpoint")
     p.set_defaults(func=cmd_evaluate)
+    ev = sub.add_parser("eval", parents=[quiet], help="score prediction files with a benchmark's official protocol")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
+    p = esub.add_parser(
+        "qvhighlights", parents=[quiet],
+        help="QVHighlights moment retrieval + highlight detection (official moment_detr standalone_eval protocol)",
+        description="Score a QVHighlights submission the way the official evaluator "
+                    "(jayleicn/moment_detr standalone_eval/eval.py) does. Moment retrieval: R1@0.5-0.95 of the "
+                    "first listed window; mAP over IoU 0.5:0.05:0.95 of the top 10 windows, for all queries (full) "
+                    "and for GT windows of short (0,10], middle (10,30] and long (30,150] seconds. Highlight "
+                    "detection (when both files have saliency): mAP and Hit@1 per 2-s clip at Fair>=2, Good>=3, "
+                    "VeryGood>=4. Prints the metrics as JSON, the 'brief' summary first; numbers are percentages. "
+                    "The qids of the two files must match.")
+    p.add_argument("--submission", required=True, metavar="PRED.jsonl",
+                   help="predictions, one JSON object per query: qid, pred_relevant_windows [[st, ed, score], ...] "
+                        "best first, pred_saliency_scores (local path or s3:// URI)")
+    p.add_argument("--gt", required=True, metavar="GT.jsonl",
+                   help="ground truth, e.g. highlight_val_release.jsonl (local path or s3:// URI)")
+    p.add_argument("--out", metavar="METRICS.json", help="also write the metrics JSON here (local path or s3:// URI)")
+    p.set_defaults(func=cmd_eval_qvhighlights)
+
     p = sub.add_parser("report", parents=[quiet], help="write a Markdown report with metric tables and a PNG curve")
     _add_config(p)
     p.add_argument("--compare", action="append", default=[], metavar="RUN_URI",
