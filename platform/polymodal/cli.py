@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_inspect)
 
-    p = sub.add_parser("train", parents=[quiet], help="train with Ray Train + DeepSpeed (resumes an existing run)")
+    p = sub.add_parser("train", parents=[quiet],
+                       help="train with Ray Train + DeepSpeed, or fit a closed-form task (fmri.encoding) with Ray "
+                            "tasks; resumes an existing run")
     _add_config(p)
     p.add_argument("--local", action="store_true", help="single process without Ray (CUDA if present)")
     p.set_defaults(func=cmd_train)
