@@ -137,7 +137,7 @@ class Task(ABC):
 
 
 _TASKS: dict[str, Task] = {}
-_SYSTEMS = ("wander", "fmri")  # subpackages of polymodal.models that register tasks on import
+_SYSTEMS = ("wander", "fmri", "llavilo")  # subpackages of polymodal.models that register tasks on import
 
 
 def register_task(task: Task) -> Task:

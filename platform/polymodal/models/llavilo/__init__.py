@@ -1,10 +1,11 @@
-"""LLaViLo: video moment retrieval with a frozen LLM and a DETR-style set-prediction head.
+"""LLaViLo: video moment retrieval with a frozen LLaMA (Ma et al., 'LLaViLo: Boosting Video Moment
+Retrieval via Adapter-Based Multimodal Modeling', ICCV-W 2023).
 
-Seed paper: Ma et al., 'LLaViLo: Boosting Video Moment Retrieval via Adapter-Based Multimodal
-Modeling', ICCV Workshops 2023.
-
-What is here so far: the official QVHighlights evaluation protocol (``qvh_eval``) and the span
-utilities of the DETR head -- span formats, temporal (g)IoU, the Hungarian matcher and the
-set-prediction losses (``spans``). The model, its config and task hooks come later, so this
-package does not register a system yet and importing it loads nothing heavy.
+Modules: ``qvh_eval`` (the official QVHighlights protocol), ``spans`` (span formats, temporal
+(g)IoU, Hungarian matcher, set-prediction losses), ``injection`` (gated prefix injection into a
+frozen LLaMA), ``data`` / ``importers`` / ``synth`` (shards), ``config`` / ``model`` / ``task``
+(the ``llavilo.moment_retrieval`` task). Importing the package registers the task; transformers
+loads lazily, on ``build_model`` / ``synth``.
 """
+
+from . import task  # noqa: F401  (registers llavilo.moment_retrieval)

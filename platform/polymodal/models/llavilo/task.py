@@ -1,0 +1,201 @@
+"""LLaViLo's moment-retrieval task, plugged into the spine.
+
+Metrics are the official QVHighlights moment-retrieval numbers (:func:`.qvh_eval.evaluate`,
+"full" bucket), in **percent** (0-100) as the official evaluator writes them:
+``r1_05`` / ``r1_07`` (R1@0.5 / R1@0.7), ``map`` (mAP averaged over IoU 0.5:0.05:0.95) and
+``map_05`` (mAP@0.5). The primary metric is ``r1_05``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal import storage as st
+from polymodal.cache import local_copy
+from polymodal.registry import Batch, Task, register_task
+
+from .config import PRESETS, LlavLoConfig
+from .data import TASK
+from .spans import HungarianMatcher, set_prediction_losses, span_cxw_to_xx, span_xx_to_cxw
+
+#: columns the model reads besides the tokenized query
+_DROP = ("vid", "query")
+
+
+def load_llm(uri: str, opts=None):
+    """(LlamaForCausalLM, tokenizer) from a ``save_pretrained`` folder (local or ``s3://``), no hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = local_copy(uri, opts)
+    llm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return llm, tokenizer
+
+
+def normalised_targets(batch: Batch) -> list[torch.Tensor]:
+    """GT windows (B, W, 2) seconds -> B tensors (n_b, 2) of normalised (center, width)."""
+    duration = batch["duration"].float().clamp_min(1e-6)
+    out = []
+    for b in range(len(duration)):
+        xx = batch["windows"][b, :int(batch["n_windows"][b])].float() / duration[b]
+        out.append(span_xx_to_cxw(xx.clamp(0.0, 1.0)))
+    return out
+
+
+def moment_loss(out: dict[str, Any], targets: list[torch.Tensor], cfg: LlavLoConfig) -> dict[str, torch.Tensor]:
+    """Matched set-prediction losses of the final layer plus (``aux_loss``) every aux layer,
+    each layer matched on its own (DETR). Returns the weighted terms and their sum, ``loss_moment``."""
+    matcher = HungarianMatcher(cfg.w_span, cfg.w_giou, cfg.w_class)
+    terms: dict[str, torch.Tensor] = {}
+    layers = [("", out)] + [(f"_aux{i}", aux) for i, aux in enumerate(out["aux_outputs"])]
+    for suffix, layer in layers:
+        layer = {k: layer[k].float() for k in ("pred_spans", "pred_logits")}
+        indices = matcher(layer["pred_spans"], layer["pred_logits"], targets)
+        for k, v in set_prediction_losses(layer, targets, indices, w_span=cfg.w_span, w_giou=cfg.w_giou,
+                                          w_class=cfg.w_class, eos_coef=cfg.eos_coef).items():
+            terms[k + suffix] = v
+    terms["loss_moment"] = sum(terms.values())
+    return terms
+
+
+def clip_relevance(batch: Batch) -> torch.Tensor:
+    """(B, Lv) float: 1 where a clip's centre lies in a GT window (clips of ``duration / n_clips`` s)."""
+    n_clips = batch["n_clips"].float().clamp_min(1)
+    length = batch["duration"].float() / n_clips  # (B,)
+    lv = batch["video_mask"].shape[1]
+    centre = (torch.arange(lv, device=length.device).float()[None] + 0.5) * length[:, None]  # (B, Lv)
+    w = batch["windows"].float()  # (B, W, 2)
+    real = torch.arange(w.shape[1], device=w.device)[None] < batch["n_windows"][:, None]  # (B, W)
+    inside = (centre[:, :, None] >= w[:, None, :, 0]) & (centre[:, :, None] < w[:, None, :, 1]) & real[:, None]
+    return inside.any(-1).float()
+
+
+def saliency_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """BCE of the clip logits (B, Lv) against :func:`clip_relevance`, over real clips."""
+    mask = batch["video_mask"].bool().float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), clip_relevance(batch), reduction="none")
+    return (bce * mask).sum() / mask.sum().clamp_min(1)
+
+
+class MomentRetrievalTask(Task):
+    """Video moment retrieval (QVHighlights / Charades-STA style) with LLaViLo."""
+
+    name = TASK
+    model_config_cls = LlavLoConfig
+    presets = PRESETS
+    primary_metric = "r1_05"
+    mode = "max"
+
+    def build_model(self, cfg: LlavLoConfig) -> nn.Module:
+        from .model import LlavLoModel
+
+        llm, tokenizer = load_llm(cfg.llm)
+        return LlavLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        if "text" not in columns:
+            raise ValueError("LLaViLo reads text-token features: the dataset needs `text` and `text_mask` "
+                             "columns (import it with text features, see polymodal.models.llavilo.importers)")
+        from .model import encode_queries
+
+        out = {"query_bytes": torch.from_numpy(encode_queries(columns["query"]))}
+        for k, v in columns.items():
+            if k not in _DROP:
+                out[k] = torch.from_numpy(np.require(v, requirements=["C", "W"]))
+        return out
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg: LlavLoConfig = model.cfg
+        out = model(batch, with_target=cfg.use_caption)
+        terms = moment_loss(out, normalised_targets(batch), cfg)
+        loss = cfg.moment_weight * terms["loss_moment"]
+        if cfg.saliency_weight:
+            terms["loss_saliency"] = sal = cfg.saliency_weight * saliency_loss(out["saliency"], batch)
+            loss = loss + cfg.moment_weight * sal
+        logs = {k: float(v.detach()) for k, v in terms.items()}
+        if cfg.use_caption and out["caption_loss"] is not None:
+            loss = loss + cfg.caption_weight * out["caption_loss"].float()
+            logs["loss_caption"] = float(out["caption_loss"].detach())
+        return loss, logs
+
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """``spans`` (B, J, 2) seconds sorted by ``scores`` (B, J) (fg probability), best first,
+        with ``qid``, ``duration``, ``windows`` (B, W, 2) and ``n_windows`` for the metrics."""
+        out = model(batch, with_target=False)
+        scores = out["pred_logits"].float().softmax(-1)[..., 0]  # (B, J)
+        xx = span_cxw_to_xx(out["pred_spans"].float()).clamp(0.0, 1.0)  # (B, J, 2)
+        spans = xx * batch["duration"].float()[:, None, None]
+        order = scores.argsort(dim=1, descending=True)
+        spans = spans.gather(1, order[..., None].expand(-1, -1, 2))
+        scores = scores.gather(1, order)
+        return {"spans": spans.cpu().numpy(), "scores": scores.cpu().numpy(),
+                "qid": batch["qid"].cpu().numpy(), "duration": batch["duration"].float().cpu().numpy(),
+                "windows": batch["windows"].float().cpu().numpy(), "n_windows": batch["n_windows"].cpu().numpy()}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        from .qvh_eval import evaluate
+
+        submission, gt = submission_rows(outputs), ground_truth_rows(outputs)
+        brief = evaluate(submission, gt)["brief"]
+        return {"r1_05": brief["MR-full-R1@0.5"], "r1_07": brief["MR-full-R1@0.7"],
+                "map": brief["MR-full-mAP"], "map_05": brief["MR-full-mAP@0.5"]}
+
+    def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
+        """Synthetic splits (see :mod:`.synth`) plus a tiny random LLaMA + tokenizer at ``<out>/llm``."""
+        from .synth import write_synthetic
+
+        out = write_synthetic(out_uri, seed=seed, scale=scale, opts=storage, progress=progress)
+        out["llm"] = write_tiny_llm(st.join(out_uri, "llm"), seed=seed, opts=storage)
+        return out
+
+
+def submission_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """QVHighlights submission rows from :meth:`MomentRetrievalTask.predict` outputs."""
+    return [{"qid": int(q), "pred_relevant_windows": [[float(s), float(max(e, s)), float(p)]
+                                                      for (s, e), p in zip(spans, scores)]}
+            for q, spans, scores in zip(outputs["qid"], outputs["spans"], outputs["scores"])]
+
+
+def ground_truth_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """QVHighlights GT rows (windows only: no saliency, so no HL) from the predict outputs."""
+    return [{"qid": int(q), "duration": float(d), "relevant_windows": [[float(s), float(e)] for s, e in w[:int(n)]]}
+            for q, d, w, n in zip(outputs["qid"], outputs["duration"], outputs["windows"], outputs["n_windows"])]
+
+
+def write_tiny_llm(out_uri: str, *, seed: int = 0, hidden: int = 64, layers: int = 3, heads: int = 4,
+                   init_std: float = 0.1, opts=None) -> str:
+    """A random ``LlamaForCausalLM`` (hidden 64, 3 layers) + WordPiece tokenizer, saved with
+    ``save_pretrained`` at ``out_uri``; the vocabulary covers the caption prompt, digits and
+    brackets. Returns ``out_uri``.
+
+    ``init_std`` is larger than the usual 0.02: with 0.02 the frozen ``q/k_proj`` of a 64-wide
+    model give near-zero attention scores, so the anchors could only average the video prefix
+    uniformly; trained LLMs have far sharper attention."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from polymodal.models.fmri.mlm import train_tokenizer
+
+    from .config import DEFAULT_INSTRUCTION
+
+    texts = [DEFAULT_INSTRUCTION + " query: synthetic query", "[[0, 1], [2, 3]]"]
+    texts += [f"[[{i}, {i + 1}]] {i}" for i in range(0, 400)]
+    with tempfile.TemporaryDirectory(prefix="polymodal-llm-") as tmp:
+        train_tokenizer(texts, tmp, vocab_size=256, lowercase=True)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        torch.manual_seed(seed)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                             max_position_embeddings=256, initializer_range=init_std, pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        st.upload_dir(tmp, out_uri, opts)
+    return out_uri
+
+
+register_task(MomentRetrievalTask())

@@ -1,0 +1,126 @@
+"""LLaViLo model + task: trainable parts, exact frozen logits at init, training through Ray."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from polymodal import storage
+from polymodal.config import load_config, validate_config
+from polymodal.registry import get_task
+
+TASK = "llavilo.moment_retrieval"
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory):
+    """Synthetic splits (scale 0.25) + the tiny LLM, on local disk."""
+    out = tmp_path_factory.mktemp("llavilo")
+    return get_task(TASK).synth(str(out), seed=0, scale=0.25, progress=False)
+
+
+def _model_and_batch(data, **model):
+    from polymodal.models.llavilo.data import read_all
+
+    task = get_task(TASK)
+    cfg = validate_config({"task": TASK, "model": {"preset": "tiny", "llm": data["llm"], **model},
+                           "data": {"train": data["train"]}})
+    torch.manual_seed(0)
+    net = task.build_model(cfg.model)
+    rows = read_all(data["train"])
+    batch = task.collate({k: v[:6] for k, v in rows.items()})
+    return task, net, batch
+
+
+def test_gradients_reach_only_trainable_parameters(local_data):
+    from polymodal.models.llavilo.injection import format_trainable_share, trainable_share
+
+    task, net, batch = _model_and_batch(local_data)
+    share = format_trainable_share(net)
+    print(share)
+    trainable, total, _ = trainable_share(net)
+    assert 0 < trainable < total
+    assert not any(p.requires_grad for p in net.injected.llm.parameters())  # the LLM is frozen
+    loss, logs = task.loss(net, batch)
+    assert {"loss_span", "loss_giou", "loss_label", "loss_span_aux0", "loss_caption"} <= set(logs)
+    loss.backward()
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, name
+    # zero gates: the first step moves the gates (and the head), nothing upstream yet
+    assert all(p.gate.grad.abs().sum() > 0 for p in net.injected.prefixes)
+    assert net.head.span[0].weight.grad.abs().sum() > 0
+
+
+def test_llm_logits_equal_the_frozen_llm_at_init(local_data):
+    from polymodal.models.llavilo.task import load_llm
+
+    _, net, batch = _model_and_batch(local_data)
+    net.eval()
+    frozen, _ = load_llm(local_data["llm"])
+    frozen.eval()
+    with torch.no_grad():
+        out = net(batch, with_target=True)
+        text = net.text_inputs(batch, with_target=True)
+        ref = frozen(input_ids=text["input_ids"], attention_mask=text["attention_mask"], use_cache=False).logits
+    keep = text["attention_mask"].bool()
+    torch.testing.assert_close(out["logits"][keep], ref[keep], rtol=0, atol=0)
+    assert out["pred_spans"].shape == (6, net.cfg.num_anchors, 2)
+    assert ((out["pred_spans"] >= 0) & (out["pred_spans"] <= 1)).all()
+
+
+def test_caption_labels_cover_only_the_target(local_data):
+    from polymodal.models.llavilo.model import format_windows
+
+    assert format_windows(np.array([[82.0, 150.0], [160.4, 169.6]])) == "[[82, 150], [160, 170]]"
+    _, net, batch = _model_and_batch(local_data)
+    text = net.text_inputs(batch, with_target=True)
+    labelled = text["labels"] != -100
+    # every labelled token is hidden from the anchors, and the hidden part starts at the target
+    assert (labelled <= text["hide_from_anchors"]).all()
+    first = text["hide_from_anchors"].float().argmax(dim=1)
+    assert labelled[torch.arange(len(first)), first].all()
+    row = text["input_ids"][0][labelled[0]]
+    decoded = net.tokenizer.decode(row).replace(" ", "")
+    n = int(batch["n_windows"][0])
+    assert format_windows(batch["windows"][0, :n].numpy()).replace(" ", "") in decoded
+
+
+@pytest.mark.slow
+def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
+    """1 CPU worker, ZeRO-2, S3 shards: the run completes, logs every epoch, lowers the loss and
+    checkpoints (~100 s, so `slow`). It does not yet learn to localise: the issue-5 target, val
+    R1@0.5 >= random windows + 20 points, is open (12 epochs on scale 1 gave 12.5 vs 9.4); the
+    numbers are printed, and the assertion lands with the fix."""
+    from pathlib import Path
+
+    from polymodal.models.llavilo import qvh_eval, synth
+    from polymodal.models.llavilo.data import read_all
+    from polymodal.train.loop import fit
+
+    t0 = time.perf_counter()
+    data = get_task(TASK).synth(f"{s3_bucket_uri}/data", seed=0, scale=0.25, progress=False)
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "jobs" / "configs" / "llavilo_tiny.yaml"), [
+        "name=learn", f"storage_path={s3_bucket_uri}/runs", f"model.llm={data['llm']}",
+        f"data.train={data['train']}", f"data.val={data['val']}", f"data.test={data['test']}",
+        "scaling.num_workers=1", "deepspeed.zero_stage=2", "optim.epochs=3"])
+    summary = fit(cfg, progress=False)
+    assert summary["best_checkpoint"].startswith("s3://")
+    text = storage.read_text(storage.join(cfg.run_uri, "logs", "metrics.csv"), cfg.storage)
+    logged = list(csv.DictReader(io.StringIO(text)))
+    assert [int(r["epoch"]) for r in logged] == list(range(cfg.optim.epochs))
+    assert float(logged[-1]["train_loss"]) < float(logged[0]["train_loss"])
+    reached = summary["metrics"]["val_r1_05"]
+    rows = read_all(data["val"], cfg.storage)
+    baseline = qvh_eval.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
+    print(f"val R1@0.5: LLaViLo {reached:.2f} vs random windows {baseline['MR-full-R1@0.5']:.2f} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    assert 0.0 <= reached <= 100.0 and 0.0 <= baseline["MR-full-R1@0.5"] <= 100.0
