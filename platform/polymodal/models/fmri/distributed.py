@@ -85,18 +85,8 @@ def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_u
     summaries = []
     if todo:  # a finished run needs no decomposition of X
         basis = RidgeCV(alphas, cv=cv, score=score, dtype=dtype, device=device).basis(X, groups)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), desc=f"ridge {sel.subject}", unit="chunk")
-        for summary in _run_chunks(solve_chunk, basis, todo, (sel,), out_uri, opts, device, use_ray,
-                                   num_cpus_per_task):
-            summaries.append(summary)
-            if bar:
-                bar.update(1)
-        if bar:
-            bar.close()
+        summaries = list(_run_chunks(solve_chunk, basis, todo, (sel,), out_uri, opts, device, use_ray,
+                                     num_cpus_per_task, progress and f"ridge {sel.subject}"))
     result = {"subject": sel.subject, "n_voxels": index.n_voxels, "chunks": [c.model_dump() for c in index.chunks],
               "alphas": [float(a) for a in alphas], "score": score, "stories": sel.stories,
               "solved_now": sorted(s["chunk"] for s in summaries)}
@@ -105,8 +95,25 @@ def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_u
 
 
 def _run_chunks(fn, shared: Any, chunks: list[ChunkInfo], args: tuple, out_uri: str, opts, device: str,
-                use_ray: bool, num_cpus: float):
-    """Yield ``fn(shared, *args, chunk, out_uri, opts, device)`` per chunk, as results arrive."""
+                use_ray: bool, num_cpus: float, progress: str | bool = False):
+    """Yield ``fn(shared, *args, chunk, out_uri, opts, device)`` per chunk, as results arrive;
+    ``progress``: a tqdm bar with this description."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(chunks), desc=str(progress), unit="chunk")
+    try:
+        for result in _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num_cpus):
+            if bar is not None:
+                bar.update(1)
+            yield result
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num_cpus):
     if not use_ray:
         for c in chunks:
             yield fn(shared, *args, c, out_uri, opts, device)
@@ -156,19 +163,9 @@ def evaluate_ray(X_test: np.ndarray, sel: ResponseSelection, sol_uri: str, *, op
     """:func:`evaluate_chunk` over every chunk of a solution, reassembled in voxel order."""
     meta = json.loads(storage.read_text(storage.join(sol_uri, "index.json"), opts))
     chunks = [ChunkInfo(**c) for c in meta["chunks"]]
-    parts: dict[str, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(chunks), desc=f"evaluate {sel.subject}", unit="chunk")
-    for part in _run_chunks(evaluate_chunk, X_test, chunks, (sel,), sol_uri, opts, device, use_ray,
-                            num_cpus_per_task):
-        parts[part["chunk"]] = part
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
+    parts = {part["chunk"]: part for part in _run_chunks(evaluate_chunk, X_test, chunks, (sel,), sol_uri, opts, device,
+                                                         use_ray, num_cpus_per_task,
+                                                         progress and f"evaluate {sel.subject}")}
     ordered = [parts[c.name] for c in chunks]
     return {key: np.concatenate([p[key] for p in ordered], axis=-1)
             for key in ("r", "story_r", "cv_score", "best_alphas")}

@@ -112,17 +112,15 @@ def serve_predict(model: EncodingModel, requests: list[EncodeRequest]) -> list[E
 
 def load_model(run_uri: str, opts: Any = None) -> tuple[Any, EncodingModel]:
     """(config, model) of a fitted run folder: weights from the chunk files, r from the evaluation."""
-    import yaml
-
     from polymodal import storage
-    from polymodal.config import validate_config
+    from polymodal.config import read_yaml, validate_config
 
     from .distributed import load_solution
     from .pipeline import EXPORT_DIR, build_featurizer, load_subject_eval, read_export
 
     info, state = read_export(run_uri, opts)
     cfg_uri = storage.join(run_uri, EXPORT_DIR, "config.yaml")
-    cfg = validate_config(yaml.safe_load(storage.read_text(cfg_uri, opts)), cfg_uri)
+    cfg = validate_config(read_yaml(cfg_uri, "config", opts), cfg_uri)
     featurizer = build_featurizer(cfg.model, vocab=state.get("vocab"), opts=opts)
     weights, test_r = {}, {}
     for subject in info["subjects"]:

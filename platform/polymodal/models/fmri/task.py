@@ -72,9 +72,7 @@ class EncodingTask(Task):
         raise PolymodalError("fmri.encoding predicts through serving or pipeline.evaluate")
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        from .evaluate import summarize, voxel_correlations
-
-        return summarize(voxel_correlations(outputs["pred"], outputs["actual"]))
+        raise PolymodalError("fmri.encoding computes its metrics in pipeline.evaluate")
 
     # ---- serving
     def request_model(self, cfg):
