@@ -47,6 +47,9 @@ class DataConfig(StrictModel):
     shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer; 0 disables")
     verify: Literal["footer", "checksum"] = Field(
         "footer", description="footer: sizes and Parquet schemas before training; checksum: also sha256 of every shard")
+    cache_below_mb: float = Field(256.0, ge=0, description="Ray Train: a dataset whose shards total less than this is "
+                                  "read once into Ray's object store and every epoch iterates it from there (a fresh "
+                                  "read costs seconds of start-up per epoch); 0 streams every dataset from storage")
 
 
 class OptimConfig(StrictModel):
