@@ -95,31 +95,35 @@ def test_caption_labels_cover_only_the_target(local_data):
 
 @pytest.mark.slow
 def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
-    """1 CPU worker, ZeRO-2, S3 shards: the run completes, logs every epoch, lowers the loss and
-    checkpoints (~100 s, so `slow`). It does not yet learn to localise: the issue-5 target, val
-    R1@0.5 >= random windows + 20 points, is open (12 epochs on scale 1 gave 12.5 vs 9.4); the
-    numbers are printed, and the assertion lands with the fix."""
+    """1 CPU worker, ZeRO-2, S3 shards, jobs/configs/llavilo_tiny.yaml as shipped (38 epochs of
+    512 synthetic queries, ~600 steps): the run logs every epoch, checkpoints to S3, and the
+    best-on-val checkpoint beats random windows on the held-out test split by 20 points of
+    R1@0.5 or more (`slow`: ~4 minutes)."""
     from pathlib import Path
 
+    from polymodal.evaluate import evaluate_run
     from polymodal.models.llavilo import qvh_eval, synth
     from polymodal.models.llavilo.data import read_all
     from polymodal.train.loop import fit
 
     t0 = time.perf_counter()
-    data = get_task(TASK).synth(f"{s3_bucket_uri}/data", seed=0, scale=0.25, progress=False)
+    data = get_task(TASK).synth(f"{s3_bucket_uri}/data", seed=0, scale=1.0, progress=False)
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(str(root / "jobs" / "configs" / "llavilo_tiny.yaml"), [
         "name=learn", f"storage_path={s3_bucket_uri}/runs", f"model.llm={data['llm']}",
         f"data.train={data['train']}", f"data.val={data['val']}", f"data.test={data['test']}",
-        "scaling.num_workers=1", "deepspeed.zero_stage=2", "optim.epochs=3"])
+        "scaling.num_workers=1", "deepspeed.zero_stage=2"])
     summary = fit(cfg, progress=False)
     assert summary["best_checkpoint"].startswith("s3://")
     text = storage.read_text(storage.join(cfg.run_uri, "logs", "metrics.csv"), cfg.storage)
     logged = list(csv.DictReader(io.StringIO(text)))
     assert [int(r["epoch"]) for r in logged] == list(range(cfg.optim.epochs))
     assert float(logged[-1]["train_loss"]) < float(logged[0]["train_loss"])
-    reached = summary["metrics"]["val_r1_05"]
-    rows = read_all(data["val"], cfg.storage)
+    out, _ = evaluate_run(cfg, split="test", progress=False)
+    reached = out["metrics"]["r1_05"]
+    rows = read_all(data["test"], cfg.storage)
     baseline = qvh_eval.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
-    print(f"val R1@0.5: LLaViLo {reached:.2f} vs random windows {baseline['MR-full-R1@0.5']:.2f} "
+    print(f"test R1@0.5: LLaViLo {reached:.2f} (mAP {out['metrics']['map']:.2f}) vs random windows "
+          f"{baseline['MR-full-R1@0.5']:.2f}; val R1@0.5 per epoch {[r['val_r1_05'] for r in logged]} "
           f"({time.perf_counter() - t0:.0f} s)")
+    assert reached >= baseline["MR-full-R1@0.5"] + 20.0

@@ -23,6 +23,7 @@ model config (and so to the tokenizer); collate passes the query as UTF-8 bytes.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -94,6 +95,18 @@ def build_text_inputs(tokenizer, prompts: Sequence[str], targets: Sequence[str] 
 # ----------------------------------------------------------------------------- adapter
 
 
+def sine_positions(n: int, dim: int, device=None) -> Tensor:
+    """(n, dim) fixed sinusoidal embeddings of positions 0..n-1 (Vaswani et al.; Moment-DETR adds
+    such embeddings to the clips): lets attention pick clips by where they are, which the two
+    linear temporal endpoint features alone cannot."""
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(n, dim, device=device)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return out
+
+
 def _keep_one(mask: Tensor) -> Tensor:
     """Key-padding masks with an all-padding row make attention NaN; let such rows see key 0."""
     mask = mask.bool().clone()
@@ -146,6 +159,7 @@ class VideoAdapter(nn.Module):
 
     def forward(self, video: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
         x = self.video_in(video)  # (B, Lv, h)
+        x = x + sine_positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
         t = self.text_in(text)  # (B, Lt, h)
         text_keep, video_keep = _keep_one(text_mask), _keep_one(video_mask)
         for layer in self.cross:
