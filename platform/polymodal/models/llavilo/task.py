@@ -125,26 +125,84 @@ class MomentRetrievalTask(Task):
         return loss, logs
 
     def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
-        """``spans`` (B, J, 2) seconds sorted by ``scores`` (B, J) (fg probability), best first,
-        with ``qid``, ``duration``, ``windows`` (B, W, 2) and ``n_windows`` for the metrics."""
+        """Ranked windows per query (see :mod:`.inference`), with what the metrics need.
+
+        Returns ``spans`` (B, J, 2) seconds, clipped to the video and snapped to its clips,
+        sorted by ``scores`` (B, J) (foreground probability), best first; ``keep`` (B, J) bool
+        (False: removed by NMS when ``model.nms_iou`` is set); ``qid``, ``duration``, ``windows``
+        (B, W, 2), ``n_windows``; with ``model.parse_generation`` also ``generated`` (B,) text.
+        """
+        from .inference import greedy_generate, snap_to_clips, temporal_nms
+
+        net = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+        cfg: LlavLoConfig = net.cfg
         out = model(batch, with_target=False)
         scores = out["pred_logits"].float().softmax(-1)[..., 0]  # (B, J)
         xx = span_cxw_to_xx(out["pred_spans"].float()).clamp(0.0, 1.0)  # (B, J, 2)
-        spans = xx * batch["duration"].float()[:, None, None]
+        duration = batch["duration"].float().cpu().numpy()
+        clip_length = duration / batch["n_clips"].float().clamp_min(1).cpu().numpy()
         order = scores.argsort(dim=1, descending=True)
-        spans = spans.gather(1, order[..., None].expand(-1, -1, 2))
-        scores = scores.gather(1, order)
-        return {"spans": spans.cpu().numpy(), "scores": scores.cpu().numpy(),
-                "qid": batch["qid"].cpu().numpy(), "duration": batch["duration"].float().cpu().numpy(),
-                "windows": batch["windows"].float().cpu().numpy(), "n_windows": batch["n_windows"].cpu().numpy()}
+        scores = scores.gather(1, order).cpu().numpy()
+        xx = xx.gather(1, order[..., None].expand(-1, -1, 2)).cpu().numpy()
+        spans = np.stack([snap_to_clips(xx[b] * duration[b], float(duration[b]), float(clip_length[b]))
+                          for b in range(len(duration))])
+        keep = np.ones(scores.shape, dtype=bool)
+        if cfg.nms_iou is not None:
+            for b in range(len(duration)):
+                keep[b] = False
+                keep[b, temporal_nms(spans[b], scores[b], cfg.nms_iou)] = True
+        result = {"spans": spans.astype(np.float32), "scores": scores, "keep": keep,
+                  "qid": batch["qid"].cpu().numpy(), "duration": duration,
+                  "windows": batch["windows"].float().cpu().numpy(), "n_windows": batch["n_windows"].cpu().numpy()}
+        if cfg.parse_generation:
+            result["generated"] = np.asarray(greedy_generate(net, batch, cfg.max_target_tokens), dtype=object)
+        return result
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Official QVHighlights MR numbers (percent) of the anchor windows; with parsed
+        generations also ``gen_valid`` (% of queries whose text holds a valid window) and
+        ``gen_r1_05`` / ``gen_r1_07`` (R1 of the first parsed window; invalid text is a miss)."""
         from .qvh_eval import evaluate
 
-        submission, gt = submission_rows(outputs), ground_truth_rows(outputs)
-        brief = evaluate(submission, gt)["brief"]
-        return {"r1_05": brief["MR-full-R1@0.5"], "r1_07": brief["MR-full-R1@0.7"],
-                "map": brief["MR-full-mAP"], "map_05": brief["MR-full-mAP@0.5"]}
+        gt = ground_truth_rows(outputs)
+        brief = evaluate(submission_rows(outputs), gt)["brief"]
+        out = {"r1_05": brief["MR-full-R1@0.5"], "r1_07": brief["MR-full-R1@0.7"],
+               "map": brief["MR-full-mAP"], "map_05": brief["MR-full-mAP@0.5"]}
+        if "generated" in outputs:
+            rows = generated_rows(outputs)
+            out["gen_valid"] = 100.0 * float(np.mean([bool(r["pred_relevant_windows"]) for r in rows]))
+            # an invalid generation is submitted as an empty window at 0: never a hit
+            rows = [r if r["pred_relevant_windows"] else {**r, "pred_relevant_windows": [[0.0, 0.0, 0.0]]}
+                    for r in rows]
+            gen = evaluate(rows, gt)["brief"]
+            out["gen_r1_05"], out["gen_r1_07"] = gen["MR-full-R1@0.5"], gen["MR-full-R1@0.7"]
+        return out
+
+    # -- serving (see .serving) ------------------------------------------------------------------
+
+    def request_model(self, cfg: LlavLoConfig):
+        from .serving import MomentRequest
+
+        return MomentRequest
+
+    def response_model(self, cfg: LlavLoConfig):
+        from .serving import MomentResponse
+
+        return MomentResponse
+
+    def serve_predict(self, model: nn.Module, requests):
+        from . import serving
+
+        return serving.serve_predict(self, model, requests)
+
+    def open_index(self, uri: str, opts=None):
+        from .serving import open_index
+
+        return open_index(uri, opts)
+
+    def adapter_key(self, cfg: LlavLoConfig) -> None:
+        # The frozen LLM carries this model's injection hooks, so adapters do not share it.
+        return None
 
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
         """Synthetic splits (see :mod:`.synth`) plus a tiny random LLaMA + tokenizer at ``<out>/llm``."""
@@ -156,10 +214,33 @@ class MomentRetrievalTask(Task):
 
 
 def submission_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """QVHighlights submission rows from :meth:`MomentRetrievalTask.predict` outputs."""
-    return [{"qid": int(q), "pred_relevant_windows": [[float(s), float(max(e, s)), float(p)]
-                                                      for (s, e), p in zip(spans, scores)]}
-            for q, spans, scores in zip(outputs["qid"], outputs["spans"], outputs["scores"])]
+    """QVHighlights submission rows (anchor windows, NMS applied) from
+    :meth:`MomentRetrievalTask.predict` outputs; parsed generations ride along as
+    ``generated_text`` / ``generated_windows`` (None when invalid)."""
+    from .inference import parse_windows, submission_row
+
+    keep = outputs.get("keep")
+    rows = []
+    for i, q in enumerate(outputs["qid"]):
+        extra = None
+        if "generated" in outputs:
+            text = str(outputs["generated"][i])
+            extra = {"generated_text": text, "generated_windows": parse_windows(text, float(outputs["duration"][i]))}
+        rows.append(submission_row(int(q), outputs["spans"][i], outputs["scores"][i],
+                                   keep=None if keep is None else keep[i], extra=extra))
+    return rows
+
+
+def generated_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Submission rows from the parsed generations alone (score 1 per window, in written order;
+    an empty list where the text was invalid)."""
+    from .inference import parse_windows
+
+    rows = []
+    for q, text, d in zip(outputs["qid"], outputs["generated"], outputs["duration"]):
+        windows = parse_windows(str(text), float(d)) or []
+        rows.append({"qid": int(q), "pred_relevant_windows": [[s, e, 1.0 - 1e-3 * k] for k, (s, e) in enumerate(windows)]})
+    return rows
 
 
 def ground_truth_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
