@@ -127,6 +127,11 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name} does not support serving (no serve_predict)")
 
+    def open_index(self, uri: str, opts: Any = None) -> Any:
+        """What ``serve_predict`` may look request items up in (``model.serve_index``), read from
+        the dataset at ``uri`` (serve args ``index``)."""
+        raise NotImplementedError(f"task {self.name} has no serve index; drop `index` from the serve args")
+
     def adapter_key(self, cfg: BaseModel) -> str | None:
         """Id of the frozen base a model built from ``cfg`` shares with others, or None.
 

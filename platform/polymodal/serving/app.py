@@ -72,6 +72,8 @@ class ServeArgs(BaseModel):
     max_queued_requests: int = Field(16, ge=-1, description="per proxy; beyond it -> 503; -1 = unbounded")
     max_models_per_replica: int = Field(4, ge=1, description="adapters cached per replica (LRU)")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies -> 413")
+    index: str | None = Field(None, min_length=1, description="a dataset the task looks request items up in "
+                                                               "(LLaViLo: clip features by `vid`); local or s3://")
 
     @field_validator("adapters")
     @classmethod
@@ -228,6 +230,8 @@ class ModelStore:
         self.base = LoadedModel(DEFAULT_MODEL_ID, ckpt, cfg, task, model.eval(),
                                 task_adapter_key(task, cfg.model))
         self.task = task
+        self.index = task.open_index(args.index, cfg.storage) if args.index else None
+        model.serve_index = self.index  # what serve_predict may look items up in (None: nothing)
         self.request_model = task.request_model(cfg.model)
         self.response_model = task.response_model(cfg.model)
         # adapters: check the task now (one small read each) so a wrong one fails at startup
@@ -263,6 +267,7 @@ class ModelStore:
             if key is not None and key == self.base.key:
                 tie_frozen(model, base)                  # other head/method, same frozen encoders
         load_trainable(model, weights)
+        model.serve_index = self.index
         loaded = LoadedModel(model_id, ckpt, cfg, self.task, model.eval(), key, shared_elements(model, base))
         self.loaded[model_id] = loaded
         logger.info("loaded adapter %s from %s (%d frozen elements shared with the default model)",
