@@ -127,3 +127,25 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
           f"{baseline['MR-full-R1@0.5']:.2f}; val R1@0.5 per epoch {[r['val_r1_05'] for r in logged]} "
           f"({time.perf_counter() - t0:.0f} s)")
     assert reached >= baseline["MR-full-R1@0.5"] + 20.0
+
+
+@pytest.mark.slow
+def test_llavilo_sweep_ranks_trials_by_val_map(ray_cluster, s3_bucket_uri):
+    """tune_spaces/llavilo.yaml with N narrowed to the tiny LLM's depth: 2 trials x 2 epochs
+    through Ray Tune + Train, ASHA on val mAP; the best config is a valid experiment (`slow`)."""
+    from pathlib import Path
+
+    from polymodal.tune import load_space, run_sweep
+
+    data = get_task(TASK).synth(f"{s3_bucket_uri}/data", seed=0, scale=0.25, progress=False)
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "jobs" / "configs" / "llavilo_tiny.yaml"), [
+        "name=sweep", f"storage_path={s3_bucket_uri}/runs", f"model.llm={data['llm']}",
+        f"data.train={data['train']}", f"data.val={data['val']}", "optim.epochs=2", "optim.max_steps_per_epoch=3"])
+    space = load_space(str(root / "tune_spaces" / "llavilo.yaml"), cfg, {"model.top_n": {"choice": [1, 2]}})
+    space = space.model_copy(update={"name": "llavilo-test", "num_samples": 2, "max_concurrent_trials": 1})
+    out = run_sweep(cfg, space, progress=False)
+    assert out.complete and out.metric == "val_map" and len(out.trials) == 2, out.trials
+    best = load_config(out.best_config)
+    assert best.model.top_n in (1, 2) and best.model.top_n == out.best_values["model.top_n"]
+    assert out.best_metric == max(r["val_map_best"] for r in out.trials)

@@ -55,6 +55,26 @@ def test_bad_path_and_bad_distribution_are_reported_together(tmp_path):
     assert "value 0 is rejected" in text and str(bad) in text
 
 
+def test_param_overrides_replace_entries_and_are_validated(capsys):
+    """``load_space(params=...)`` / ``polymodal tune --param``: the 3-layer tiny LLM cannot take
+    the paper's N in {2, 4, 6, 8}, so the override narrows it; bad overrides are config errors."""
+    from polymodal.cli import main
+
+    cfg = load_config(str(ROOT / "jobs" / "configs" / "llavilo_tiny.yaml"))
+    source = str(ROOT / "tune_spaces" / "llavilo.yaml")
+    space = load_space(source, cfg, {"model.top_n": {"choice": [1, 2]}, "model.nms_iou": {"choice": [0.5, 0.7]}})
+    assert space.params["model.top_n"].choice == [1, 2] and space.params["model.nms_iou"].choice == [0.5, 0.7]
+    assert list(space.params["optim.lr"].loguniform) == [1.0e-4, 3.0e-3]  # the rest of the file stays
+    with pytest.raises(ConfigError) as info:
+        load_space(source, cfg, {"model.top_n": {"choice": [0, 2]}, "model.no_such": {"choice": [1]}})
+    assert {path for path, _ in info.value.errors} == {"params.model.top_n", "params.model.no_such"}
+    with pytest.raises(ConfigError, match="use 'val_map' instead of 'map'"):
+        validate_space(cfg, space.model_copy(update={"metric": "map"}))
+    config = str(ROOT / "jobs" / "configs" / "llavilo_tiny.yaml")
+    assert main(["tune", "--config", config, "--space", source, "--param", "model.top_n"]) != 0
+    assert "expected KEY=DISTRIBUTION" in capsys.readouterr().err
+
+
 def test_grid_with_optuna_and_oversized_concurrency_are_errors():
     cfg = load_config(str(ROOT / "jobs" / "configs" / "wander_tiny.yaml"))
     space = load_space(str(ROOT / "tune_spaces" / "wander.yaml"), cfg)

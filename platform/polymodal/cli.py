@@ -103,10 +103,18 @@ def cmd_train(args) -> None:
 
 
 def cmd_tune(args) -> None:
+    import yaml
+
     from polymodal.tune import load_space, run_sweep
 
     cfg = _load(args)
-    space = load_space(args.space, cfg)  # every dotted path is checked before Ray starts
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PolymodalError(f"--param {item!r}: expected KEY=DISTRIBUTION, e.g. 'model.top_n={{choice: [1, 2]}}'")
+        params[key.strip()] = yaml.safe_load(value)
+    space = load_space(args.space, cfg, params)  # every dotted path is checked before Ray starts
     out = run_sweep(cfg, space, resume=not args.no_resume, progress=not args.quiet)
     if out.best_trial_id:
         print(f"best trial:  {out.best_trial_id}  {out.metric}={out.best_metric:.4g}  {json.dumps(out.best_values)}")
@@ -249,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search-space YAML, e.g. tune_spaces/wander.yaml")
     p.add_argument("--no-resume", action="store_true",
                    help="fail if a sweep of the same name exists instead of continuing it")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=DIST",
+                   help="replace or add one search parameter (YAML flow), e.g. "
+                        "'model.top_n={choice: [1, 2, 3]}'; repeatable")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("evaluate", parents=[quiet], help="evaluate a run's checkpoint on a split")
     _add_config(p)

@@ -179,6 +179,23 @@ def resolve_objective(cfg: ExperimentConfig, space: SearchSpace) -> tuple[str, s
     return space.metric or task.primary_metric, space.mode or task.mode
 
 
+def _check_metric(cfg: ExperimentConfig, space: SearchSpace) -> list[tuple[str, str]]:
+    """Trials report the task's primary metric by its plain name; the others of a Train-loop
+    task as ``val_<name>`` (plus ``train_loss``), so a space naming a bare non-primary metric
+    would fail mid-sweep."""
+    from polymodal.registry import get_task
+
+    task = get_task(cfg.task)
+    metric = space.metric
+    if metric is None or metric == task.primary_metric or task.trains_itself:
+        return []
+    if metric.startswith("val_") or metric == "train_loss":
+        return [] if cfg.data.val or metric == "train_loss" else [
+            ("metric", f"{metric!r} needs data.val in the config (trials report validation metrics)")]
+    return [("metric", f"trials report {task.primary_metric!r} and the validation metrics as 'val_<name>'; "
+                       f"use 'val_{metric}' instead of {metric!r}")]
+
+
 def _max_t(cfg: ExperimentConfig, space: SearchSpace) -> int:
     if space.scheduler.max_t is not None:
         return space.scheduler.max_t
@@ -234,6 +251,7 @@ def validate_space(cfg: ExperimentConfig, space: SearchSpace, source: str | None
     if space.task is not None and space.task != cfg.task:
         raise ConfigError([("task", f"this space is for {space.task}, but the config trains {cfg.task}")], source)
     errors = _check_params(cfg, space.params, space.base_overrides, space.search.algorithm)
+    errors += _check_metric(cfg, space)
     if not errors and space.scheduler.type == "asha":
         max_t = _max_t(cfg, space)
         if space.scheduler.grace_period > max_t:
@@ -268,14 +286,19 @@ def _space_errors(exc: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-def load_space(source: str, cfg: ExperimentConfig | None = None) -> SearchSpace:
+def load_space(source: str, cfg: ExperimentConfig | None = None,
+               params: dict[str, Any] | None = None) -> SearchSpace:
     """Read a search-space YAML (path or URI); with ``cfg``, also check it against that config.
 
-    Schema errors and config-path errors are reported together in one :class:`ConfigError`.
+    ``params`` replace (or add) entries of the file's ``params:`` before validation, e.g.
+    ``{"model.top_n": {"choice": [1, 2]}}`` (``polymodal tune --param``). Schema errors and
+    config-path errors are reported together in one :class:`ConfigError`.
     """
     raw = read_yaml(source, "search space", cfg.storage if cfg else None)
     if not isinstance(raw, dict):
         raise ConfigError([("", f"a search space must be a mapping, got {type(raw).__name__}")], source)
+    if params:
+        raw = {**raw, "params": {**(raw.get("params") or {}), **params}}
     errors: list[tuple[str, str]] = []
     space = None
     try:
