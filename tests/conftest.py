@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -10,6 +12,32 @@ import pytest
 
 from polymodal import storage
 from polymodal.s3server import EmbeddedS3
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(args, name: str, **actor_options) -> Iterator[str]:
+    """A polymodal Serve app (``args``: parsed ServeArgs) on a fresh port of 127.0.0.1, on the
+    session's Ray cluster; yields its base URL and shuts Serve down afterwards."""
+    from ray import serve
+
+    from polymodal.serving.app import build_deployment
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    options = {"num_cpus": 0.5, **actor_options}
+    serve.run(build_deployment(args, ray_actor_options=options).bind(args.model_dump()), name=name,
+              route_prefix=f"/{name}")
+    try:
+        yield f"http://127.0.0.1:{port}/{name}"
+    finally:
+        serve.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ ridge per voxel chunk, held-out evaluation, report, rerun, and serving over HTTP
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from conftest import served
 
 from polymodal import cli, storage
 from polymodal.config import validate_config
@@ -235,28 +235,13 @@ def test_tune_sweep_trials_are_ridge_fits(fitted, tmp_path):
 # --------------------------------------------------------------------------- over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(fitted):
-    from ray import serve
-
-    from polymodal.serving.app import build_deployment, parse_args
+    from polymodal.serving.app import parse_args
 
     _, run, _ = fitted
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = parse_args({"checkpoint": run, "max_body_bytes": 500_000})
-    serve.run(build_deployment(args, ray_actor_options={"num_cpus": 0.5}).bind(args.model_dump()), name="fmri",
-              route_prefix="/fmri")
-    try:
-        yield f"http://127.0.0.1:{port}/fmri"
-    finally:
-        serve.shutdown()
+    with served(parse_args({"checkpoint": run, "max_body_bytes": 500_000}), "fmri") as url:
+        yield url
 
 
 def _words(synth, story="story01"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,17 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from polymodal import storage
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,7 @@ def head_node(s3_server):
     temp_dir = tempfile.mkdtemp(prefix="pmray", dir="/tmp")
     # its own agent port too: the session's in-process cluster holds Ray's default (52365), and a
     # head whose job agent cannot bind answers every submit with "No available agent"
-    gcs_port, dash_port, agent_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dash_port, agent_port = free_port(), free_port(), free_port()
     # `python` in a job's entrypoint is the cluster's Python: this venv's, where polymodal is installed
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -4,17 +4,17 @@ real HTTP; a width mismatch or an empty query is a 422 naming the field."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import served
 
 from polymodal.config import load_config
 from polymodal.registry import ServeInputError, get_task
-from polymodal.serving.app import ModelStore, build_deployment, parse_args
+from polymodal.serving.app import ModelStore, parse_args
 from polymodal.serving.config_check import check_serve_config
 
 TASK = "llavilo.moment_retrieval"
@@ -89,26 +89,12 @@ def test_shipped_serve_config_checks():
     assert check_serve_config(ROOT / "serve" / "llavilo.yaml") == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_cluster, trained):
-    from ray import serve
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = parse_args({"checkpoint": trained["run"], "index": trained["index"], "max_batch_size": 4,
                        "batch_wait_timeout_s": 0.05})
-    serve.run(build_deployment(args, ray_actor_options={"num_cpus": 0.5}).bind(args.model_dump()), name="llavilo",
-              route_prefix="/llavilo")
-    try:
-        yield f"http://127.0.0.1:{port}/llavilo"
-    finally:
-        serve.shutdown()
+    with served(args, "llavilo") as url:
+        yield url
 
 
 def test_http_batched_requests_match_in_process(server, store, trained):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import wander_config
+from conftest import free_port, wander_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "POLYMODAL_TEST_SERVE_TOKEN"
 TOKEN = "t0k-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def server(ray_cluster, checkpoints):
     """Two apps on one Serve instance: ``/wander`` (token, adapter) and ``/burst`` (tiny queue)."""
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     env = {"runtime_env": {"env_vars": {TOKEN_ENV: TOKEN}}, "num_cpus": 0.5}
     args = parse_args({"checkpoint": checkpoints["base_run"], "adapters": {"houlsby": checkpoints["adapter"]},

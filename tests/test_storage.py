@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port
 
 from polymodal import storage as st
 from polymodal.config import StorageOptions
 from polymodal.errors import StorageError
 from polymodal.s3server import EmbeddedS3
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- options & paths
@@ -185,7 +179,7 @@ def test_pyarrow_fs_reads_parquet_from_s3_and_pickles(s3_bucket_uri):
 
 
 def test_unreachable_endpoint_names_it(s3_server):
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(StorageError) as info:
         st.read_bytes("s3://polymodal/x", StorageOptions(endpoint_url=endpoint))
     assert not isinstance(info.value, FileNotFoundError)
