@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all venv clean bench
+.PHONY: demo test test-slow test-all venv clean bench
 
 venv: $(STAMP)
 
@@ -22,11 +22,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
+# the learning runs that take minutes (LLaViLo through Ray Train + DeepSpeed, its Tune sweep)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu" -q
+
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/wander_fusion.py
+	$(BIN)/python bench/ridge.py
+	$(BIN)/python bench/llavilo_step.py --size small --top-n 4
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache
