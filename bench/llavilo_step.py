@@ -197,9 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"# {args.size} LLaMA, N={args.top_n}, J={args.anchors}, adapter 256: {format_trainable_share(model)}")
         return
-    for m in (model.adapter, model.head, model.saliency, model.injected.prefixes):
+    for m in (model.adapter, model.head, model.saliency, model.injected.prefixes, model.injected.anchor_queries):
         m.to(device, dtype)
-    model.injected.anchor_queries.data = model.injected.anchor_queries.data.to(device, dtype)
     task = MomentRetrievalTask()
     batch = make_batch(args, device, dtype)
     trainable = [q for q in model.parameters() if q.requires_grad]

@@ -202,16 +202,34 @@ class GatedPrefix(nn.Module):
         self.gate = nn.Parameter(torch.zeros(num_heads))
         self.anchors = nn.Parameter(torch.randn(num_anchors, hidden_size) * init_std)
 
-    def tokens(self, video_tokens: Tensor, video_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Prefix ``[P_n; A_n]``: video_tokens (B, Lv, hidden) -> (B, Lv + J, hidden) and its
-        keep-mask (B, Lv + J) (None when ``video_mask`` is None)."""
+    def forward(self, video_tokens: Tensor, video_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Prefix ``[P_n; A_n]``: video_tokens (B, Lv, hidden) -> (B, Lv + J, hidden), the gate
+        (H,) and the prefix keep-mask (B, Lv + J) (None when ``video_mask`` is None).
+
+        A module call, and the gate comes back as a fresh tensor, so DeepSpeed ZeRO-3 (which
+        gathers a module's parameters only around its ``forward``) sees every use."""
         bsz = video_tokens.shape[0]
         anchors = self.anchors.to(video_tokens.dtype).expand(bsz, -1, -1)
         tokens = torch.cat([video_tokens, anchors], dim=1)
+        gate = self.gate.clone()
         if video_mask is None:
-            return tokens, None
+            return tokens, gate, None
         keep = torch.ones(bsz, anchors.shape[1], dtype=torch.bool, device=video_mask.device)
-        return tokens, torch.cat([video_mask.bool(), keep], dim=1)
+        return tokens, gate, torch.cat([video_mask.bool(), keep], dim=1)
+
+
+class AnchorQueries(nn.Module):
+    """The ``J`` learnable anchor query tokens (``weight`` (J, hidden)), expanded per batch.
+
+    Its own module so that DeepSpeed ZeRO-3, which gathers parameters around module forwards
+    and re-gathers them for the module's backward, handles it like any layer."""
+
+    def __init__(self, num_anchors: int, hidden_size: int, init_std: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_anchors, hidden_size) * init_std)
+
+    def forward(self, batch_size: int) -> Tensor:
+        return self.weight.expand(batch_size, -1, -1).clone()  # (B, J, hidden)
 
 
 @dataclass
@@ -237,6 +255,7 @@ class _CallState:
     video_mask: Tensor | None  # (B, Lv) bool
     anchor_visible: Tensor | None  # (B, T) bool
     anchor_cos_sin: tuple[Tensor, Tensor] | None  # rotary for positions T..T+J-1, (1, J, D) each
+    anchor_queries: Tensor | None  # (B, J, hidden), made in forward (where ZeRO-3 has the parameter)
     record: bool
     n_text: int
     layer_anchor_states: list[Tensor] = field(default_factory=list)
@@ -301,7 +320,7 @@ class InjectedLlama(nn.Module):
             GatedPrefix(cfg.hidden_size, cfg.num_attention_heads, num_anchors, anchor_init_std)
             for _ in range(top_n)
         )
-        self.anchor_queries = nn.Parameter(torch.randn(num_anchors, cfg.hidden_size) * anchor_init_std)
+        self.anchor_queries = AnchorQueries(num_anchors, cfg.hidden_size, anchor_init_std)
 
         self._hooks = []
         for i, layer in enumerate(layers[self.first_injected:]):
@@ -330,9 +349,8 @@ class InjectedLlama(nn.Module):
             if slot == 0:
                 # The boundary: backward stops here even if something upstream requires grad.
                 hidden = hidden.detach()
-                if self.num_anchors:
-                    queries = self.anchor_queries.to(hidden.dtype).expand(hidden.shape[0], -1, -1)
-                    hidden = torch.cat([hidden, queries], dim=1)  # (B, T+J, hidden)
+                if state.anchor_queries is not None:
+                    hidden = torch.cat([hidden, state.anchor_queries.to(hidden.dtype)], dim=1)  # (B, T+J, hidden)
             if state.anchor_cos_sin is not None:
                 cos, sin = kwargs["position_embeddings"]
                 a_cos, a_sin = state.anchor_cos_sin
@@ -341,8 +359,7 @@ class InjectedLlama(nn.Module):
                     torch.cat([sin, a_sin.expand(sin.shape[0], -1, -1)], dim=1),
                 )
                 kwargs[_ANCHOR_KW] = state.anchor_visible
-            tokens, prefix_mask = self.prefixes[slot].tokens(state.video_tokens[slot], state.video_mask)
-            kwargs[_PREFIX_KW] = (tokens, self.prefixes[slot].gate, prefix_mask)
+            kwargs[_PREFIX_KW] = self.prefixes[slot](state.video_tokens[slot], state.video_mask)
             return (hidden, *rest), kwargs
 
         return pre_hook
@@ -398,8 +415,9 @@ class InjectedLlama(nn.Module):
             if m is not None and tuple(m.shape) != (bsz, n_text):
                 raise ValueError(f"{name} must be (B, T) = {(bsz, n_text)}, got {tuple(m.shape)}")
 
-        anchor_visible, anchor_cos_sin = None, None
+        anchor_visible, anchor_cos_sin, anchor_queries = None, None, None
         if self.num_anchors:
+            anchor_queries = self.anchor_queries(bsz)
             anchor_visible = torch.ones(bsz, n_text, dtype=torch.bool, device=input_ids.device)
             if attention_mask is not None:
                 anchor_visible &= attention_mask.bool()
@@ -411,7 +429,7 @@ class InjectedLlama(nn.Module):
 
         state = _CallState(
             video_tokens=list(video_tokens), video_mask=video_mask, anchor_visible=anchor_visible,
-            anchor_cos_sin=anchor_cos_sin, record=output_anchor_states, n_text=n_text,
+            anchor_cos_sin=anchor_cos_sin, anchor_queries=anchor_queries, record=output_anchor_states, n_text=n_text,
         )
         token = _CALL.set(state)
         try:
