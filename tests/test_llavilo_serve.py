@@ -35,7 +35,7 @@ def trained(s3_server):
         "deepspeed.zero_stage=0"])
     fit_local(cfg, progress=False)
     rows = read_all(data["test"], cfg.storage)
-    return {"run": cfg.run_uri, "index": data["test"], "rows": rows}
+    return {"run": cfg.run_uri, "index": data["test"], "rows": rows, "cfg": cfg}
 
 
 def _request(rows, i: int, **change) -> dict:
@@ -83,6 +83,29 @@ def test_bad_requests_raise_naming_the_field(store, trained, change, field, word
     with pytest.raises(ServeInputError) as info:
         store.task.serve_predict(store.base.model, [req])
     assert info.value.field == field and words in info.value.message
+
+
+def test_evaluate_writes_a_submission_the_official_protocol_scores_alike(trained, tmp_path, capsys):
+    """``polymodal evaluate`` writes eval/test_predictions.jsonl in the QVHighlights submission
+    format; ``polymodal eval qvhighlights`` on it reproduces the metrics evaluate reported."""
+    import json
+
+    from polymodal import cli, storage
+    from polymodal.evaluate import evaluate_run
+    from polymodal.models.llavilo.synth import qvh_ground_truth
+
+    cfg = trained["cfg"]
+    out, _ = evaluate_run(cfg, "test", progress=False)
+    rows = [json.loads(line) for line in storage.read_text(out["predictions"], cfg.storage).splitlines()]
+    assert [r["qid"] for r in rows] == trained["rows"]["qid"].tolist()
+    assert all(len(r["pred_relevant_windows"]) == cfg.model.num_anchors for r in rows)
+    sub, gt = tmp_path / "sub.jsonl", tmp_path / "gt.jsonl"
+    sub.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gt.write_text("".join(json.dumps(r) + "\n" for r in qvh_ground_truth(trained["rows"])))
+    assert cli.main(["eval", "qvhighlights", "--submission", str(sub), "--gt", str(gt),
+                     "--out", str(tmp_path / "m.json")]) == 0
+    brief = json.loads((tmp_path / "m.json").read_text())["brief"]
+    assert brief["MR-full-R1@0.5"] == out["metrics"]["r1_05"] and brief["MR-full-mAP"] == out["metrics"]["map"]
 
 
 def test_shipped_serve_config_checks():

@@ -45,8 +45,10 @@ def load_model(checkpoint_uri: str, opts: StorageOptions | None = None, device: 
 
 @torch.no_grad()
 def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None = None,
-             batch_size: int = 64, device: str | None = None, progress: bool = True) -> dict[str, float]:
-    """Metrics of the checkpoint's model on the dataset at ``data_uri``."""
+             batch_size: int = 64, device: str | None = None, progress: bool = True,
+             with_rows: bool = False) -> dict[str, float] | tuple[dict[str, float], list[dict[str, Any]] | None]:
+    """Metrics of the checkpoint's model on the dataset at ``data_uri`` (with ``with_rows``,
+    also the task's :meth:`~polymodal.registry.Task.prediction_rows`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, task, model = load_model(checkpoint_uri, opts, dev)
     manifest = shards.open_dataset(data_uri, opts)
@@ -63,6 +65,8 @@ def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None 
         batch = {k: v.to(dev) for k, v in task.collate(cols).items()}
         outputs.append(task.predict(model, batch))
     merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    if with_rows:
+        return task.metrics(merged), task.prediction_rows(merged)
     return task.metrics(merged)
 
 
@@ -76,8 +80,12 @@ def evaluate_run(cfg: ExperimentConfig, split: str = "test", which: str = "best"
     if not data_uri:
         raise PolymodalError(f"data.{split} is not set in the config; set it or pick another --split")
     ckpt = find_checkpoint(cfg, which)
-    metrics = evaluate(ckpt, data_uri, opts=cfg.storage, batch_size=cfg.optim.batch_size, progress=progress)
+    metrics, rows = evaluate(ckpt, data_uri, opts=cfg.storage, batch_size=cfg.optim.batch_size, progress=progress,
+                             with_rows=True)
     out = {"split": split, "checkpoint": ckpt, "data": data_uri, "metrics": metrics}
+    if rows is not None:
+        out["predictions"] = storage.join(cfg.run_uri, "eval", f"{split}_predictions.jsonl")
+        storage.write_text(out["predictions"], "".join(json.dumps(r) + "\n" for r in rows), cfg.storage)
     out_uri = storage.join(cfg.run_uri, "eval", f"{split}.json")
     storage.write_text(out_uri, json.dumps(out, indent=2), cfg.storage)
     return out, out_uri

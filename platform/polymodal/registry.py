@@ -69,6 +69,11 @@ class Task(ABC):
     def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
         """Per-row outputs (first axis = rows) that :meth:`metrics` needs, targets included."""
 
+    def prediction_rows(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]] | None:
+        """Per-example predictions worth keeping (e.g. a benchmark's submission format), from
+        ``predict`` outputs; ``polymodal evaluate`` writes them as JSON lines. None: nothing."""
+        return None
+
     @abstractmethod
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics over a whole split from the concatenated :meth:`predict` outputs."""

@@ -158,6 +158,11 @@ class MomentRetrievalTask(Task):
             result["generated"] = np.asarray(greedy_generate(net, batch, cfg.max_target_tokens), dtype=object)
         return result
 
+    def prediction_rows(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The QVHighlights submission (``polymodal evaluate`` writes ``eval/<split>_predictions.jsonl``,
+        which ``polymodal eval qvhighlights --submission`` reads)."""
+        return submission_rows(outputs)
+
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Official QVHighlights MR numbers (percent) of the anchor windows; with parsed
         generations also ``gen_valid`` (% of queries whose text holds a valid window) and
