@@ -170,7 +170,7 @@ class MomentRetrievalTask(Task):
         from .qvh_eval import evaluate
 
         gt = ground_truth_rows(outputs)
-        brief = evaluate(submission_rows(outputs), gt)["brief"]
+        brief = evaluate(submission_rows(outputs, with_generated=False), gt)["brief"]
         out = {"r1_05": brief["MR-full-R1@0.5"], "r1_07": brief["MR-full-R1@0.7"],
                "map": brief["MR-full-mAP"], "map_05": brief["MR-full-mAP@0.5"]}
         if "generated" in outputs:
@@ -218,17 +218,17 @@ class MomentRetrievalTask(Task):
         return out
 
 
-def submission_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def submission_rows(outputs: dict[str, np.ndarray], with_generated: bool = True) -> list[dict[str, Any]]:
     """QVHighlights submission rows (anchor windows, NMS applied) from
-    :meth:`MomentRetrievalTask.predict` outputs; parsed generations ride along as
-    ``generated_text`` / ``generated_windows`` (None when invalid)."""
+    :meth:`MomentRetrievalTask.predict` outputs; with ``with_generated``, parsed generations
+    ride along as ``generated_text`` / ``generated_windows`` (None when invalid)."""
     from .inference import parse_windows, submission_row
 
     keep = outputs.get("keep")
     rows = []
     for i, q in enumerate(outputs["qid"]):
         extra = None
-        if "generated" in outputs:
+        if with_generated and "generated" in outputs:
             text = str(outputs["generated"][i])
             extra = {"generated_text": text, "generated_windows": parse_windows(text, float(outputs["duration"][i]))}
         rows.append(submission_row(int(q), outputs["spans"][i], outputs["scores"][i],
