@@ -102,3 +102,24 @@ def wander_config(data: dict[str, str], storage_path: str, name: str, *overrides
         f"name={name}", f"storage_path={storage_path}", f"model.backbone={data['backbone']}",
         f"data.train={data['train']}", f"data.val={data['val']}", f"data.test={data['test']}",
         *overrides])
+
+
+@pytest.fixture(scope="session")
+def cheffusion_data(s3_server) -> dict[str, str]:
+    """Synthetic ChefFusion dishes (raw + feature splits, 480 train rows) and tiny backbones in S3."""
+    from polymodal.registry import get_task
+
+    return get_task("cheffusion.recipes").synth("s3://polymodal/session/cheffusion", seed=0, progress=False)
+
+
+def cheffusion_config(data: dict[str, str], storage_path: str, name: str, *overrides: str):
+    """The shipped tiny ChefFusion config pointed at ``data`` and ``storage_path``."""
+    from pathlib import Path
+
+    from polymodal.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    return load_config(str(root / "jobs" / "configs" / "cheffusion_tiny.yaml"), [
+        f"name={name}", f"storage_path={storage_path}", f"model.lm={data['lm']}", f"model.clip={data['clip']}",
+        f"model.sd={data['sd']}", f"data.train={data['train']}", f"data.val={data['val']}",
+        f"data.test={data['test']}", *overrides])

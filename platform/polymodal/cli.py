@@ -55,7 +55,12 @@ def cmd_data_import(args) -> None:
         print(json.dumps(run(args.source, args.out, chunk=args.voxel_chunk, opts=storage_opts,
                              progress=not args.quiet), indent=2))
         return
-    if args.format == "mmsa":
+    if args.format == "recipe1m":
+        from polymodal.models.cheffusion.importers import import_recipe1m
+
+        out = import_recipe1m(args.source, args.out, images=args.images, opts=storage_opts, skip_bad=args.skip_bad,
+                              progress=not args.quiet)
+    elif args.format == "mmsa":
         out = importers.import_mmsa(args.source, args.out, opts=storage_opts, skip_bad=args.skip_bad,
                                     progress=not args.quiet)
     else:
@@ -65,6 +70,20 @@ def cmd_data_import(args) -> None:
                                        skip_bad=args.skip_bad, progress=not args.quiet)
     for name, uri in out.items():
         print(f"{name}: {uri}")
+
+
+def cmd_data_features(args) -> None:
+    from polymodal.models.cheffusion.features import extract_features
+
+    storage_opts = _load(args).storage if args.config else None
+    if not args.local:
+        import ray
+
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    manifest = extract_features(args.source, args.out, clip=args.clip, sd=args.sd, opts=storage_opts,
+                                batch_size=args.batch_size, use_ray=not args.local, concurrency=args.concurrency,
+                                target_dtype=args.target_dtype, progress=not args.quiet)
+    print(f"{manifest.split}: {args.out} ({manifest.num_rows} rows)")
 
 
 def cmd_data_mlm(args) -> None:
@@ -214,18 +233,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("import", parents=[quiet], help="convert a public dataset layout to shards")
-    p.add_argument("--format", required=True, choices=["mmsa", "food101", "huth", "fmri-plain"],
+    p.add_argument("--format", required=True, choices=["mmsa", "food101", "huth", "fmri-plain", "recipe1m"],
                    help="mmsa: CMU-MOSI/MOSEI pickle; food101: UPMC-Food101 json + images; huth: OpenNeuro "
                         "ds003020 derivative/ (TextGrids, respdict.json, preprocessed_data); fmri-plain: "
-                        "words.csv|parquet + stories.json + responses/<subject>/<story>.npy|hf5")
+                        "words.csv|parquet + stories.json + responses/<subject>/<story>.npy|hf5; recipe1m: "
+                        "layer1.json + layer2.json + image tree -> raw ChefFusion shards at OUT/raw/<split> "
+                        "(then run `polymodal data features`)")
     p.add_argument("--source", required=True,
-                   help="the pickle file (mmsa) or dataset root folder (food101, huth, fmri-plain)")
+                   help="the pickle file (mmsa) or dataset root folder (food101, huth, fmri-plain, recipe1m)")
+    p.add_argument("--images", help="recipe1m: root of the image tree (default SOURCE/images)")
     p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (fMRI)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the splits")
     p.add_argument("--tokenizer", help="tokenizer path or hub id (food101)")
     p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_import)
+    p = dsub.add_parser("features", parents=[quiet],
+                        help="ChefFusion: raw recipe shards -> feature shards (CLIP image features and SD text-encoder "
+                             "targets), with a Ray Data actor pool (GPU per actor when the cluster has GPUs)")
+    p.add_argument("--source", required=True, help="raw dataset (from data import --format recipe1m, or synth's raw/)")
+    p.add_argument("--out", required=True, help="folder or s3:// URI for the feature dataset")
+    p.add_argument("--clip", required=True, help="CLIP vision model folder (save_pretrained) or s3:// URI")
+    p.add_argument("--sd", required=True, help="Stable Diffusion pipeline folder or s3:// URI (its text encoder is used)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--concurrency", type=int, help="actors in the pool (default: one per GPU, or one per two CPUs)")
+    p.add_argument("--target-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage type of the SD targets (float16 halves the bytes)")
+    p.add_argument("--local", action="store_true", help="run the extractor in this process, without Ray")
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_data_features)
     p = dsub.add_parser("mlm", parents=[quiet],
                         help="fmri.mlm training data: a WordPiece tokenizer and token windows from an fMRI dataset's "
                              "transcripts")

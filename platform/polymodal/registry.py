@@ -132,6 +132,12 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name} does not support serving (no serve_predict)")
 
+    def serve_media(self, response: BaseModel) -> tuple[bytes, str] | None:
+        """A binary rendering of ``response`` (bytes, media type), e.g. a generated PNG, which the
+        server returns instead of JSON when the request's ``Accept`` header asks for that type.
+        None: this response has none (the server answers 406)."""
+        return None
+
     def open_index(self, uri: str, opts: Any = None) -> Any:
         """What ``serve_predict`` may look request items up in (``model.serve_index``), read from
         the dataset at ``uri`` (serve args ``index``)."""
@@ -147,7 +153,7 @@ class Task(ABC):
 
 
 _TASKS: dict[str, Task] = {}
-_SYSTEMS = ("wander", "fmri", "llavilo")  # subpackages of polymodal.models that register tasks on import
+_SYSTEMS = ("wander", "fmri", "llavilo", "cheffusion")  # subpackages of polymodal.models that register tasks on import
 
 
 def register_task(task: Task) -> Task:

@@ -1,0 +1,408 @@
+"""Recipe1M -> ChefFusion raw datasets (columns :data:`.data.RAW_COLUMNS`).
+
+Layout (a local folder or an ``s3://`` prefix)
+----------------------------------------------
+* ``<source>/layer1.json``: a JSON list of recipes ``{"id", "title", "partition"
+  ("train" | "val" | "test"), "ingredients": [{"text"}, ...], "instructions": [{"text"}, ...], ...}``;
+* ``<source>/layer2.json``: a JSON list ``{"id": <recipe id>, "images": [{"id": "3e233001e2.jpg"}, ...]}``;
+  recipes without images are absent;
+* the images, as the Recipe1M tars extract them, under a tree keyed by the first four characters of
+  the image id: ``<images>/<partition>/3/e/2/3/3e233001e2.jpg``; a flat ``<images>/3e233001e2.jpg`` is
+  also accepted.
+
+Every recipe of the requested splits is checked (fields, partition, its layer2 entry) before anything
+is written, so a broken file fails in seconds with an :class:`~polymodal.errors.ImportDataError`
+naming the file, row and recipe id. Images are read and decoded while writing; an undecodable one is
+an error too. With ``skip_bad=True`` a bad recipe is dropped instead: logged, and counted in the
+manifest's ``meta["skipped"]``. A recipe without an image on disk is not an error (about 60%
+of Recipe1M's recipes have none); it is left out and counted in ``meta["no_image"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from polymodal import storage
+from polymodal.config import StorageOptions
+from polymodal.errors import ImportDataError
+from polymodal.shards import ShardWriter
+
+from .data import RAW_COLUMNS, SPLITS, TASK, format_recipe
+
+__all__ = ["import_recipe1m", "LAYER1", "LAYER2"]
+
+logger = logging.getLogger(__name__)
+
+LAYER1 = "layer1.json"
+LAYER2 = "layer2.json"
+#: the layer1 fields every recipe needs
+RECIPE_FIELDS = ("id", "title", "partition", "ingredients", "instructions")
+#: a Recipe1M image id: its first four characters name the folders of the image tree
+_IMAGE_ID = re.compile(r"[A-Za-z0-9]{4}[A-Za-z0-9_.-]*")
+#: recipes whose images are read concurrently and written in one call; Recipe1M images are
+#: 30-200 kB, so a chunk keeps ~10 MB of image bytes in flight
+_CHUNK = 64
+#: per-split warnings for skipped recipes; the rest are summarised in one line
+_MAX_LOGGED = 20
+
+
+@dataclass(slots=True)
+class _Recipe:
+    """One checked layer1 recipe; item texts are whitespace-normalised, blank ones dropped."""
+
+    row: int  # index in layer1.json
+    id: str
+    split: str
+    title: str
+    ingredients: tuple[str, ...]
+    instructions: tuple[str, ...]
+    images: tuple[str, ...] = ()  # image ids from layer2, in listed order
+
+    def where(self, layer1: str) -> str:
+        return f"{layer1}: row {self.row} (recipe {self.id!r})"
+
+
+@dataclass
+class _SplitPlan:
+    """The recipes of one split to read, plus what the checks already dropped."""
+
+    recipes: list[_Recipe] = field(default_factory=list)  # those with at least one listed image
+    no_image: int = 0  # recipes absent from layer2 (or listed with no images)
+
+
+@dataclass(slots=True)
+class _Found:
+    """Result of looking for a recipe's image on disk."""
+
+    data: bytes | None = None  # the encoded image; None when no listed image exists or it is bad
+    uri: str | None = None  # the file read, or (nothing found) the first path tried
+    error: str | None = None  # why the file found cannot be used
+
+
+class _Skips:
+    """Raise on a bad recipe, or (``skip_bad``) log and count it per split."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.count: dict[str | None, int] = {}  # None: entries that name no usable split
+
+    def bad(self, split: str | None, message: str) -> None:
+        if not self.skip_bad:
+            raise ImportDataError(f"{message} (pass skip_bad=True to drop such recipes; they are counted)")
+        n = self.count[split] = self.count.get(split, 0) + 1
+        if n <= _MAX_LOGGED:
+            logger.warning("skipped %s", message)
+
+    def summary(self) -> None:
+        for split, n in self.count.items():
+            if n > _MAX_LOGGED:
+                name = "entries without a split" if split is None else f"split {split!r}"
+                logger.warning("%s: %d more skipped (%d in total)", name, n - _MAX_LOGGED, n)
+
+
+# --------------------------------------------------------------------------- the JSON layers
+
+
+def _read_json_list(uri: str, what: str, opts: StorageOptions | None) -> list[Any]:
+    """A whole JSON file that must hold a list; every failure names the file."""
+    try:
+        data = storage.read_bytes(uri, opts)
+    except storage.NotFoundError:
+        raise ImportDataError(f"{uri}: file not found; `source` must be the Recipe1M folder holding {LAYER1} "
+                              f"and {LAYER2}") from None
+    try:
+        entries = json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise ImportDataError(f"{uri}: not UTF-8 text ({exc}); re-download or re-extract it") from None
+    except json.JSONDecodeError as exc:
+        raise ImportDataError(f"{uri}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+                              "re-download or re-extract it") from None
+    if not isinstance(entries, list):
+        raise ImportDataError(f"{uri}: top level is a JSON {type(entries).__name__}, expected a list of {what}")
+    return entries
+
+
+def _image_ids(raw: Any) -> tuple[str, ...]:
+    """``layer2["images"]`` -> image ids in listed order; a malformed list -> ValueError."""
+    if not isinstance(raw, list):
+        raise ValueError(f"'images' must be a list of {{\"id\": ...}} objects, got {type(raw).__name__}")
+    out = []
+    for j, item in enumerate(raw):
+        iid = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(iid, str) or not _IMAGE_ID.fullmatch(iid):
+            raise ValueError(f"images[{j}] needs an 'id' like '3e233001e2.jpg' (4+ letters or digits, then "
+                             f"letters, digits, '_', '.', '-'), got {str(item)[:80]}")
+        out.append(iid)
+    return tuple(out)
+
+
+def _read_layer2(uri: str, skips: _Skips, opts: StorageOptions | None) -> dict[str, tuple[str, ...] | str]:
+    """Recipe id -> its image ids, or the message of a bad entry (reported once the recipe's split is
+    known, so an entry of a split that is not imported cannot fail the import)."""
+    out: dict[str, tuple[str, ...] | str] = {}
+    for i, entry in enumerate(_read_json_list(uri, "{\"id\", \"images\"} objects", opts)):
+        rid = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(rid, str) or not rid:
+            skips.bad(None, f"{uri}: entry {i}: no recipe 'id' string (got {str(entry)[:80]}); every entry is "
+                            "{\"id\": <recipe id>, \"images\": [{\"id\": <image file>}, ...]}")
+            continue
+        try:
+            ids = _image_ids(entry.get("images"))
+        except ValueError as exc:
+            out[rid] = f"{uri}: entry {i} (recipe {rid!r}): {exc}"
+            continue
+        prev = out.get(rid, ())
+        # A recipe listed twice keeps every image, in order; a bad listing stays bad.
+        out[rid] = prev if isinstance(prev, str) else prev + ids
+    return out
+
+
+def _clean(text: str) -> str:
+    # One item per line in the stored columns, so no item may hold a newline.
+    return " ".join(text.split())
+
+
+def _texts(raw: Any, name: str) -> tuple[str, ...]:
+    """``[{"text": ...}, ...]`` -> cleaned non-blank texts; malformed or empty -> ValueError."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{name!r} must be a list of {{\"text\": ...}} objects, got {type(raw).__name__}")
+    out = []
+    for j, item in enumerate(raw):
+        text = item.get("text") if isinstance(item, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f"{name}[{j}] must be an object with a 'text' string, got {str(item)[:80]}")
+        if cleaned := _clean(text):
+            out.append(cleaned)
+    if not out:
+        raise ValueError(f"{name!r} is empty; a recipe needs at least one non-blank item")
+    return tuple(out)
+
+
+def _parse_recipe(row: int, raw: Any) -> _Recipe:
+    """One layer1 entry -> :class:`_Recipe`; a bad entry -> ValueError saying what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"is a JSON {type(raw).__name__}, expected an object with {list(RECIPE_FIELDS)}")
+    missing = [name for name in RECIPE_FIELDS if name not in raw]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}; a layer1 recipe has {list(RECIPE_FIELDS)}")
+    rid, title, split = raw["id"], raw["title"], raw["partition"]
+    if not isinstance(rid, str) or not rid.strip():
+        raise ValueError(f"'id' must be a non-empty string, got {rid!r}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown partition {split!r}; use one of {list(SPLITS)}")
+    if not isinstance(title, str) or not _clean(title):
+        raise ValueError(f"'title' must be a non-blank string, got {title!r}")
+    return _Recipe(row, rid, split, _clean(title), _texts(raw["ingredients"], "ingredients"),
+                   _texts(raw["instructions"], "instructions"))
+
+
+def _plan(layer1: str, layer2: str, splits: Sequence[str], skips: _Skips,
+          opts: StorageOptions | None) -> dict[str, _SplitPlan]:
+    """Check every recipe of ``splits`` and attach its layer2 images; nothing is read from disk."""
+    images = _read_layer2(layer2, skips, opts)
+    plans = {split: _SplitPlan() for split in splits}
+    first_row: dict[str, int] = {}
+    for row, raw in enumerate(_read_json_list(layer1, "recipe objects", opts)):
+        rid = raw.get("id") if isinstance(raw, dict) else None
+        split = raw.get("partition") if isinstance(raw, dict) else None
+        split = split if isinstance(split, str) else None
+        if split in SPLITS and split not in plans:
+            continue  # a split that is not imported is not checked either
+        where = f"{layer1}: row {row}" + (f" (recipe {rid!r})" if isinstance(rid, str) else "")
+        try:
+            recipe = _parse_recipe(row, raw)
+        except ValueError as exc:
+            skips.bad(split if split in plans else None, f"{where}: {exc}")
+            continue
+        if recipe.id in first_row:
+            skips.bad(split, f"{where}: duplicate id, first used by row {first_row[recipe.id]}")
+            continue
+        first_row[recipe.id] = row
+        listed = images.get(recipe.id, ())
+        if isinstance(listed, str):
+            skips.bad(split, f"{listed} (images of {recipe.where(layer1)})")
+            continue
+        if not listed:
+            plans[split].no_image += 1
+            continue
+        recipe.images = listed
+        plans[split].recipes.append(recipe)
+    return plans
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _find_image(recipe: _Recipe, root: str, decode: Callable[..., Any], opts: StorageOptions | None) -> _Found:
+    """The first listed image of ``recipe`` that exists, checked to decode."""
+    from PIL import Image
+
+    first_tried = None
+    for iid in recipe.images:
+        for uri in (storage.join(root, recipe.split, *iid[:4], iid), storage.join(root, iid)):
+            first_tried = first_tried or uri
+            try:
+                data = storage.read_bytes(uri, opts)
+            except storage.NotFoundError:
+                continue
+            try:
+                decode(data, where=uri)
+            except ValueError as exc:
+                return _Found(uri=uri, error=str(exc))
+            except Image.DecompressionBombError as exc:
+                return _Found(uri=uri, error=f"{uri}: {exc}")
+            return _Found(data=data, uri=uri)
+    return _Found(uri=first_tried)
+
+
+def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images: str, pool: ThreadPoolExecutor,
+                 skips: _Skips, max_rows: int | None, rows_per_shard: int, opts: StorageOptions | None,
+                 progress: bool | str) -> None:
+    """Stream one split's recipes into ``uri``, ``_CHUNK`` images in memory at a time."""
+    from polymodal.models.cheffusion.backbones import decode_image
+
+    no_image, found_any, first_missing = plan.no_image, 0, None
+    desc = f"{progress} {split}" if isinstance(progress, str) else progress
+    meta = {"stage": "raw", "source": "recipe1m"}
+    with ShardWriter(uri, task=TASK, split=split, columns=RAW_COLUMNS, rows_per_shard=rows_per_shard,
+                     meta=meta, opts=opts, progress=desc) as writer:
+        start = 0
+        while start < len(plan.recipes) and (max_rows is None or writer.rows_written < max_rows):
+            # With a cap, read no more recipes than could still be written.
+            size = _CHUNK if max_rows is None else min(_CHUNK, max_rows - writer.rows_written)
+            chunk = plan.recipes[start:start + size]
+            start += size
+            found = list(pool.map(lambda r: _find_image(r, images, decode_image, opts), chunk))
+            good = []
+            for recipe, image in zip(chunk, found):
+                if image.data is None and image.error is None:
+                    no_image += 1
+                    first_missing = first_missing or image.uri
+                    continue
+                found_any += 1
+                if image.error is not None:
+                    skips.bad(split, f"{recipe.where(layer1)}: {image.error}")
+                    continue
+                good.append((recipe, image.data))
+            if good:
+                writer.write({
+                    "id": [r.id for r, _ in good],
+                    "title": [r.title for r, _ in good],
+                    "ingredients": ["\n".join(r.ingredients) for r, _ in good],
+                    "instructions": ["\n".join(r.instructions) for r, _ in good],
+                    "recipe": [format_recipe(r.title, r.ingredients, r.instructions) for r, _ in good],
+                    "image": [data for _, data in good],
+                })
+        if plan.recipes and not found_any:
+            # Every listed file missing is a wrong `images` root, not a dataset without photos.
+            raise ImportDataError(
+                f"split {split!r}: none of the images {LAYER2} lists for its {len(plan.recipes)} recipe(s) "
+                f"exists under {images} (first path tried: {first_missing}); pass images=<the folder holding "
+                f"train/ val/ test/ image trees, or the image files>, or leave {split!r} out of `splits`")
+        writer.meta.update(skipped=skips.count.get(split, 0), no_image=no_image)
+        logger.info("%s: %d recipes written, %d without an image, %d skipped", uri, writer.rows_written,
+                    no_image, skips.count.get(split, 0))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def import_recipe1m(
+    source: str,
+    out_uri: str,
+    *,
+    images: str | None = None,
+    splits: Sequence[str] = SPLITS,
+    max_per_split: int | None = None,
+    image_choice: Literal["first"] = "first",
+    rows_per_shard: int = 2048,
+    opts: StorageOptions | None = None,
+    skip_bad: bool = False,
+    progress: bool | str = True,
+) -> dict[str, str]:
+    """Import Recipe1M into one raw ChefFusion dataset per split (one recipe and one image per row).
+
+    Parameters
+    ----------
+    source : str
+        Folder or ``s3://`` prefix holding ``layer1.json`` and ``layer2.json``.
+    out_uri : str
+        Folder or ``s3://`` prefix; split ``s`` is written to ``<out_uri>/raw/<s>``.
+    images : str, optional
+        Root of the images (``<images>/<partition>/a/b/c/d/<image id>`` or ``<images>/<image id>``);
+        default ``<source>/images``.
+    splits : sequence of str
+        Partitions to import, from ``("train", "val", "test")``. Recipes of other partitions are
+        neither checked nor read.
+    max_per_split : int, optional
+        Write at most this many recipes per split (the first ones with an image, in layer1 order).
+    image_choice : "first"
+        Which image a row gets: the first one listed in layer2 that exists on disk.
+    rows_per_shard : int
+        Rows per Parquet shard. A shard's rows, images included, are buffered in memory until it is
+        written (2048 Recipe1M images are ~100-400 MB).
+    opts : StorageOptions, optional
+        S3 settings, for ``s3://`` sources, images and destinations alike.
+    skip_bad : bool
+        Drop a bad recipe (missing field, empty ingredient list, unknown partition, malformed layer2
+        entry, undecodable image), with a warning naming file, row and recipe id, instead of raising.
+    progress : bool or str
+        Passed to :class:`~polymodal.shards.ShardWriter`; a string is suffixed with the split.
+
+    Returns
+    -------
+    dict[str, str]
+        ``{split: dataset uri}``. Columns :data:`~.data.RAW_COLUMNS` (``ingredients`` and
+        ``instructions`` one item per line, ``recipe`` = :func:`~.data.format_recipe`, ``image`` the
+        file's bytes); task :data:`~.data.TASK`; ``meta`` = ``{"stage": "raw", "source": "recipe1m",
+        "skipped": n, "no_image": m}``. ``skipped`` counts the split's bad recipes (field checks cover
+        the whole split, image checks the recipes read); ``no_image`` the recipes without an image
+        on disk (with ``max_per_split``, among those read).
+
+    Raises
+    ------
+    ImportDataError
+        A missing or malformed ``layer1.json`` / ``layer2.json``, a missing images folder, a split
+        whose listed images are all missing (a wrong ``images``), or (without ``skip_bad``) a bad
+        recipe; the message names the file, the row and the recipe id.
+    ValueError
+        An unknown split or ``image_choice``, or ``max_per_split`` < 1.
+    """
+    if isinstance(splits, str):
+        splits = (splits,)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"splits must be distinct names from {list(SPLITS)}, got {list(splits)}")
+    if image_choice != "first":
+        raise ValueError(f"image_choice must be 'first' (the first listed image on disk), got {image_choice!r}")
+    if max_per_split is not None and (not isinstance(max_per_split, int) or max_per_split < 1):
+        raise ValueError(f"max_per_split must be a positive integer or None, got {max_per_split!r}")
+    source = os.fspath(source)
+    images = os.fspath(images) if images is not None else storage.join(source, "images")
+    layer1, layer2 = storage.join(source, LAYER1), storage.join(source, LAYER2)
+
+    skips = _Skips(skip_bad)
+    plans = _plan(layer1, layer2, splits, skips, opts)
+    if any(p.recipes for p in plans.values()) and not storage.exists(images, opts):
+        raise ImportDataError(f"{images}: images folder not found; pass images=<the folder holding the "
+                              "train/ val/ test/ image trees, or the image files> (default <source>/images)")
+    for split, plan in plans.items():
+        if not plan.recipes and not plan.no_image:
+            logger.warning("%s: no recipe of partition %r; its dataset will be empty", layer1, split)
+
+    out = {split: storage.join(out_uri, "raw", split) for split in splits}
+    # Threads overlap S3 round trips and image decoding (Pillow releases the GIL).
+    workers = 16 if storage.is_s3(images) else min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for split, plan in plans.items():
+            _write_split(plan, out[split], split, layer1=layer1, images=images, pool=pool, skips=skips,
+                         max_rows=max_per_split, rows_per_shard=rows_per_shard, opts=opts, progress=progress)
+    skips.summary()
+    return out

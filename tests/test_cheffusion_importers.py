@@ -1,0 +1,314 @@
+"""Recipe1M importer: a tiny fake Recipe1M tree -> raw shards; missing images; bad inputs; skip_bad; S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polymodal import storage
+from polymodal.errors import ImportDataError
+from polymodal.models.cheffusion.data import RAW_COLUMNS, TASK, format_recipe
+from polymodal.models.cheffusion.importers import import_recipe1m
+from polymodal.shards import Manifest, iter_local_batches, open_dataset
+
+LOGGER = "polymodal.models.cheffusion.importers"
+
+# ---------------------------------------------------------------- a fake Recipe1M tree
+
+
+def _png(seed: int) -> bytes:
+    """An 8x8 RGB PNG whose pixels depend on ``seed``."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tree(split: str, image_id: str) -> str:
+    """Where the Recipe1M tars put an image: keyed by the first four characters of its id."""
+    return "/".join([split, *image_id[:4], image_id])
+
+
+def _recipe(rid: str, split: str, n: int) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "title": f"Dish  {n}",
+        "partition": split,
+        # extra spaces, a blank item and a newline: stored cleaned, one item per line
+        "ingredients": [{"text": f"{n} cups  flour"}, {"text": "  "}, {"text": "salt\n"}],
+        "instructions": [{"text": "Mix it"}, {"text": f"Bake for {n} minutes."}],
+        "url": f"http://example.invalid/{rid}",
+    }
+
+
+def _fake() -> dict[str, Any]:
+    """layer1 recipes, layer2 entries, image files (relative to ``images/``) and the rows expected
+    per split as ``{recipe id: image bytes}``."""
+    recipes = [
+        _recipe("0000aa01", "train", 1),  # tree layout
+        _recipe("0000aa02", "val", 2),
+        _recipe("0000aa03", "train", 3),  # first image missing, second found
+        _recipe("0000aa04", "train", 4),  # not in layer2: no image
+        _recipe("0000aa05", "test", 5),  # two images on disk: the first is taken
+        _recipe("0000aa06", "train", 6),  # its only image is missing on disk
+        _recipe("0000aa07", "train", 7),  # flat layout
+        _recipe("0000aa08", "val", 8),
+    ]
+    images = {"a1b2c3d4.jpg": _png(1), "b2c3d4e5.png": _png(2), "c3d4e5f6.jpg": _png(3),
+              "d4e5f6a7.jpg": _png(4), "e5f6a7b8.jpg": _png(5), "f6a7b8c9.jpg": _png(6)}
+    layer2 = [
+        {"id": "0000aa01", "images": [{"id": "a1b2c3d4.jpg", "url": "u"}]},
+        {"id": "0000aa02", "images": [{"id": "b2c3d4e5.png"}]},
+        {"id": "0000aa03", "images": [{"id": "9999dead.jpg"}, {"id": "c3d4e5f6.jpg"}]},
+        {"id": "0000aa05", "images": [{"id": "d4e5f6a7.jpg"}, {"id": "e5f6a7b8.jpg"}]},
+        {"id": "0000aa06", "images": [{"id": "8888dead.jpg"}]},
+        {"id": "0000aa07", "images": [{"id": "f6a7b8c9.jpg"}]},
+        {"id": "0000aa08", "images": [{"id": "a1b2c3d4.jpg"}]},  # photos may be shared
+    ]
+    files = {_tree("train", "a1b2c3d4.jpg"): images["a1b2c3d4.jpg"],
+             _tree("val", "b2c3d4e5.png"): images["b2c3d4e5.png"],
+             _tree("val", "a1b2c3d4.jpg"): images["a1b2c3d4.jpg"],
+             _tree("train", "c3d4e5f6.jpg"): images["c3d4e5f6.jpg"],
+             _tree("test", "d4e5f6a7.jpg"): images["d4e5f6a7.jpg"],
+             _tree("test", "e5f6a7b8.jpg"): images["e5f6a7b8.jpg"],
+             "f6a7b8c9.jpg": images["f6a7b8c9.jpg"]}
+    expected = {
+        "train": {"0000aa01": images["a1b2c3d4.jpg"], "0000aa03": images["c3d4e5f6.jpg"],
+                  "0000aa07": images["f6a7b8c9.jpg"]},
+        "val": {"0000aa02": images["b2c3d4e5.png"], "0000aa08": images["a1b2c3d4.jpg"]},
+        "test": {"0000aa05": images["d4e5f6a7.jpg"]},
+    }
+    return {"recipes": recipes, "layer2": layer2, "files": files, "expected": expected}
+
+
+def _write(root: Path, fake: dict[str, Any]) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "layer1.json").write_text(json.dumps(fake["recipes"]))
+    (root / "layer2.json").write_text(json.dumps(fake["layer2"]))
+    for rel, data in fake["files"].items():
+        path = root / "images" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return str(root)
+
+
+def _rows(uri: str) -> dict[str, dict[str, Any]]:
+    """Every row of a dataset, keyed by recipe id."""
+    n = Manifest.load(uri).num_rows
+    if n == 0:
+        return {}
+    batch = next(iter_local_batches(uri, n, shuffle=False))
+    return {rid: {col: batch[col][i] for col in RAW_COLUMNS} for i, rid in enumerate(batch["id"])}
+
+
+@pytest.fixture
+def fake() -> dict[str, Any]:
+    return _fake()
+
+
+# ---------------------------------------------------------------- round trip
+
+
+def test_import_writes_one_row_per_recipe_with_an_image(tmp_path: Path, fake: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    out = import_recipe1m(source, str(tmp_path / "ds"), rows_per_shard=2, progress=False)
+    assert out == {s: str(tmp_path / "ds" / "raw" / s) for s in ("train", "val", "test")}
+    raw = {r["id"]: r for r in fake["recipes"]}
+    no_image = {"train": 2, "val": 0, "test": 0}
+    for split, want in fake["expected"].items():
+        man = open_dataset(out[split], verify="checksum")
+        assert (man.task, man.split, man.num_rows) == (TASK, split, len(want))
+        assert set(man.columns) == set(RAW_COLUMNS)
+        assert man.meta == {"stage": "raw", "source": "recipe1m", "skipped": 0, "no_image": no_image[split]}
+        assert len(man.shards) == -(-len(want) // 2)  # ceil: rows_per_shard=2
+        rows = _rows(out[split])
+        assert set(rows) == set(want)
+        for rid, row in rows.items():
+            src = raw[rid]
+            ings = [i["text"] for i in src["ingredients"]]
+            steps = [i["text"] for i in src["instructions"]]
+            assert row["title"] == " ".join(src["title"].split())
+            assert row["ingredients"].split("\n") == [" ".join(t.split()) for t in ings if t.strip()]
+            assert row["instructions"].split("\n") == [" ".join(t.split()) for t in steps]
+            assert row["recipe"] == format_recipe(src["title"], ings, steps)
+            assert row["image"] == want[rid]
+            with Image.open(io.BytesIO(row["image"])) as img:
+                assert img.size == (8, 8)
+
+
+def test_first_existing_image_is_taken_and_missing_ones_counted(tmp_path: Path, fake: dict[str, Any],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        out = import_recipe1m(source, str(tmp_path / "ds"), progress=False)
+    train, test = _rows(out["train"]), _rows(out["test"])
+    assert "0000aa04" not in train and "0000aa06" not in train  # no layer2 entry / file missing
+    assert train["0000aa03"]["image"] == fake["expected"]["train"]["0000aa03"]  # fell back to the 2nd
+    assert test["0000aa05"]["image"] == _png(4)  # both exist: the first listed
+    assert Manifest.load(out["train"]).meta["no_image"] == 2
+    assert not caplog.records  # recipes without an image are not an error
+
+
+def test_max_per_split_and_a_subset_of_splits(tmp_path: Path, fake: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    out = import_recipe1m(source, str(tmp_path / "ds"), splits=("train",), max_per_split=2, progress=False)
+    assert list(out) == ["train"]
+    assert list(_rows(out["train"])) == ["0000aa01", "0000aa03"]  # layer1 order
+    assert not (tmp_path / "ds" / "raw" / "val").exists()
+
+
+def test_images_root_can_be_given(tmp_path: Path, fake: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    (tmp_path / "recipe1m" / "images").rename(tmp_path / "photos")
+    out = import_recipe1m(source, str(tmp_path / "ds"), images=str(tmp_path / "photos"), progress=False)
+    assert set(_rows(out["val"])) == set(fake["expected"]["val"])
+
+
+def test_a_split_without_recipes_is_written_empty(tmp_path: Path, fake: dict[str, Any],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    fake["recipes"] = [r for r in fake["recipes"] if r["partition"] != "test"]
+    source = _write(tmp_path / "recipe1m", fake)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        out = import_recipe1m(source, str(tmp_path / "ds"), progress=False)
+    assert open_dataset(out["test"]).num_rows == 0
+    assert "no recipe of partition 'test'" in caplog.text
+
+
+# ---------------------------------------------------------------- bad inputs
+
+BAD_ID = "0000bad1"
+BAD_ROW = 3  # where the bad recipe is inserted into layer1
+
+
+def _drop(field: str) -> Callable[[dict[str, Any]], None]:
+    def edit(fake: dict[str, Any]) -> None:
+        del fake["recipes"][BAD_ROW][field]
+    return edit
+
+
+def _set(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(fake: dict[str, Any]) -> None:
+        fake["recipes"][BAD_ROW][field] = value
+    return edit
+
+
+def _undecodable(fake: dict[str, Any]) -> None:
+    fake["files"][_tree("train", "badbad01.jpg")] = b"\xff\xd8 this is not a jpeg"
+
+
+def _bad_layer2(fake: dict[str, Any]) -> None:
+    fake["layer2"][-1]["images"] = [{"url": "no id here"}]
+
+
+# case -> (edit, the split the bad recipe is counted in, text the error must also hold)
+BAD_CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str | None, str]] = {
+    "missing_id": (_drop("id"), "train", "missing field(s) ['id']"),
+    "missing_title": (_drop("title"), "train", "missing field(s) ['title']"),
+    "missing_partition": (_drop("partition"), None, "missing field(s) ['partition']"),
+    "missing_ingredients": (_drop("ingredients"), "train", "missing field(s) ['ingredients']"),
+    "missing_instructions": (_drop("instructions"), "train", "missing field(s) ['instructions']"),
+    "empty_ingredients": (_set("ingredients", []), "train", "'ingredients' is empty"),
+    "blank_ingredients": (_set("ingredients", [{"text": " "}]), "train", "'ingredients' is empty"),
+    "ingredient_not_text": (_set("ingredients", ["flour"]), "train", "ingredients[0]"),
+    "unknown_partition": (_set("partition", "dev"), None, "unknown partition 'dev'"),
+    "undecodable_image": (_undecodable, "train", "not a decodable image"),
+    "bad_layer2_entry": (_bad_layer2, "train", "layer2.json: entry"),
+}
+
+
+def _with_bad_recipe(edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    fake = _fake()
+    fake["recipes"].insert(BAD_ROW, _recipe(BAD_ID, "train", 9))
+    fake["layer2"].append({"id": BAD_ID, "images": [{"id": "badbad01.jpg"}]})
+    fake["files"][_tree("train", "badbad01.jpg")] = _png(9)
+    edit(fake)
+    return fake
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_recipe_names_file_row_and_id(tmp_path: Path, case: str) -> None:
+    edit, _, detail = BAD_CASES[case]
+    source = _write(tmp_path / "recipe1m", _with_bad_recipe(edit))
+    with pytest.raises(ImportDataError) as info:
+        import_recipe1m(source, str(tmp_path / "ds"), progress=False)
+    msg = str(info.value)
+    assert f"layer1.json: row {BAD_ROW}" in msg or "layer2.json: entry" in msg
+    assert detail in msg and "skip_bad=True" in msg
+    if case != "missing_id":
+        assert repr(BAD_ID) in msg
+    if case == "undecodable_image":
+        assert _tree("train", "badbad01.jpg") in msg  # the image file, too
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_skip_bad_drops_only_the_bad_recipe(tmp_path: Path, case: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    edit, counted_in, _ = BAD_CASES[case]
+    fake = _with_bad_recipe(edit)
+    source = _write(tmp_path / "recipe1m", fake)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        out = import_recipe1m(source, str(tmp_path / "ds"), skip_bad=True, progress=False)
+    for split, want in fake["expected"].items():
+        assert set(_rows(out[split])) == set(want)
+        assert Manifest.load(out[split]).meta["skipped"] == (1 if split == counted_in else 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped" in warnings[0]
+    assert f"row {BAD_ROW}" in warnings[0] or "layer2.json: entry" in warnings[0]
+
+
+@pytest.mark.parametrize("name", ["layer1.json", "layer2.json"])
+@pytest.mark.parametrize("content", ['[{"id": "0000aa01",', '{"id": "0000aa01"}'])
+def test_malformed_json_fails_even_with_skip_bad(tmp_path: Path, fake: dict[str, Any], name: str,
+                                                 content: str) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    (tmp_path / "recipe1m" / name).write_text(content)
+    with pytest.raises(ImportDataError, match=rf"{name}: (invalid JSON at line 1|top level is a JSON dict)"):
+        import_recipe1m(source, str(tmp_path / "ds"), skip_bad=True, progress=False)
+    assert not (tmp_path / "ds").exists()  # checked before anything is written
+
+
+def test_missing_layer_file(tmp_path: Path, fake: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    (tmp_path / "recipe1m" / "layer2.json").unlink()
+    with pytest.raises(ImportDataError, match=r"layer2\.json: file not found"):
+        import_recipe1m(source, str(tmp_path / "ds"), progress=False)
+
+
+def test_wrong_images_root_is_an_error_not_an_empty_dataset(tmp_path: Path, fake: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    with pytest.raises(ImportDataError, match="images folder not found"):
+        import_recipe1m(source, str(tmp_path / "ds"), images=str(tmp_path / "nowhere"), progress=False)
+    (tmp_path / "empty").mkdir()
+    tried = r"\(first path tried: .*/empty/train/a/1/b/2/a1b2c3d4\.jpg\)"
+    with pytest.raises(ImportDataError, match=rf"split 'train': none of the images .* {tried}"):
+        import_recipe1m(source, str(tmp_path / "ds"), images=str(tmp_path / "empty"), progress=False)
+    assert not (tmp_path / "ds" / "raw" / "train" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"splits": ("train", "dev")}, {"splits": ()}, {"splits": ("val", "val")},
+                                    {"image_choice": "random"}, {"max_per_split": 0}])
+def test_bad_arguments(tmp_path: Path, fake: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    with pytest.raises(ValueError):
+        import_recipe1m(source, str(tmp_path / "ds"), progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------- S3
+
+
+def test_s3_source_and_destination(tmp_path: Path, fake: dict[str, Any], s3_bucket_uri: str) -> None:
+    local = _write(tmp_path / "recipe1m", fake)
+    storage.upload_dir(local, f"{s3_bucket_uri}/recipe1m")
+    out = import_recipe1m(f"{s3_bucket_uri}/recipe1m", f"{s3_bucket_uri}/ds", progress=False)
+    assert out["val"] == f"{s3_bucket_uri}/ds/raw/val"
+    for split, want in fake["expected"].items():
+        open_dataset(out[split], verify="checksum")
+        assert {rid: row["image"] for rid, row in _rows(out[split]).items()} == want

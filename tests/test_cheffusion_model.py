@@ -1,0 +1,226 @@
+"""ChefFusion's model: what trains, the three losses against independent computations, the [IMG]
+tokens, and generate() for the five task types. Tiny backbones, in process (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polymodal.models.cheffusion.backbones import load_lm, write_tiny_backbones
+from polymodal.models.cheffusion.config import CheffusionConfig, tiny
+from polymodal.models.cheffusion.model import ChefFusion, img_token_names
+from polymodal.models.cheffusion.synth import sample_rows
+from polymodal.models.llavilo.model import encode_queries
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory) -> dict[str, str]:
+    rows = sample_rows(np.random.default_rng(0), 64)
+    return write_tiny_backbones(str(tmp_path_factory.mktemp("cf-backbones")), rows["recipe"], pretrain_steps=20)
+
+
+def _model(backbones, **overrides) -> ChefFusion:
+    torch.manual_seed(0)
+    cfg = CheffusionConfig(**backbones, **{**tiny(), **overrides})
+    lm, tok = load_lm(cfg.lm)
+    return ChefFusion(cfg, lm, tok)
+
+
+def _batch(n: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    rows = sample_rows(np.random.default_rng(seed), n)
+    gen = torch.Generator().manual_seed(seed)
+    return {"recipe_bytes": torch.from_numpy(encode_queries(rows["recipe"], max_bytes=4096)),
+            "clip_image": torch.randn(n, 32, generator=gen), "sd_target": torch.randn(n, 16, 32, generator=gen)}
+
+
+def test_only_w_recipe_img_rows_and_mapper_receive_gradients(backbones):
+    model = _model(backbones)
+    model(_batch())["loss"].backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert with_grad == trainable
+    assert {n.split(".")[0] for n in trainable} == {"w_recipe", "img", "mapper"}
+    assert "mapper.queries" in trainable and "img.input" in trainable
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("lm."))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < n_train < sum(p.numel() for p in model.parameters())
+
+
+def test_a_deepspeed_step_leaves_the_frozen_vocabulary_bit_identical(backbones, tmp_path):
+    """DeepSpeed (ZeRO-2, CPU, gloo, AdamW with weight decay): the [IMG] rows, W_recipe and the
+    mapper move; every frozen LM tensor, the vocabulary rows included, is bit-identical."""
+    import deepspeed
+
+    from polymodal.config import validate_config
+    from polymodal.train.deepspeed_config import build_deepspeed_config
+    from polymodal.train.loop import _disable_shm_comm_build_on_cpu, _free_port
+
+    import os
+
+    model = _model(backbones)
+    cfg = validate_config({"task": "cheffusion.recipes", "model": {"preset": "tiny", **backbones},
+                           "data": {"train": str(tmp_path)}, "optim": {"lr": 1e-2, "weight_decay": 0.1}})
+    if not torch.distributed.is_initialized():
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+        deepspeed.init_distributed(dist_backend="gloo")
+    _disable_shm_comm_build_on_cpu()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    moving = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                      config=build_deepspeed_config(cfg, world_size=1, device_type="cpu"))
+    for _ in range(2):
+        loss = engine(_batch())["loss"]
+        engine.backward(loss)
+        engine.step()
+    params = dict(engine.module.named_parameters())
+    vocab = model.lm.get_input_embeddings().weight
+    assert any(vocab is p for n, p in params.items() if n in frozen)
+    for name, before in frozen.items():
+        assert torch.equal(params[name].detach(), before), name
+    for name in ("img.input", "w_recipe.weight", "mapper.queries", "mapper.proj_out.weight"):
+        assert not torch.equal(params[name].detach(), moving[name]), f"{name} did not train"
+
+
+def test_img_tokens_are_in_the_tokenizer_and_map_to_the_trainable_rows(backbones):
+    model = _model(backbones)
+    names = img_token_names(model.cfg.m)
+    assert all(model.tokenizer.convert_tokens_to_ids(t) != model.tokenizer.unk_token_id for t in names)
+    ids, lengths = model.tokenize(["tomato soup [IMG1][IMG2]"], eos=False)
+    row = ids[0, :int(lengths[0])].tolist()
+    assert row[-2:] == [model.vocab, model.vocab + 1] and all(i < model.vocab for i in row[:-2])
+    emb = model.embed(ids)
+    assert torch.equal(emb[0, int(lengths[0]) - 2], model.img.input[0])
+    assert torch.equal(emb[0, 0], model.lm.get_input_embeddings().weight[row[0]])
+
+
+def test_img_tokens_go_right_after_each_text(backbones):
+    model = _model(backbones, m=3)
+    v, pad = model.vocab, model.pad
+    ids = torch.tensor([[5, 6, 7, pad], [5, 8, pad, pad]])
+    full, mask, pos = model.with_img_tokens(ids, torch.tensor([3, 2]))
+    assert full.tolist() == [[5, 6, 7, v, v + 1, v + 2, pad], [5, 8, v, v + 1, v + 2, pad, pad]]
+    assert mask.tolist() == [[1] * 6 + [0], [1] * 5 + [0] * 2]
+    assert pos.tolist() == [[3, 4, 5], [2, 3, 4]]
+
+
+def test_recipe_loss_equals_the_lm_loss_on_the_same_embeddings(backbones):
+    """l_r of each row = the causal-LM cross-entropy of transformers' own forward (its logits,
+    plus the [IMG] columns: the vocabulary is V + m) on ``[W_recipe(v); bos recipe eos]`` run
+    alone and unpadded, the k prefix positions and bos unlabelled."""
+    model = _model(backbones)
+    batch = _batch(3)
+    texts = [bytes(r).rstrip(b"\0").decode() for r in batch["recipe_bytes"].numpy().astype(np.uint8)]
+    ids, lengths = model.tokenize(texts, eos=True)
+    with torch.no_grad():
+        l_r = model.recipe_nll(batch["clip_image"], ids, lengths)
+        for i in range(3):
+            row = ids[i:i + 1, :int(lengths[i])]
+            x = torch.cat([model.image_prefix(batch["clip_image"][i:i + 1]), model.embed(row)], dim=1)
+            out = model.lm(inputs_embeds=x, output_hidden_states=True)
+            logits = torch.cat([out.logits, out.hidden_states[-1] @ model.img.input.t()], dim=-1)[0]
+            k = model.cfg.k
+            ref = torch.nn.functional.cross_entropy(logits[k:-1], row[0, 1:])
+            assert float(l_r[i]) == pytest.approx(float(ref), rel=1e-4, abs=1e-5)
+
+
+def test_img_token_loss_and_mapper_input_match_a_direct_computation(backbones):
+    """l_p = -log softmax(logits over vocab + [IMG])[IMG1] at the last recipe token; the mapper
+    reads the LM's last hidden states at the [IMG] positions concatenated with their embeddings."""
+    model = _model(backbones)
+    batch = _batch(2)
+    with torch.no_grad():
+        out = model(batch)
+        texts = [bytes(r).rstrip(b"\0").decode() for r in batch["recipe_bytes"].numpy().astype(np.uint8)]
+        for i in range(2):
+            ids, n = model.tokenize([texts[i]], eos=False)
+            seq = torch.cat([ids[:, :int(n[0])], model.vocab + torch.arange(model.cfg.m)[None]], dim=1)
+            x = model.embed(seq)
+            h = model.lm.base_model(inputs_embeds=x).last_hidden_state
+            t = int(n[0])
+            logits = torch.cat([model.lm.lm_head(h[0, t - 1]), h[0, t - 1] @ model.img.input.t()])
+            assert float(out["l_p"][i]) == pytest.approx(float(-logits.log_softmax(-1)[model.vocab]), rel=1e-4)
+            pred = model.mapper(torch.cat([h[:, t:], x[:, t:]], dim=-1))
+            mse = float(((pred - batch["sd_target"][i:i + 1]) ** 2).mean())
+            assert float(out["l_g"][i]) == pytest.approx(mse, rel=1e-4)
+
+
+def test_gen_loss_options(backbones):
+    pred, target = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    diff = (pred - target).numpy() ** 2
+    assert np.allclose(_model(backbones).gen_loss(pred, target).numpy(), diff.mean((1, 2)), rtol=1e-5)
+    assert np.allclose(_model(backbones, gen_loss="l2").gen_loss(pred, target).numpy(), diff.sum(-1).mean(-1), rtol=1e-5)
+
+
+def test_greedy_text_with_cache_equals_full_recomputation(backbones):
+    """The KV-cached, left-padded batch decoder writes what argmax over a full forward of the
+    growing sequence writes, row by row."""
+    model = _model(backbones).eval()
+    prompts = ["tomato soup", "beet pie. ingredients: beet"]
+    ids, lengths = model.tokenize(prompts, eos=False)
+    prefix = model.image_prefix(torch.randn(2, 32, generator=torch.Generator().manual_seed(3)))
+    new, _ = model.greedy_text(ids, lengths, prefix, allow_img=False, max_new_tokens=8)
+    with torch.no_grad():
+        for i in range(2):
+            seq = ids[i:i + 1, :int(lengths[i])]
+            ref = []
+            for _ in range(8):
+                x = torch.cat([prefix[i:i + 1], model.embed(seq)], dim=1)
+                logits = model.logits(model.lm.base_model(inputs_embeds=x).last_hidden_state[:, -1])
+                logits[:, model.vocab:] = float("-inf")
+                tok = int(logits.argmax(-1))
+                if tok == model.eos:
+                    break
+                ref.append(tok)
+                seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
+            assert new[i] == ref
+
+
+def test_generate_covers_the_five_modes(backbones):
+    model = _model(backbones).eval()
+    clip = torch.randn(2, 32)
+    t2t = model.generate("t2t", texts=["tomato soup", "beet"], max_new_tokens=6)
+    assert [g.mode for g in t2t] == ["t2t", "t2t"] and all(not g.images for g in t2t)
+    i2t = model.generate("i2t", clip_image=clip, max_new_tokens=6)
+    assert all(isinstance(g.text, str) and not g.img_tokens for g in i2t)
+    it2t = model.generate("it2t", texts=["a quick one"] * 2, clip_image=clip, max_new_tokens=6)
+    assert len(it2t) == 2
+    t2i = model.generate("t2i", texts=["tomato soup. ingredients: tomato"] * 2, seeds=[0, 1], steps=2)
+    for g in t2i:
+        assert g.img_tokens and len(g.images) == 1 and g.images[0].size == (32, 32)
+    assert not np.array_equal(np.asarray(t2i[0].images[0]), np.asarray(t2i[1].images[0]))  # other seed
+    with pytest.raises(ValueError, match="non-empty text"):
+        model.generate("t2i", texts=["  "])
+    with pytest.raises(ValueError, match="not one of"):
+        model.generate("x2y", texts=["a"])
+
+
+def test_t2ti_draws_once_the_lm_writes_img1(backbones):
+    """Make [IMG1] the LM's first choice (its output row along the direction of every hidden
+    state): t2ti stops the text there, forces the other [IMG] tokens and draws an image."""
+    model = _model(backbones).eval()
+    with torch.no_grad():
+        h = model.hidden(*_embed_and_mask(model, "tomato soup")).last_hidden_state[0, -1]
+        model.img.input[0] = 50 * h / h.norm()
+    out = model.generate("t2ti", texts=["tomato soup"], steps=2)[0]
+    assert out.img_tokens and len(out.images) == 1 and out.images[0].size == (32, 32)
+    assert not isinstance(out.items[-1], str)  # text (if any) comes first, then the image
+
+
+def _embed_and_mask(model, text):
+    ids, n = model.tokenize([text], eos=False)
+    return model.embed(ids[:, :int(n[0])]), torch.ones(1, int(n[0]), dtype=torch.long)
+
+
+def test_a_row_generates_the_same_alone_and_in_a_batch(backbones):
+    model = _model(backbones).eval()
+    texts = ["tomato soup", "beet pie. ingredients: beet, butter"]
+    both = model.generate("t2i", texts=texts, seeds=[7, 8], steps=2)
+    alone = model.generate("t2i", texts=texts[1:], seeds=[8], steps=2)
+    assert np.abs(np.asarray(both[1].images[0], dtype=int) - np.asarray(alone[0].images[0], dtype=int)).max() <= 1
+    clip = torch.randn(2, 32)
+    assert model.generate("i2t", clip_image=clip, max_new_tokens=8)[1].text == \
+        model.generate("i2t", clip_image=clip[1:], max_new_tokens=8)[0].text
