@@ -61,3 +61,34 @@ def test_tiny_cheffusion_lowers_all_three_losses_and_generates(ray_cluster, chef
         assert g.img_tokens, f"no [IMG1] after {g.text!r}"
         assert len(g.images) == 1 and g.images[0].size == (32, 32)
         assert "ingredients" in g.text  # it wrote the recipe first, then asked for the image
+
+    from polymodal.report import write_report
+
+    report_uri = write_report(cfg)
+    text = storage.read_text(report_uri, cfg.storage)
+    assert "## Generations" in text and "![generated images beside the real ones](generations.png)" in text
+    grid = storage.read_bytes(storage.join(cfg.run_uri, "report", "generations.png"), cfg.storage)
+    assert grid.startswith(b"\x89PNG\r\n\x1a\n")
+    table = [line for line in text.splitlines() if line.startswith("| synth-test-")]
+    assert len(table) == 6 and all(line.count("|") == 5 for line in table)
+
+
+@pytest.mark.slow
+def test_cheffusion_sweep_ranks_trials_by_val_bleu(ray_cluster, cheffusion_data, s3_bucket_uri):
+    """tune_spaces/cheffusion.yaml: 2 trials x 2 short epochs through Ray Tune + Train, ASHA on
+    val BLEU; the best config is a valid experiment (`slow`)."""
+    from pathlib import Path
+
+    from polymodal.config import load_config
+    from polymodal.tune import load_space, run_sweep
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = cheffusion_config(cheffusion_data, f"{s3_bucket_uri}/runs", "sweep", "optim.epochs=2",
+                            "optim.max_steps_per_epoch=4")
+    space = load_space(str(root / "tune_spaces" / "cheffusion.yaml"), cfg)
+    space = space.model_copy(update={"name": "cheffusion-test", "num_samples": 2, "max_concurrent_trials": 1})
+    out = run_sweep(cfg, space, progress=False)
+    assert out.complete and out.metric == "val_bleu" and len(out.trials) == 2, out.trials
+    best = load_config(out.best_config)
+    assert best.task == "cheffusion.recipes" and best.model.k == out.best_values["model.k"]
+    assert out.best_metric == max(r["val_bleu_best"] for r in out.trials)

@@ -113,6 +113,11 @@ class Task(ABC):
         """(experiment config, eval-mode model) of a fitted run, for serving."""
         raise NotImplementedError(f"task {self.name} is loaded from the train loop's model export")
 
+    def report_sections(self, cfg: Any, out_dir: Any) -> list[str]:
+        """Extra Markdown lines for ``polymodal report`` (after the metric tables); files they
+        link (e.g. PNG grids) are written into ``out_dir``, which is uploaded with the report."""
+        return []
+
     # ------------------------------------------------------------------ serving (optional)
     # polymodal.serving calls these; a task that does not override them cannot be served.
 

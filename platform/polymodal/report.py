@@ -91,6 +91,7 @@ def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str
         lines += [_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys]), ""]
         lines += [f"Checkpoint: `{evals[0]['checkpoint']}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
+        lines += task.report_sections(cfg, Path(tmp))
         plot_curves(rows, Path(tmp) / "curves.png")
         (Path(tmp) / "report.md").write_text("\n".join(lines))
         storage.upload_dir(tmp, out_uri, opts)

@@ -5,6 +5,10 @@ Routes (relative to the application's route prefix)::
     GET  /healthz     no auth; 200 once the default model is loaded
     GET  /v1/models   default model id, adapter ids (and whether loaded), task, request schema
     POST /v1/predict  body = the task's request model (one example); batched with @serve.batch
+    POST /v1/predict/upload  the same request as multipart form data (files -> base64 fields)
+
+``Accept: image/png`` (or another binary type) asks for the task's binary rendering of the
+response (:meth:`~polymodal.registry.Task.serve_media`, e.g. ChefFusion's PNG); 406 if it has none.
 
 The ``serve_multiplexed_model_id`` header picks an adapter (absent = the default model).
 Adapters load on demand through ``@serve.multiplexed``; when an adapter's
@@ -12,7 +16,8 @@ Adapters load on demand through ``@serve.multiplexed``; when an adapter's
 parameters are the default model's own tensors, so one backbone sits in memory for all.
 
 Everything but ``/healthz`` needs ``Authorization: Bearer <token>`` when ``token_env`` is set.
-Errors: 401 bad/missing token, 404 unknown adapter, 413 body too large, 422 bad body or
+Errors: 401 bad/missing token, 404 unknown adapter, 406 no such rendering, 413 body too large,
+415 not multipart (upload route), 422 bad body or
 shapes (naming the field), 503 overload (Serve's ``max_queued_requests``), 500 otherwise
 with a short message (the traceback goes to the replica log only).
 """
@@ -403,6 +408,37 @@ def _field_errors(exc: Any) -> list[dict[str, str]]:
     return out
 
 
+def binary_accept(accept: str) -> list[str]:
+    """Media types an ``Accept`` header asks for instead of JSON (empty: answer JSON).
+
+    JSON wins whenever the header allows it (``application/json``, ``*/*`` or no header)."""
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
+    if not types or any(t in ("application/json", "*/*", "application/*") for t in types):
+        return []
+    return types
+
+
+async def form_fields(request: Any) -> dict[str, Any]:
+    """Multipart form -> request fields: text fields as strings, files as base64 of their bytes.
+
+    Raises ValueError for a body that is not valid multipart (or repeats a field)."""
+    import base64
+
+    out: dict[str, Any] = {}
+    try:
+        form = await request.form()
+    except Exception as exc:  # noqa: BLE001 -- starlette raises several types for broken bodies
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    for key, value in form.multi_items():
+        if key in out:
+            raise ValueError(f"field {key!r} is given twice")
+        if hasattr(value, "read"):
+            out[key] = base64.b64encode(await value.read()).decode()
+        else:
+            out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------- deployment
 
 
@@ -450,9 +486,9 @@ class PolymodalServer:
         return await self._load_adapter(model_id)
 
     def __serve_build_asgi_app__(self) -> Any:
-        from fastapi import FastAPI, HTTPException
+        from fastapi import FastAPI, HTTPException, Request
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse, Response
 
         request_model, response_model = self.store.request_model, self.store.response_model
         api = FastAPI(title=f"polymodal {self.store.base.cfg.task}")
@@ -473,8 +509,7 @@ class PolymodalServer:
         async def models() -> dict[str, Any]:
             return self.store.describe()
 
-        @api.post("/v1/predict", response_model=response_model)
-        async def predict(body: request_model) -> Any:  # type: ignore[valid-type]
+        async def answer(body: BaseModel, request: Request) -> Any:
             try:
                 loaded = await self._model_for_request()
                 result = await self.predict_batch((loaded, body))
@@ -490,7 +525,34 @@ class PolymodalServer:
                 logger.error("predict failed", exc_info=result)
                 return JSONResponse({"detail": f"internal error ({type(result).__name__}); see the replica "
                                                "log"}, status_code=500)
+            wanted = binary_accept(request.headers.get("accept", ""))
+            if wanted:
+                media = self.store.task.serve_media(result)
+                if media is None or media[1] not in wanted:
+                    return JSONResponse({"detail": f"this response has no {' or '.join(wanted)} rendering; "
+                                                   "ask for application/json"}, status_code=406)
+                return Response(content=media[0], media_type=media[1])
             return result
+
+        @api.post("/v1/predict", response_model=response_model)
+        async def predict(body: request_model, request: Request) -> Any:  # type: ignore[valid-type]
+            return await answer(body, request)
+
+        @api.post("/v1/predict/upload", response_model=response_model)
+        async def predict_upload(request: Request) -> Any:
+            """The request as multipart form data: fields by name, files as their base64 content."""
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                return JSONResponse({"detail": "send multipart/form-data here (JSON goes to /v1/predict)"},
+                                    status_code=415)
+            try:
+                body = request_model.model_validate(await form_fields(request))
+            except ValidationError as exc:
+                errors = _field_errors(exc)
+                return JSONResponse({"detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                                     "errors": errors}, status_code=422)
+            except ValueError as exc:  # a malformed multipart body
+                return JSONResponse({"detail": f"malformed multipart body: {exc}"}, status_code=400)
+            return await answer(body, request)
 
         api.add_middleware(GuardMiddleware, token=self._token, max_body_bytes=self.args.max_body_bytes)
         return api

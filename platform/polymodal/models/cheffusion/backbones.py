@@ -80,7 +80,7 @@ def decode_image(data: bytes, where: str = "image"):
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise ValueError(f"{where}: not a decodable image ({type(exc).__name__}: {exc})") from None
     return img.convert("RGB")
 

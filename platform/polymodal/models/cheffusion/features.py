@@ -71,7 +71,7 @@ def extract_features(raw_uri: str, out_uri: str, *, clip: str, sd: str, opts: St
         raise PolymodalError(f"{raw_uri} is not a raw {TASK} dataset (task {manifest.task!r}, missing columns "
                              f"{missing}); write one with `polymodal data import --format recipe1m` or synth")
     kwargs = {"clip": clip, "sd": sd, "opts": opts.model_dump() if opts else None, "target_dtype": target_dtype}
-    probe = FeatureExtractor(**kwargs, device="cpu") if not use_ray else None
+    probe = FeatureExtractor(**kwargs) if not use_ray else None
     d_clip, n_tok, d_sd = probe.dims if probe else _dims(clip, sd, opts)
     meta = {**manifest.meta, "stage": "features", "raw": raw_uri, "clip": clip, "sd": sd}
     with shards.ShardWriter(out_uri, task=TASK, split=manifest.split, columns=feature_columns(d_clip, n_tok, d_sd, target_dtype),
@@ -89,15 +89,14 @@ def extract_features(raw_uri: str, out_uri: str, *, clip: str, sd: str, opts: St
 def _dims(clip: str, sd: str, opts: StorageOptions | None) -> tuple[int, int, int]:
     """(d_clip, L, d_sd) from the backbones' configs, without loading weights."""
     import json
-
-    from polymodal import storage as st
+    from pathlib import Path
 
     from .backbones import _path
 
-    clip_cfg = json.loads(open(st.join(_path(clip, opts), "config.json")).read())
-    sd_path = _path(sd, opts)
-    text_cfg = json.loads(open(st.join(sd_path, "text_encoder", "config.json")).read())
-    tok_cfg = json.loads(open(st.join(sd_path, "tokenizer", "tokenizer_config.json")).read())
+    clip_cfg = json.loads((Path(_path(clip, opts)) / "config.json").read_text())
+    sd_path = Path(_path(sd, opts))
+    text_cfg = json.loads((sd_path / "text_encoder" / "config.json").read_text())
+    tok_cfg = json.loads((sd_path / "tokenizer" / "tokenizer_config.json").read_text())
     clip_width = clip_cfg.get("vision_config", clip_cfg).get("hidden_size")
     return int(clip_width), int(tok_cfg["model_max_length"]), int(text_cfg["hidden_size"])
 

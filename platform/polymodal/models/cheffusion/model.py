@@ -329,6 +329,16 @@ class ChefFusion(nn.Module):
             out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         return out.to(self.device), torch.tensor([len(r) for r in rows], device=self.device)
 
+    def _empty_prompt_embeds(self, pipe, length: int) -> Tensor:
+        """(1, L, d_sd): the SD text encoder on "" (padded to L tokens), which the pipeline would
+        otherwise recompute as the negative prompt on every call; cached (the encoder is frozen)."""
+        key = f"empty{length}"
+        if key not in self._aux:
+            from .backbones import sd_text_targets
+
+            self._aux[key] = sd_text_targets(pipe.tokenizer, pipe.text_encoder, [""]).to(pipe.unet.dtype)
+        return self._aux[key]
+
     @torch.no_grad()
     def render(self, prompt_embeds: Tensor, seeds: Sequence[int], *, steps: int | None = None,
                guidance: float | None = None, output_type: str = "pil") -> list[Any]:
@@ -336,8 +346,12 @@ class ChefFusion(nn.Module):
         image does not depend on the batch it is in)."""
         pipe = self._backbone("sd")
         gens = [torch.Generator(device=pipe.device).manual_seed(int(s)) for s in seeds]
-        out = pipe(prompt_embeds=prompt_embeds.to(pipe.unet.dtype), num_inference_steps=steps or self.cfg.steps,
-                   guidance_scale=self.cfg.guidance if guidance is None else guidance, generator=gens,
+        scale = self.cfg.guidance if guidance is None else guidance
+        negative = None
+        if scale > 1:  # classifier-free guidance: the unconditional branch reads T_psi("")
+            negative = self._empty_prompt_embeds(pipe, prompt_embeds.shape[1]).expand(len(prompt_embeds), -1, -1)
+        out = pipe(prompt_embeds=prompt_embeds.to(pipe.unet.dtype), negative_prompt_embeds=negative,
+                   num_inference_steps=steps or self.cfg.steps, guidance_scale=scale, generator=gens,
                    output_type=output_type)
         return list(out.images)
 

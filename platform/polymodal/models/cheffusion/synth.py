@@ -15,6 +15,7 @@ which the tests use to score generations.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,7 @@ def sample_recipe(rng: np.random.Generator, colour: str, shape: str) -> dict[str
 
 def dish_of(text: str) -> tuple[str | None, str | None]:
     """(main ingredient, dish kind) named first in a recipe text, or None for each that is absent."""
-    words = str(text).lower().replace(".", " ").replace(",", " ").split()
+    words = re.findall(r"[a-z]+", str(text).lower())
     mains = {v[1] for v in COLOURS.values()}
     kinds = {v[0] for v in DISHES.values()}
     return next((w for w in words if w in mains), None), next((w for w in words if w in kinds), None)

@@ -104,6 +104,11 @@ class RecipeTask(Task):
             rows.append(row)
         return rows
 
+    def report_sections(self, cfg, out_dir) -> list[str]:
+        from .report import report_sections
+
+        return report_sections(cfg, out_dir)
+
     # -- serving (see .serving) ------------------------------------------------------------------
 
     def request_model(self, cfg: CheffusionConfig):
