@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/wander_fusion.py
 	$(BIN)/python bench/ridge.py
 	$(BIN)/python bench/llavilo_step.py --size small --top-n 4
+	$(BIN)/python bench/sd_generate.py --size tiny
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

@@ -6,7 +6,8 @@ encoder), one seeded generator per image, PIL output:
 
 * ``polymodal``: ``ChefFusion.generate("t2i", texts=..., seeds=...)``: tokenize, the frozen LM
   over ``bos text [IMG1..IMGm]``, the mapper f_w -> (B, L, d_sd) ``prompt_embeds``, then the
-  pipeline with ``prompt_embeds`` (it still encodes the empty negative prompt itself).
+  pipeline with ``prompt_embeds`` and the empty negative prompt's embedding, which
+  ``ChefFusion.render`` computes once and caches.
 * ``plain``: ``pipe(prompt=texts, ...)``: the pipeline's own CLIP text encoder on the prompts and
   on the empty negative prompt.
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         fronts = {
             "LM + mapper (sd_embeddings)": lambda: model.sd_embeddings(texts),
             "text encoder: prompt + negative (plain)": lambda: pipe.encode_prompt(texts, pipe.device, 1, do_cfg),
-            "text encoder: negative only (prompt_embeds)": lambda: pipe.encode_prompt(
+            "text encoder: negative only (cached by polymodal)": lambda: pipe.encode_prompt(
                 None, pipe.device, 1, do_cfg, prompt_embeds=embeds),
         }
         front_ms = {k: 1e3 * statistics.median(timed(f, device) for _ in range(max(5, args.repeats)))

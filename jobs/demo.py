@@ -15,6 +15,13 @@ ground-truth windows and a tiny random LLaMA -> the video adapter + gated inject
 trained through Ray Train + DeepSpeed (jobs/configs/llavilo_tiny.yaml) -> R1/mAP on the test
 split against random windows -> the model behind Ray Serve (serve/llavilo.yaml), asked by `vid`.
 
+Then ChefFusion: synthetic coloured-shape dishes with matching recipes, tiny backbones (a small
+OPT trained on the recipes, a random CLIP and Stable Diffusion) -> CLIP / SD text-encoder
+features by a Ray Data actor pool -> W_recipe, the [IMG] tokens and the mapper trained through
+Ray Train + DeepSpeed (jobs/configs/cheffusion_tiny.yaml) -> BLEU / ROUGE-2 / CLIP similarity
+and the validation losses before and after -> a report with a grid of generated images -> the
+model behind Ray Serve (serve/cheffusion.yaml): a recipe in, a PNG out; an image in, a recipe out.
+
 The S3 server lives only as long as this script, so run folders and sweep results are copied
 to ``demo_out/``.
 """
@@ -205,6 +212,66 @@ def _llavilo(out: Path, serve_it: bool) -> Path:
     return local
 
 
+def _cheffusion(out: Path, serve_it: bool) -> Path:
+    """Train, evaluate, report and serve a tiny ChefFusion on synthetic dishes."""
+    import base64
+
+    import numpy as np
+
+    from polymodal import shards, storage
+    from polymodal.config import load_config
+    from polymodal.evaluate import evaluate_run
+    from polymodal.registry import get_task
+    from polymodal.report import write_report
+    from polymodal.train.loop import fit
+
+    cfg = load_config(str(HERE / "configs" / "cheffusion_tiny.yaml"))
+    task = get_task(cfg.task)
+    print("[demo] cheffusion: 480/96/96 synthetic dishes, tiny OPT + CLIP + Stable Diffusion", flush=True)
+    task.synth("s3://polymodal/demo/cheffusion", seed=cfg.seed, progress=False)
+    batches = shards.iter_local_batches(cfg.data.test, 48, shuffle=False, shuffle_buffer=0, opts=cfg.storage)
+    model = task.build_model(cfg.model).eval()
+    outs = [task.predict(model, task.collate(b)) for b in batches]
+    before = task.metrics({k: np.concatenate([o[k] for o in outs]) for k in outs[0]})
+    fit(cfg, progress=False)
+    result, _ = evaluate_run(cfg, "test", progress=False)
+    keys = ("bleu", "rouge2", "clip_sim", "l_r", "l_p", "l_g")
+    print("[demo]   test before -> after training: " + ", ".join(
+        f"{k} {before[k]:.2f} -> {result['metrics'][k]:.2f}" for k in keys), flush=True)
+    write_report(cfg)
+    local = out / cfg.name
+    storage.download_dir(cfg.run_uri, str(local), cfg.storage)
+    if serve_it:
+        import httpx
+        from ray import serve
+
+        from polymodal.serving.deploy import deploy
+
+        port = _free_port()
+        (url,) = deploy(str(ROOT / "serve" / "cheffusion.yaml"),
+                        [f"cheffusion.args.checkpoint={cfg.run_uri}", f"http_options.port={port}"])
+        try:
+            headers = {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
+            row = next(shards.iter_local_batches(cfg.data.test, 1, shuffle=False, opts=cfg.storage))
+            reply = httpx.post(f"{url}/v1/predict", json={"recipe": str(row["recipe"][0])},
+                               headers={**headers, "accept": "image/png"}, timeout=120)
+            reply.raise_for_status()
+            (local / "served.png").write_bytes(reply.content)
+            print(f"[demo]   POST {url}/v1/predict (a recipe, Accept: image/png) -> {reply.status_code}, "
+                  f"{len(reply.content)} bytes of PNG -> {local / 'served.png'}", flush=True)
+            image = base64.b64encode(bytes(row["image"][0])).decode()
+            reply = httpx.post(f"{url}/v1/predict", json={"image": image}, headers=headers, timeout=120)
+            reply.raise_for_status()
+            print(f"[demo]   POST an image -> {reply.json()['text'][:100]!r}... (reference: "
+                  f"{str(row['recipe'][0])[:60]!r}...)", flush=True)
+            bad = httpx.post(f"{url}/v1/predict", json={"image": base64.b64encode(b"not an image").decode()},
+                             headers=headers, timeout=60)
+            print(f"[demo]   an undecodable image -> {bad.status_code}: {bad.json()['detail']}", flush=True)
+        finally:
+            serve.shutdown()
+    return local
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="local folder that receives the run folder copy")
@@ -215,6 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-serve", action="store_true", help="skip the Serve deployments")
     parser.add_argument("--no-fmri", action="store_true", help="skip the fMRI encoding-model part")
     parser.add_argument("--no-llavilo", action="store_true", help="skip the LLaViLo moment-retrieval part")
+    parser.add_argument("--no-cheffusion", action="store_true", help="skip the ChefFusion recipe/image part")
     args = parser.parse_args(argv)
 
     from polymodal import storage
@@ -258,6 +326,7 @@ def main(argv=None) -> int:
             _serve(cfg, cfg.data.test)
         fmri = None if args.no_fmri else _fmri(out.parent, serve_it=not args.no_serve)
         llavilo = None if args.no_llavilo else _llavilo(out.parent, serve_it=not args.no_serve)
+        chef = None if args.no_cheffusion else _cheffusion(out.parent, serve_it=not args.no_serve)
         ray.shutdown()
     print(f"\n[demo] done in {time.time() - t0:.0f} s. Everything went to {cfg.run_uri} (embedded S3), copied to:")
     print(f"  report:      {out / 'report' / 'report.md'}")
@@ -271,6 +340,8 @@ def main(argv=None) -> int:
         print(f"  fMRI report: {fmri / 'report' / 'report.md'}  (weights: {fmri / 'subjects'})")
     if llavilo is not None:
         print(f"  LLaViLo:     {llavilo / 'report' / 'report.md'}  (evaluation: {llavilo / 'eval'})")
+    if chef is not None:
+        print(f"  ChefFusion:  {chef / 'report' / 'report.md'}  (image grid: {chef / 'report' / 'generations.png'})")
     return 0
 
 
