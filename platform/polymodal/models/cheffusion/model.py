@@ -145,11 +145,9 @@ class ChefFusion(nn.Module):
 
         ``[IMGj]`` written in a text becomes the trainable token; ``max_tokens`` cuts the text."""
         max_tokens = max_tokens or self.cfg.max_recipe_tokens
-        rows = []
-        for t in texts:
-            ids = self.tokenizer(str(t), add_special_tokens=False, truncation=True,
-                                 max_length=max_tokens - 1 - int(eos)).input_ids
-            rows.append(([self.bos] if self.bos is not None else []) + list(ids) + ([self.eos] if eos else []))
+        enc = self.tokenizer([str(t) for t in texts], add_special_tokens=False, truncation=True,
+                             max_length=max_tokens - 1 - int(eos)).input_ids
+        rows = [([self.bos] if self.bos is not None else []) + list(ids) + ([self.eos] if eos else []) for ids in enc]
         lengths = torch.tensor([len(r) for r in rows])
         out = torch.full((len(rows), max(1, int(lengths.max()))), self.pad, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -192,7 +190,7 @@ class ChefFusion(nn.Module):
         x = torch.cat([self.image_prefix(clip_image), self.embed(ids)], dim=1)  # (B, k+T, e)
         t = ids.shape[1]
         real = torch.arange(t, device=ids.device)[None] < lengths[:, None]  # (B, T)
-        mask = torch.cat([torch.ones_like(real[:, :k]), real], dim=1).long()
+        mask = torch.cat([torch.ones(len(ids), k, dtype=torch.bool, device=ids.device), real], dim=1).long()
         h = self.hidden(x, mask).last_hidden_state[:, k:k + t - 1]  # predicts tokens 1..T-1
         nll = F.cross_entropy(self.logits(h).float().transpose(1, 2), ids[:, 1:], reduction="none")
         target = real[:, 1:].float()
@@ -288,7 +286,7 @@ class ChefFusion(nn.Module):
             x[i, width - n:] = emb[i, :n]
             mask[i, width - n - k:] = 1
         out = self.hidden(x, mask, use_cache=True)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = getattr(out, self._cache_kw)
         h = out.last_hidden_state[:, -1]
         new: list[list[int]] = [[] for _ in range(b)]
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
@@ -311,7 +309,7 @@ class ChefFusion(nn.Module):
             nxt = torch.where(done, torch.full_like(nxt, self.pad), nxt)
             mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], dim=1)
             out = self.hidden(self.embed(nxt[:, None]), mask, use_cache=True, **{self._cache_kw: cache})
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache = getattr(out, self._cache_kw)
             h = out.last_hidden_state[:, -1]
         return new, to_img
 
