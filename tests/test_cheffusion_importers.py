@@ -312,3 +312,30 @@ def test_s3_source_and_destination(tmp_path: Path, fake: dict[str, Any], s3_buck
     for split, want in fake["expected"].items():
         open_dataset(out[split], verify="checksum")
         assert {rid: row["image"] for rid, row in _rows(out[split]).items()} == want
+
+
+def test_cli_imports_recipe1m_then_extracts_features(tmp_path: Path, fake: dict[str, Any], capsys) -> None:
+    """`polymodal data import --format recipe1m` then `polymodal data features --local`: the
+    feature split holds every imported row with its CLIP and SD-target columns, and the task's
+    collate turns it into a training batch."""
+    from polymodal.cli import main
+    from polymodal.models.cheffusion.backbones import write_tiny_backbones
+    from polymodal.registry import get_task
+    from polymodal.shards import iter_local_batches
+
+    source = _write(tmp_path / "recipe1m", fake)
+    assert main(["data", "import", "--format", "recipe1m", "--source", source, "--out", str(tmp_path / "chef"),
+                 "--quiet"]) == 0
+    raw = str(tmp_path / "chef" / "raw" / "train")
+    assert f"train: {raw}" in capsys.readouterr().out
+    bb = write_tiny_backbones(str(tmp_path / "bb"), ["a tiny recipe text"], pretrain_steps=0)
+    out = str(tmp_path / "chef" / "train")
+    assert main(["data", "features", "--source", raw, "--out", out, "--clip", bb["clip"], "--sd", bb["sd"],
+                 "--local", "--quiet"]) == 0
+    assert f"({len(fake['expected']['train'])} rows)" in capsys.readouterr().out
+    manifest = Manifest.load(out)
+    assert manifest.meta["stage"] == "features" and manifest.meta["source"] == "recipe1m"
+    batch = get_task("cheffusion.recipes").collate(next(iter_local_batches(out, 8, shuffle=False)))
+    assert batch["clip_image"].shape[1] == 32 and tuple(batch["sd_target"].shape[1:]) == (16, 32)
+    with pytest.raises(SystemExit):
+        main(["data", "features", "--source", raw, "--out", out, "--help"])

@@ -98,3 +98,22 @@ def test_cheffusion_sweep_ranks_trials_by_val_bleu(ray_cluster, cheffusion_data,
     best = load_config(out.best_config)
     assert best.task == "cheffusion.recipes" and best.model.k == out.best_values["model.k"]
     assert out.best_metric == max(r["val_bleu_best"] for r in out.trials)
+
+
+@pytest.mark.gpu
+def test_bf16_training_and_generation_on_cuda(cheffusion_data, s3_bucket_uri):
+    """On CUDA (`--local`: the spine's worker loop, DeepSpeed ZeRO-2, bf16): a few steps train
+    with finite losses, and the export generates a recipe and an image on the GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from polymodal.evaluate import load_model
+    from polymodal.train.loop import fit_local
+
+    cfg = cheffusion_config(cheffusion_data, f"{s3_bucket_uri}/runs", "cuda", "optim.precision=bf16",
+                            "optim.epochs=1", "optim.max_steps_per_epoch=10")
+    summary = fit_local(cfg, progress=False)
+    assert np.isfinite(summary["metrics"]["train_loss"]) and np.isfinite(summary["metrics"]["val_l_g"])
+    _, _, model = load_model(summary["latest_checkpoint"], cfg.storage, device="cuda")
+    out = model.generate("t2i", texts=["tomato soup"], steps=2)[0]
+    assert out.images[0].size == (32, 32)
+    assert isinstance(model.generate("i2t", clip_image=torch.randn(1, 32, device="cuda"))[0].text, str)

@@ -17,9 +17,9 @@ parameters are the default model's own tensors, so one backbone sits in memory f
 
 Everything but ``/healthz`` needs ``Authorization: Bearer <token>`` when ``token_env`` is set.
 Errors: 401 bad/missing token, 404 unknown adapter, 406 no such rendering, 413 body too large,
-415 not multipart (upload route), 422 bad body or
-shapes (naming the field), 503 overload (Serve's ``max_queued_requests``), 500 otherwise
-with a short message (the traceback goes to the replica log only).
+415 not multipart (upload route), 422 bad body or shapes (naming the field), 503 overload
+(Serve's ``max_queued_requests``), 500 otherwise with a short message (the traceback goes to
+the replica log only).
 """
 
 # No `from __future__ import annotations`: FastAPI reads route annotations at runtime, and the
