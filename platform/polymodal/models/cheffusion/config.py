@@ -38,8 +38,8 @@ class CheffusionConfig(StrictModel):
     max_new_tokens: int = Field(64, ge=1, description="generate(): text tokens before giving up on EOS")
     steps: int = Field(50, ge=1, description="generate(): diffusion steps")
     guidance: float = Field(7.5, ge=0.0, description="generate(): classifier-free guidance scale (<= 1: off)")
-    eval_images: int = Field(16, ge=0, description="evaluation: rows per split that also get an image "
-                                                   "(for clip_sim); 0: text metrics only")
+    eval_images: int = Field(16, ge=0, description="evaluation: the first rows of each batch that also get an image "
+                                                   "drawn from their recipe (for clip_sim); 0: text metrics only")
     eval_steps: int = Field(10, ge=1, description="evaluation: diffusion steps of those images")
 
     @model_validator(mode="after")

@@ -9,5 +9,12 @@ Building blocks so far (the task is not registered yet; see the issue note):
 * ``tokenizer``: the pluggable ``VisualTokenizer`` and its VQ-GAN default (a diffusers ``VQModel``),
   one code per patch position, for masked visual-token modelling;
 * ``video``: sparse frame sampling, PyAV decoding, JPEG frame packing for shards;
-* ``synth``: moving coloured shapes whose direction only the frame order reveals.
+* ``synth``: moving coloured shapes whose direction only the frame order reveals;
+* ``data`` / ``importers`` / ``ingest``: shard schemas per kind (pretrain, retrieval, mcqa, oeqa);
+  WebVid CSV, CC TSV, MSRVTT JSON and QA readers; PyAV decoding + JPEG packing + visual tokens by
+  a Ray Data actor pool;
+* ``config`` / ``model``: ``VioletConfig`` (presets ``tiny`` / ``paper``; the ablations
+  ``video_encoder: swin | mean | concat``) and ``Violet``: Video Swin -> BERT width, the sequence
+  ``[v + p_v, CLS, w + p_x]`` through one BERT encoder, VTM (in-batch negatives), MLM and MVM heads,
+  retrieval / multiple-choice / open-ended QA scoring.
 """
