@@ -158,7 +158,7 @@ class Task(ABC):
 
 
 _TASKS: dict[str, Task] = {}
-_SYSTEMS = ("wander", "fmri", "llavilo", "cheffusion")  # subpackages of polymodal.models that register tasks on import
+_SYSTEMS = ("wander", "fmri", "llavilo", "cheffusion", "violet")  # subpackages of polymodal.models that register tasks on import
 
 
 def register_task(task: Task) -> Task:

@@ -1,7 +1,8 @@
 """VIOLET: end-to-end video-language transformer (Fu et al., 'VIOLET: End-to-End Video-Language
 Transformers with Masked Visual-token Modeling').
 
-Building blocks so far (the task is not registered yet; see the issue note):
+Modules (the tasks ``violet.pretrain``, ``violet.oeqa`` and ``violet.mcqa`` register on import;
+retrieval is not written yet):
 
 * ``swin``: the Video Swin Transformer visual backbone, 3D shifted-window attention over
   T x H x W patches with learnable spatial + temporal position embeddings ``p_v = p_s + p_t``;
@@ -16,5 +17,9 @@ Building blocks so far (the task is not registered yet; see the issue note):
 * ``config`` / ``model``: ``VioletConfig`` (presets ``tiny`` / ``paper``; the ablations
   ``video_encoder: swin | mean | concat``) and ``Violet``: Video Swin -> BERT width, the sequence
   ``[v + p_v, CLS, w + p_x]`` through one BERT encoder, VTM (in-batch negatives), MLM and MVM heads,
-  retrieval / multiple-choice / open-ended QA scoring.
+  retrieval / multiple-choice / open-ended QA scoring;
+* ``task``: the spine hooks (collate of JPEG frames and text, BM+AM masking in the pre-training loss,
+  accuracies, synthetic splits, fine-tuning from a pre-trained export with ``model.init``).
 """
+
+from . import task  # noqa: F401,E402  (registers violet.pretrain, violet.oeqa and violet.mcqa)

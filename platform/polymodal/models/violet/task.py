@@ -1,0 +1,471 @@
+"""VIOLET's tasks, plugged into the spine: pre-training, open-ended and multiple-choice video QA.
+
+* ``violet.pretrain`` minimises VTM + MLM + MVM (:meth:`.model.Violet.pretrain_losses`) with BM+AM
+  masking: each sample is masked blockwise or by attention, 50/50 (:func:`build_masks`). Metrics
+  (percent): ``vtm_acc`` over every positive pair and one in-batch negative per video (primary),
+  ``mlm_acc`` over the masked text tokens and ``mvm_acc`` over the masked patches.
+* ``violet.oeqa``: cross-entropy over the answer vocabulary; rows whose answer is outside it
+  (``answer == -1``) are left out of the loss but count as wrong in ``acc``.
+* ``violet.mcqa``: one VTM score per ``question [SEP] option`` pair, cross-entropy over the options.
+
+Collate has no model config, so it keeps frames as uint8 (B, T, S, S, 3) (the loop casts only
+floats) and texts as zero-padded UTF-8 bytes; the hooks below normalise and tokenize with the
+model's own tokenizer. A QA model starts from a pre-trained export when its config has ``init``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal import storage as st
+from polymodal.errors import PolymodalError
+from polymodal.registry import Batch, Task, register_task
+
+from . import masking
+from .config import PRESETS, VioletConfig
+from .data import FINETUNE_FRAMES, PRETRAIN_FRAMES, TASKS, frames_of, options_of
+
+# ImageNet statistics: the paper's Video Swin is ImageNet-initialised, so frames are standardised alike.
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+#: synthetic rows per split at ``scale=1``
+SYNTH_ROWS = {"train": 128, "val": 32, "test": 32}
+#: eval masks and VTM negatives come from this seed, so val metrics of two epochs are comparable
+EVAL_SEED = 1234
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _net(model: nn.Module) -> nn.Module:
+    """The Violet inside a DeepSpeed engine (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def _dtype(net: nn.Module) -> torch.dtype:
+    return net.video_proj.weight.dtype
+
+
+def normalise_frames(frames: Tensor, dtype: torch.dtype) -> Tensor:
+    """uint8 (B, T, 3, S, S) -> standardised ``dtype`` pixels (B, T, 3, S, S)."""
+    mean = torch.tensor(PIXEL_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=frames.device).view(1, 1, 3, 1, 1)
+    return ((frames.float() / 255.0 - mean) / std).to(dtype)
+
+
+def channels_first(frames: Tensor) -> Tensor:
+    """Collated frames (B, T, S, S, 3) -> (B, T, 3, S, S), still uint8."""
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (B, T, S, S, 3) as collate gives them, got {tuple(frames.shape)}")
+    return frames.permute(0, 1, 4, 2, 3)
+
+
+def _check_frames(net: nn.Module, frames: Tensor) -> None:
+    cfg: VioletConfig = net.cfg
+    if frames.shape[-1] != cfg.image_size or frames.shape[1] > cfg.max_frames:
+        raise ValueError(f"the dataset's frames are {frames.shape[-1]} px x {frames.shape[1]} frames but the model "
+                         f"expects image_size {cfg.image_size} and at most max_frames {cfg.max_frames}; ingest "
+                         "with size=image_size or set model.image_size to the dataset's size")
+
+
+def tokenize(net: nn.Module, texts: list[str], pairs: list[str] | None = None) -> tuple[Tensor, Tensor]:
+    """Texts (or ``text [SEP] pair`` pairs) -> input_ids, attention_mask (N, L) on the model's device,
+    ``[CLS] ... [SEP]``, truncated to ``max_text_tokens``."""
+    enc = net.tokenizer(texts, pairs, padding=True, truncation=True, max_length=net.cfg.max_text_tokens,
+                        return_tensors="pt")
+    device = net.video_proj.weight.device
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def _texts(batch: Batch, key: str = "text_bytes") -> list[str]:
+    from polymodal.models.llavilo.model import decode_queries
+
+    return decode_queries(batch[key])
+
+
+def _step_generator() -> torch.Generator:
+    """A CPU generator for this step's masks and negatives, seeded from torch's global RNG (which the
+    loop seeds), so a run is reproducible and every step draws differently."""
+    return torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,))))
+
+
+def _accuracy(pred: np.ndarray, answer: np.ndarray) -> float:
+    """Percent of rows whose prediction equals the answer; ``answer == -1`` never does."""
+    return float(100.0 * np.mean(pred == answer)) if len(answer) else float("nan")
+
+
+def _collate_common(columns: dict[str, np.ndarray]) -> Batch:
+    from polymodal.models.llavilo.model import encode_queries
+
+    return {"frames": torch.from_numpy(np.ascontiguousarray(frames_of(columns))),  # (B, T, S, S, 3) uint8
+            "text_bytes": torch.from_numpy(encode_queries(columns["text"], max_bytes=1024))}
+
+
+# ----------------------------------------------------------------------------- BM + AM masks
+
+
+def build_masks(net: nn.Module, frames: Tensor, input_ids: Tensor, attention_mask: Tensor, vt_codes: Tensor,
+                generator: torch.Generator) -> dict[str, Tensor]:
+    """BM+AM masks of one batch, drawn per sample (:func:`masking.choose_strategy`).
+
+    Parameters
+    ----------
+    net : a :class:`~.model.Violet`; its attention ranks the AM samples (a no-grad pass on clean inputs)
+    frames : (B, T, 3, S, S) uint8, clean; masked patches become black pixels before normalisation
+    input_ids, attention_mask : (B, L)
+    vt_codes : (B, T, H', W') visual-token ids of the clean frames
+    generator : every draw
+
+    Returns
+    -------
+    dict: ``use_block`` (B,) bool, ``video_mask`` (B, T, H', W') bool, ``text_mask`` (B, L) bool,
+    ``masked_frames`` (B, T, 3, S, S) uint8, ``masked_ids``, ``mlm_labels`` (B, L) and ``mvm_labels``
+    (B, T, H', W') long (:data:`masking.IGNORE` where nothing is predicted).
+    """
+    cfg: VioletConfig = net.cfg
+    B, T = frames.shape[:2]
+    H = W = cfg.grid
+    if tuple(vt_codes.shape) != (B, T, H, W):
+        raise ValueError(f"vt_codes are {tuple(vt_codes.shape)} but the model's patch grid needs {(B, T, H, W)}; "
+                         f"ingest with grid=({H}, {W}) or change image_size / patch_size")
+    tok = net.tokenizer
+    eligible = masking.mlm_eligible(input_ids, attention_mask, tok.all_special_ids)  # (B, L)
+    use_block = masking.choose_strategy(B, generator=generator)  # (B,)
+    video_mask = masking.blockwise_video_mask(B, T, H, W, generator=generator, ratio=cfg.mask_ratio,
+                                              min_area=min(2, H * W))
+    text_mask = masking.random_selection(eligible, generator=generator, prob=cfg.mask_ratio).cpu()
+    attended = (~use_block).nonzero().flatten()
+    if len(attended):
+        idx = attended.to(input_ids.device)
+        probs, vs, ts = net.attention_probs(normalise_frames(frames[idx], _dtype(net)), input_ids[idx],
+                                            attention_mask[idx])
+        video_att, text_att = masking.cross_attention_scores(probs, vs, ts, text_valid=eligible[idx])
+        video_mask[attended] = masking.attended_video_mask(video_att, ratio=cfg.mask_ratio).view(-1, T, H, W).cpu()
+        text_mask[attended] = masking.attended_text_mask(text_att, eligible[idx], ratio=cfg.mask_ratio).cpu()
+    video_mask, text_mask = video_mask.to(frames.device), text_mask.to(input_ids.device)
+    masked_ids, mlm_labels = masking.mlm_mask(input_ids, attention_mask, mask_token_id=net.mask_token_id,
+                                              vocab_size=net.bert_config.vocab_size, special_ids=tok.all_special_ids,
+                                              generator=generator, selected=text_mask)
+    return {"use_block": use_block, "video_mask": video_mask, "text_mask": text_mask,
+            "masked_frames": masking.apply_video_mask(frames, video_mask, cfg.patch_size),
+            "masked_ids": masked_ids, "mlm_labels": mlm_labels,
+            "mvm_labels": masking.mvm_labels(vt_codes.to(frames.device), video_mask)}
+
+
+# ----------------------------------------------------------------------------- shared task code
+
+
+class _VioletTask(Task):
+    """What every VIOLET task shares: the model (from a pre-trained export when ``init`` is set),
+    frame and text handling, the synthetic data."""
+
+    model_config_cls = VioletConfig
+    #: the data kind (:data:`.data.KINDS`) and the ``head`` the model is built with
+    kind: ClassVar[str]
+    primary_metric = "acc"
+    mode = "max"
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__:
+            cls.name = TASKS[cls.kind]
+            cls.presets = {name: cls._with_head(fn) for name, fn in PRESETS.items()}
+
+    @classmethod
+    def _with_head(cls, preset: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def values() -> dict[str, Any]:
+            return {**preset(), "head": cls.kind, **cls.preset_extra(preset.__name__)}
+
+        values.__name__ = preset.__name__
+        values.__doc__ = preset.__doc__
+        return values
+
+    @classmethod
+    def preset_extra(cls, preset: str) -> dict[str, Any]:
+        """Task-specific values added to the shared preset ``preset``."""
+        return {}
+
+    def build_model(self, cfg: VioletConfig) -> nn.Module:
+        from polymodal.cache import local_copy
+
+        from .model import Violet
+
+        if cfg.head != self.kind:
+            raise ValueError(f"task {self.name} trains head {self.kind!r}, got model.head {cfg.head!r}; drop "
+                             f"model.head (the preset sets it) or use task {TASKS.get(cfg.head, '?')}")
+        model = Violet(cfg.model_copy(update={"bert": local_copy(cfg.bert)}))
+        init = getattr(cfg, "init", None)
+        if init:
+            load_pretrained(model, init)
+        return model
+
+    def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
+        """Synthetic moving shapes (:mod:`.synth`) of this task's kind, plus a tiny BERT and VQ-GAN."""
+        return write_synthetic(out_uri, self.kind, seed=seed, scale=scale, opts=storage, progress=progress)
+
+
+def load_pretrained(model: nn.Module, init: str) -> dict[str, list[str]]:
+    """Copy the weights of a pre-trained export (a checkpoint or its ``model/`` folder) into ``model``.
+
+    Weights whose name and shape match are loaded; the rest (e.g. the pre-training-only MVM head, or
+    an answer head the export lacks) keep their fresh initialisation. Returns ``loaded`` and
+    ``skipped`` names; an export sharing no weight with the model is an error.
+    """
+    from polymodal.cache import local_copy
+    from polymodal.train.checkpoint import load_export
+
+    _, weights, _ = load_export(local_copy(init))
+    params = dict(model.named_parameters())
+    loaded = [n for n, w in weights.items() if n in params and params[n].shape == w.shape]
+    if not loaded:
+        raise PolymodalError(f"init {init!r} shares no weight with this VIOLET model (first export names: "
+                             f"{sorted(weights)[:3]}); point init at a VIOLET export with the same bert and sizes")
+    with torch.no_grad():
+        for name in loaded:
+            params[name].copy_(weights[name].to(params[name].dtype))
+    return {"loaded": loaded, "skipped": sorted(set(weights) - set(loaded))}
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+class PretrainTask(_VioletTask):
+    """VTM + MLM + MVM with BM+AM masking on video-text pairs."""
+
+    kind = "pretrain"
+    primary_metric = "vtm_acc"
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        return {**_collate_common(columns),
+                "vt_codes": torch.from_numpy(np.require(columns["vt_codes"], np.int64, ["C", "W"]))}
+
+    def _inputs(self, net: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        frames = channels_first(batch["frames"])  # (B, T, 3, S, S) uint8
+        _check_frames(net, frames)
+        ids, attn = tokenize(net, _texts(batch))
+        return frames, ids, attn
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        net = _net(model)
+        frames, ids, attn = self._inputs(net, batch)
+        g = _step_generator()
+        m = build_masks(net, frames, ids, attn, batch["vt_codes"], g)
+        dtype = _dtype(net)
+        losses = net.pretrain_losses(normalise_frames(frames, dtype), ids, attn, generator=g,
+                                     masked_frames=normalise_frames(m["masked_frames"], dtype),
+                                     masked_ids=m["masked_ids"], mlm_labels=m["mlm_labels"],
+                                     mvm_labels=m["mvm_labels"])
+        extra = {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
+        extra["block_share"] = float(m["use_block"].float().mean())
+        return losses["loss"], extra
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """Per row: ``vtm_pos`` / ``vtm_neg`` (1 where the VTM head calls the true pair a match and the
+        pair with another row's text a non-match; NaN for a one-row batch, which has no negative),
+        ``mlm_hit`` / ``mlm_n`` and ``mvm_hit`` / ``mvm_n`` (correct and total masked items)."""
+        from .model import derangement
+
+        net = _net(model)
+        frames, ids, attn = self._inputs(net, batch)
+        g = torch.Generator().manual_seed(EVAL_SEED)
+        m = build_masks(net, frames, ids, attn, batch["vt_codes"], g)
+        dtype, B = _dtype(net), frames.shape[0]
+        video = net.encode_video(normalise_frames(frames, dtype))  # (B, Nv, D)
+        pos = net.vtm_logits(net.fuse(video, ids, attn)["cls"]).argmax(-1) == 1
+        neg = torch.full((B,), float("nan"))
+        if B > 1:
+            d = derangement(B, g).to(ids.device)
+            neg = (net.vtm_logits(net.fuse(video, ids[d], attn[d])["cls"]).argmax(-1) == 0).float().cpu()
+        out = net(normalise_frames(m["masked_frames"], dtype), m["masked_ids"], attn)
+        rows = {"vtm_pos": pos.float().cpu().numpy(), "vtm_neg": neg.numpy()}
+        for name, logits, labels in (("mlm", net.mlm_logits(out["text"]), m["mlm_labels"]),
+                                     ("mvm", net.mvm_logits(out["video"]), m["mvm_labels"].flatten(1))):
+            chosen = labels != masking.IGNORE
+            rows[f"{name}_hit"] = ((logits.argmax(-1) == labels) & chosen).sum(1).cpu().numpy()
+            rows[f"{name}_n"] = chosen.sum(1).cpu().numpy()
+        return rows
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        pairs = np.concatenate([outputs["vtm_pos"], outputs["vtm_neg"]])
+        pairs = pairs[~np.isnan(pairs)]
+        out = {"vtm_acc": float(100.0 * pairs.mean()) if len(pairs) else float("nan")}
+        for name in ("mlm", "mvm"):
+            n = int(outputs[f"{name}_n"].sum())
+            out[f"{name}_acc"] = float(100.0 * outputs[f"{name}_hit"].sum() / n) if n else float("nan")
+        return out
+
+
+# ----------------------------------------------------------------------------- QA
+
+
+class OpenEndedQATask(_VioletTask):
+    """Open-ended video QA: classify (video, question) into the train split's answer vocabulary."""
+
+    kind = "oeqa"
+
+    @classmethod
+    def preset_extra(cls, preset: str) -> dict[str, Any]:
+        # the synthetic QA asks for one of four directions
+        # (the paper's datasets: the train split's 1000 most frequent answers, ingest's default top_k)
+        return {"frames": FINETUNE_FRAMES, "num_answers": 4 if preset == "tiny" else 1000}
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        return {**_collate_common(columns), "answer": torch.from_numpy(np.asarray(columns["answer"], np.int64))}
+
+    def _logits(self, model: nn.Module, batch: Batch) -> Tensor:
+        net = _net(model)
+        frames = channels_first(batch["frames"])
+        _check_frames(net, frames)
+        ids, attn = tokenize(net, _texts(batch))
+        logits = net.oeqa_logits(normalise_frames(frames, _dtype(net)), ids, attn)  # (B, num_answers)
+        top = int(batch["answer"].max()) if batch["answer"].numel() else -1
+        if top >= logits.shape[1]:
+            raise ValueError(f"answer index {top} is outside num_answers {logits.shape[1]}; "
+                             "set model.num_answers to the dataset's manifest.meta['answer_vocab'] length")
+        return logits
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        logits, answer = self._logits(model, batch), batch["answer"]
+        known = answer >= 0
+        # rows outside the vocabulary have no class to learn; an all-unknown batch still keeps the graph
+        loss = F.cross_entropy(logits[known].float(), answer[known]) if bool(known.any()) else logits.sum() * 0.0
+        acc = _accuracy(logits.argmax(-1).cpu().numpy(), answer.cpu().numpy())
+        return loss, {"batch_acc": acc}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """Per row: ``pred`` (answer index) and ``answer`` (-1: outside the vocabulary)."""
+        return {"pred": self._logits(model, batch).argmax(-1).cpu().numpy(), "answer": batch["answer"].cpu().numpy()}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"acc": _accuracy(outputs["pred"], outputs["answer"])}
+
+
+class MultipleChoiceQATask(_VioletTask):
+    """Multiple-choice video QA: the VTM score of each ``question [SEP] option``, softmax over options."""
+
+    kind = "mcqa"
+
+    @classmethod
+    def preset_extra(cls, preset: str) -> dict[str, Any]:
+        # the synthetic QA offers the four directions; MSRVTT-MC has five candidates
+        return {"frames": FINETUNE_FRAMES, "num_options": 4 if preset == "tiny" else 5}
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        from polymodal.models.llavilo.model import encode_queries
+
+        return {**_collate_common(columns), "options_bytes": torch.from_numpy(encode_queries(columns["options"],
+                                                                                          max_bytes=4096)),
+                "answer": torch.from_numpy(np.asarray(columns["answer"], np.int64))}
+
+    def _scores(self, model: nn.Module, batch: Batch) -> Tensor:
+        net = _net(model)
+        K = net.cfg.num_options
+        frames = channels_first(batch["frames"])
+        _check_frames(net, frames)
+        questions, options = _texts(batch), [options_of(o) for o in _texts(batch, "options_bytes")]
+        too_many = [len(o) for o in options if len(o) > K]
+        if too_many:
+            raise ValueError(f"a row has {max(too_many)} options but model.num_options is {K}; raise num_options")
+        # rows with fewer options are padded with empty ones whose score is -inf
+        padded = [o + [""] * (K - len(o)) for o in options]
+        ids, attn = tokenize(net, [q for q in questions for _ in range(K)], [a for o in padded for a in o])
+        B = len(questions)
+        scores = net.mcqa_scores(normalise_frames(frames, _dtype(net)), ids.view(B, K, -1), attn.view(B, K, -1))
+        real = torch.tensor([[k < len(o) for k in range(K)] for o in options], device=scores.device)
+        return scores.float().masked_fill(~real, float("-inf"))  # (B, K)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        scores, answer = self._scores(model, batch), batch["answer"]
+        return F.cross_entropy(scores, answer), {"batch_acc": _accuracy(scores.argmax(-1).cpu().numpy(),
+                                                                       answer.cpu().numpy())}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """Per row: ``pred`` (option index) and ``answer``."""
+        return {"pred": self._scores(model, batch).argmax(-1).cpu().numpy(), "answer": batch["answer"].cpu().numpy()}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"acc": _accuracy(outputs["pred"], outputs["answer"])}
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+
+def synthetic_corpus() -> list[str]:
+    """Every caption, question and answer the synthetic clips can have: the tiny tokenizer learns from
+    this fixed list, so every synthetic dataset (any kind, seed or scale) shares one vocabulary and a
+    pre-trained export fits a QA model built on another synth's BERT."""
+    from . import synth
+
+    out = []
+    for colour in synth.COLOURS:
+        for shape in synth.SHAPES:
+            out.append(synth.question(colour, shape))
+            out += [synth.caption(colour, shape, d) for d in synth.DIRECTIONS]
+    return out + list(synth.DIRECTIONS)
+
+
+def write_tiny_bert(out_dir: str, *, seed: int = 0) -> str:
+    """A WordPiece tokenizer over :func:`synthetic_corpus` and a random 32-wide 2-layer BERT, saved
+    with ``save_pretrained`` at the local folder ``out_dir``."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from polymodal.models.fmri.mlm import train_tokenizer
+
+    train_tokenizer(synthetic_corpus(), out_dir, vocab_size=200)
+    vocab = len(AutoTokenizer.from_pretrained(out_dir, local_files_only=True))
+    torch.manual_seed(seed)
+    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                               vocab_size=vocab, max_position_embeddings=64)).save_pretrained(out_dir)
+    return out_dir
+
+
+def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.0, opts=None,
+                    progress: bool = True) -> dict[str, str]:
+    """``train`` / ``val`` / ``test`` datasets of ``kind`` at ``out_uri`` plus ``bert`` and ``vqgan``
+    (``out_uri/backbones/...``), from :func:`~.importers.write_synthetic_videos` clips (64 px, the
+    tiny preset's size). Pre-training rows are captions; QA rows ask which way the shape moves.
+
+    Returns ``{train, val, test, bert, vqgan: uri}``.
+    """
+    from .importers import read_mcqa, read_oeqa, read_webvid_csv, write_synthetic_videos
+    from .ingest import ingest
+    from .tokenizer import write_tiny_vqgan
+
+    counts = {split: max(4, round(n * scale)) for split, n in SYNTH_ROWS.items()}
+    n_frames = PRETRAIN_FRAMES if kind == "pretrain" else FINETUNE_FRAMES
+    uris = {split: st.join(out_uri, split) for split in counts}
+    uris.update(bert=st.join(out_uri, "backbones", "bert"), vqgan=st.join(out_uri, "backbones", "vqgan"))
+    with tempfile.TemporaryDirectory(prefix="polymodal-violet-synth-") as tmp:
+        bert, vqgan = write_tiny_bert(os.path.join(tmp, "bert"), seed=seed), os.path.join(tmp, "vqgan")
+        write_tiny_vqgan(vqgan, seed=seed, codes=PRESETS["tiny"]()["visual_vocab"], factor=8)
+        sources = write_synthetic_videos(os.path.join(tmp, "sources"), sum(counts.values()), seed=seed, size=64)
+        reader = {"pretrain": read_webvid_csv, "oeqa": read_oeqa, "mcqa": read_mcqa}.get(kind)
+        if reader is None:
+            raise ValueError(f"no synthetic data for kind {kind!r}; use one of pretrain, oeqa, mcqa")
+        records = reader(sources["webvid" if kind == "pretrain" else kind], sources["videos"]).records
+        grid = PRESETS["tiny"]()["image_size"] // PRESETS["tiny"]()["patch_size"]
+        answers, start = None, 0
+        for split, n in counts.items():
+            manifest = ingest(records[start:start + n], uris[split], kind=kind, split=split, n_frames=n_frames,
+                              size=64, tokenizer_path=vqgan, grid=(grid, grid), answers=answers, use_ray=False,
+                              meta={"synthetic": True, "seed": seed}, opts=opts, progress=progress)
+            answers = manifest.meta.get("answer_vocab") if kind == "oeqa" else None
+            start += n
+        st.upload_dir(bert, uris["bert"], opts)
+        st.upload_dir(vqgan, uris["vqgan"], opts)
+    return uris
+
+
+register_task(PretrainTask())
+register_task(OpenEndedQATask())
+register_task(MultipleChoiceQATask())
