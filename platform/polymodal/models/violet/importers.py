@@ -207,12 +207,17 @@ def read_webvid_csv(path: str, videos_root: str, *, skip_bad: bool = False,
         if vid is None or caption is None:
             rows.bad(where, f"needs a non-empty 'videoid' and 'name', got {vid!r} and {raw.get('name')!r}")
             continue
-        source = videos.find(vid)
-        if source is None:
-            rows.bad(where, videos.missing(vid))
-            continue
-        rows.add(vid, text=caption, source=source, where=where)
+        _add_clip(rows, videos, vid, caption, where)
     return rows.done()
+
+
+def _add_clip(rows, videos, vid: str, caption: str, where: str) -> None:
+    """One caption of video ``vid``: a record, or a bad row when the video file is missing."""
+    source = videos.find(vid)
+    if source is None:
+        rows.bad(where, videos.missing(vid))
+    else:
+        rows.add(vid, text=caption, source=source, where=where)
 
 
 def read_cc_tsv(path: str, images_root: str | None = None, *, skip_bad: bool = False,
@@ -265,11 +270,7 @@ def read_msrvtt_json(path: str, videos_root: str, *, skip_bad: bool = False,
             rows.bad(where, "needs a non-empty 'video' (or 'video_id') and 'caption' (or 'sentence'), "
                             f"got {str(entry)[:80]}")
             continue
-        source = videos.find(vid)
-        if source is None:
-            rows.bad(where, videos.missing(vid))
-            continue
-        rows.add(vid, text=caption, source=source, where=where)
+        _add_clip(rows, videos, vid, caption, where)
     return rows.done()
 
 
