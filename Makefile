@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-# the learning runs that take minutes (LLaViLo through Ray Train + DeepSpeed, its Tune sweep)
+# the learning runs that take minutes (LLaViLo and ChefFusion through Ray Train + DeepSpeed, their Tune sweeps)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q
 
