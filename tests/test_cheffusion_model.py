@@ -11,7 +11,7 @@ from polymodal.models.cheffusion.backbones import load_lm, write_tiny_backbones
 from polymodal.models.cheffusion.config import CheffusionConfig, tiny
 from polymodal.models.cheffusion.model import ChefFusion, img_token_names
 from polymodal.models.cheffusion.synth import sample_rows
-from polymodal.models.llavilo.model import encode_queries
+from polymodal.text import encode_texts
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -32,7 +32,7 @@ def _model(backbones, **overrides) -> ChefFusion:
 def _batch(n: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
     rows = sample_rows(np.random.default_rng(seed), n)
     gen = torch.Generator().manual_seed(seed)
-    return {"recipe_bytes": torch.from_numpy(encode_queries(rows["recipe"], max_bytes=4096)),
+    return {"recipe_bytes": torch.from_numpy(encode_texts(rows["recipe"], max_bytes=4096)),
             "clip_image": torch.randn(n, 32, generator=gen), "sd_target": torch.randn(n, 16, 32, generator=gen)}
 
 

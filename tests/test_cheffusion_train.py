@@ -48,7 +48,7 @@ def test_tiny_cheffusion_lowers_all_three_losses_and_generates(runner, request, 
                                                                cfg.storage))))
     assert [int(r["epoch"]) for r in logged] == list(range(cfg.optim.epochs))
     after = {k[4:]: float(v) for k, v in logged[-1].items() if k.startswith("val_")}
-    print(f"val before -> after: " + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before))
+    print("val before -> after: " + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in before))
     assert after["l_r"] < 0.8 * before["l_r"]
     assert after["l_p"] < 0.1 * before["l_p"]
     assert after["l_g"] < 0.1 * before["l_g"]

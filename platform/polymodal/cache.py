@@ -55,3 +55,15 @@ def local_file(uri: str, opts: StorageOptions | None = None) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return str(dest)
+
+
+def load_causal_lm(uri: str, opts: StorageOptions | None = None, dtype=None):
+    """(frozen eval-mode ``AutoModelForCausalLM``, its tokenizer) from a ``save_pretrained`` folder
+    (local or ``s3://``) or a hub id already in the local cache; never downloads."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = local_copy(uri, opts)
+    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return lm.requires_grad_(False).eval(), tokenizer

@@ -174,7 +174,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_params(args) -> None:
-    from polymodal.config import apply_overrides, load_config, validate_config
+    from polymodal.config import apply_overrides, validate_config
     from polymodal.registry import get_task
 
     base = _load(args)

@@ -19,39 +19,23 @@ import numpy as np
 import torch
 
 from polymodal import storage as st
-from polymodal.cache import local_copy
+from polymodal.cache import load_causal_lm, local_copy
 from polymodal.config import StorageOptions
-from polymodal.errors import PolymodalError
 
 __all__ = ["load_lm", "load_clip", "load_sd", "load_sd_text_encoder", "clip_image_features", "sd_text_targets",
            "decode_image", "image_to_png", "write_tiny_backbones"]
 
 
-def _path(uri: str, opts: StorageOptions | None) -> str:
-    """Local folder of a backbone: a local path as is, an ``s3://`` folder cached locally."""
-    if st.is_s3(uri) or uri.startswith("file://"):
-        return local_copy(uri, opts)
-    if not Path(uri).exists():
-        raise PolymodalError(f"backbone {uri!r} is not a folder here; pass a save_pretrained folder or an s3:// "
-                             "URI (nothing is downloaded at run time; `polymodal data synth` writes tiny ones)")
-    return uri
-
-
 def load_lm(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32):
-    """(causal LM, tokenizer) from a ``save_pretrained`` folder; the LM is frozen and in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = _path(uri, opts)
-    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return lm.requires_grad_(False).eval(), tokenizer
+    """(causal LM, tokenizer); the LM is frozen and in eval mode (:func:`polymodal.cache.load_causal_lm`)."""
+    return load_causal_lm(uri, opts, dtype)
 
 
 def load_clip(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32):
     """(CLIPVisionModel, image processor), frozen, eval mode."""
     from transformers import AutoImageProcessor, CLIPVisionModel
 
-    path = _path(uri, opts)
+    path = local_copy(uri, opts)
     model = CLIPVisionModel.from_pretrained(path, local_files_only=True, dtype=dtype)
     processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     return model.requires_grad_(False).eval(), processor
@@ -61,7 +45,7 @@ def load_sd(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = t
     """A ``StableDiffusionPipeline`` without safety checker, every module frozen."""
     from diffusers import StableDiffusionPipeline
 
-    path = _path(uri, opts)
+    path = local_copy(uri, opts)
     pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
                                                    safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False)
@@ -97,7 +81,7 @@ def load_sd_text_encoder(uri: str, opts: StorageOptions | None = None, dtype: to
     """(tokenizer, text encoder) of an SD pipeline folder, without its UNet and VAE (feature extraction)."""
     from transformers import AutoTokenizer, CLIPTextModel
 
-    path = _path(uri, opts)
+    path = local_copy(uri, opts)
     encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
     return tokenizer, encoder.requires_grad_(False).eval()

@@ -87,18 +87,16 @@ def extract_features(raw_uri: str, out_uri: str, *, clip: str, sd: str, opts: St
 
 
 def _dims(clip: str, sd: str, opts: StorageOptions | None) -> tuple[int, int, int]:
-    """(d_clip, L, d_sd) from the backbones' configs, without loading weights."""
-    import json
-    from pathlib import Path
+    """(d_clip, L, d_sd) from the backbones' configs and the SD tokenizer, without loading weights."""
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPVisionConfig
 
-    from .backbones import _path
+    from polymodal.cache import local_copy
 
-    clip_cfg = json.loads((Path(_path(clip, opts)) / "config.json").read_text())
-    sd_path = Path(_path(sd, opts))
-    text_cfg = json.loads((sd_path / "text_encoder" / "config.json").read_text())
-    tok_cfg = json.loads((sd_path / "tokenizer" / "tokenizer_config.json").read_text())
-    clip_width = clip_cfg.get("vision_config", clip_cfg).get("hidden_size")
-    return int(clip_width), int(tok_cfg["model_max_length"]), int(text_cfg["hidden_size"])
+    clip_path, sd_path = local_copy(clip, opts), local_copy(sd, opts)
+    width = CLIPVisionConfig.from_pretrained(clip_path, local_files_only=True).hidden_size
+    text = CLIPTextConfig.from_pretrained(sd_path, subfolder="text_encoder", local_files_only=True).hidden_size
+    tokens = AutoTokenizer.from_pretrained(sd_path, subfolder="tokenizer", local_files_only=True).model_max_length
+    return int(width), int(tokens), int(text)
 
 
 def _ray_batches(raw_uri: str, manifest: shards.Manifest, kwargs: dict[str, Any], batch_size: int,

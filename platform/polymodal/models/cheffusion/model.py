@@ -228,9 +228,9 @@ class ChefFusion(nn.Module):
         """Per-row losses ``l_r``, ``l_p``, ``l_g`` (B,) and the weighted batch ``loss``.
 
         ``batch``: ``recipe_bytes`` (B, Lb) uint8, ``clip_image`` (B, d_clip), ``sd_target`` (B, L, d_sd)."""
-        from polymodal.models.llavilo.model import decode_queries
+        from polymodal.text import decode_texts
 
-        texts = decode_queries(batch["recipe_bytes"])
+        texts = decode_texts(batch["recipe_bytes"])
         ids, lengths = self.tokenize(texts, eos=True)
         l_r = self.recipe_nll(batch["clip_image"], ids, lengths)
         # l_p / l_g: the same text without eos, [IMG1] must come where the recipe ends

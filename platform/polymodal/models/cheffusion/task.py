@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from polymodal import storage as st
 from polymodal.registry import Batch, Task, register_task
 
 from .config import PRESETS, CheffusionConfig
@@ -43,10 +42,10 @@ class RecipeTask(Task):
         if "clip_image" not in columns or "sd_target" not in columns:
             raise ValueError("ChefFusion trains on feature shards (`clip_image`, `sd_target`); this dataset has "
                              "raw rows only: run `polymodal data features` on it first")
-        from polymodal.models.llavilo.model import encode_queries
+        from polymodal.text import encode_texts
 
-        return {"recipe_bytes": torch.from_numpy(encode_queries(columns["recipe"], max_bytes=4096)),
-                "id_bytes": torch.from_numpy(encode_queries(columns["id"])),
+        return {"recipe_bytes": torch.from_numpy(encode_texts(columns["recipe"], max_bytes=4096)),
+                "id_bytes": torch.from_numpy(encode_texts(columns["id"])),
                 "clip_image": torch.from_numpy(np.require(columns["clip_image"], np.float32, ["C", "W"])),
                 "sd_target": torch.from_numpy(np.require(columns["sd_target"], requirements=["C", "W"]))}
 
@@ -58,7 +57,7 @@ class RecipeTask(Task):
     def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
         """Per row: ``id``, ``generated`` (i2t recipe), ``reference``, losses ``l_r`` / ``l_p`` /
         ``l_g`` and ``clip_sim`` (NaN for rows without a generated image)."""
-        from polymodal.models.llavilo.model import decode_queries
+        from polymodal.text import decode_texts
 
         from .backbones import image_to_png
         from .metrics import clip_similarity
@@ -66,7 +65,7 @@ class RecipeTask(Task):
         net = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
         cfg: CheffusionConfig = net.cfg
         losses = model(batch)
-        refs = decode_queries(batch["recipe_bytes"])
+        refs = decode_texts(batch["recipe_bytes"])
         gens = net.generate("i2t", clip_image=batch["clip_image"])
         n = len(refs)
         sim = np.full(n, np.nan, dtype=np.float32)
@@ -77,7 +76,7 @@ class RecipeTask(Task):
             feats = net.clip_features(images).float().cpu().numpy()
             sim[:k] = clip_similarity(feats, batch["clip_image"][:k].float().cpu().numpy())
             pngs[:k] = [image_to_png(im) for im in images]
-        return {"id": np.asarray(decode_queries(batch["id_bytes"]), dtype=object),
+        return {"id": np.asarray(decode_texts(batch["id_bytes"]), dtype=object),
                 "generated": np.asarray([g.text for g in gens], dtype=object),
                 "reference": np.asarray(refs, dtype=object), "image_png": pngs, "clip_sim": sim,
                 **{k: losses[k].float().cpu().numpy() for k in ("l_r", "l_p", "l_g")},

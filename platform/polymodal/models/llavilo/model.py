@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from polymodal.text import decode_texts, encode_texts
+
 from .config import LlavLoConfig
 from .injection import InjectedLlama
 
@@ -42,19 +44,9 @@ def format_windows(windows: np.ndarray) -> str:
     return "[" + ", ".join(f"[{int(round(float(s)))}, {int(round(float(e)))}]" for s, e in windows) + "]"
 
 
-def decode_queries(query_bytes: Tensor) -> list[str]:
-    """(B, L) uint8, zero-padded UTF-8 -> B strings (inverse of :func:`encode_queries`)."""
-    arr = query_bytes.detach().cpu().numpy().astype(np.uint8)
-    return [bytes(row).rstrip(b"\0").decode("utf-8", errors="replace") for row in arr]
-
-
-def encode_queries(queries: Sequence[str], max_bytes: int = 512) -> np.ndarray:
-    """B strings -> (B, L) uint8 zero-padded UTF-8 (L = longest, at most ``max_bytes``)."""
-    raw = [str(q).encode("utf-8")[:max_bytes] for q in queries]
-    out = np.zeros((len(raw), max(1, max((len(r) for r in raw), default=1))), dtype=np.uint8)
-    for i, r in enumerate(raw):
-        out[i, :len(r)] = np.frombuffer(r, dtype=np.uint8)
-    return out
+# UTF-8 byte rows for queries (collate has no tokenizer): the shared helpers under LLaViLo's names
+decode_queries = decode_texts
+encode_queries = encode_texts
 
 
 def build_text_inputs(tokenizer, prompts: Sequence[str], targets: Sequence[str] | None, *,

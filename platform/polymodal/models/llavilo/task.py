@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polymodal import storage as st
-from polymodal.cache import local_copy
+from polymodal.cache import load_causal_lm
 from polymodal.registry import Batch, Task, register_task
 
 from .config import PRESETS, LlavLoConfig
@@ -29,13 +29,8 @@ _DROP = ("vid", "query")
 
 
 def load_llm(uri: str, opts=None):
-    """(LlamaForCausalLM, tokenizer) from a ``save_pretrained`` folder (local or ``s3://``), no hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = local_copy(uri, opts)
-    llm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return llm, tokenizer
+    """(frozen LlamaForCausalLM, tokenizer) from a ``save_pretrained`` folder (local or ``s3://``), no hub."""
+    return load_causal_lm(uri, opts, torch.float32)
 
 
 def normalised_targets(batch: Batch) -> list[torch.Tensor]:

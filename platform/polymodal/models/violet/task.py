@@ -85,9 +85,9 @@ def tokenize(net: nn.Module, texts: list[str], pairs: list[str] | None = None) -
 
 
 def _texts(batch: Batch, key: str = "text_bytes") -> list[str]:
-    from polymodal.models.llavilo.model import decode_queries
+    from polymodal.text import decode_texts
 
-    return decode_queries(batch[key])
+    return decode_texts(batch[key])
 
 
 def _step_generator() -> torch.Generator:
@@ -102,10 +102,10 @@ def _accuracy(pred: np.ndarray, answer: np.ndarray) -> float:
 
 
 def _collate_common(columns: dict[str, np.ndarray]) -> Batch:
-    from polymodal.models.llavilo.model import encode_queries
+    from polymodal.text import encode_texts
 
     return {"frames": torch.from_numpy(np.ascontiguousarray(frames_of(columns))),  # (B, T, S, S, 3) uint8
-            "text_bytes": torch.from_numpy(encode_queries(columns["text"], max_bytes=1024))}
+            "text_bytes": torch.from_numpy(encode_texts(columns["text"], max_bytes=1024))}
 
 
 # ----------------------------------------------------------------------------- BM + AM masks
@@ -360,9 +360,9 @@ class MultipleChoiceQATask(_VioletTask):
         return {"frames": FINETUNE_FRAMES, "num_options": 4 if preset == "tiny" else 5}
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
-        from polymodal.models.llavilo.model import encode_queries
+        from polymodal.text import encode_texts
 
-        return {**_collate_common(columns), "options_bytes": torch.from_numpy(encode_queries(columns["options"],
+        return {**_collate_common(columns), "options_bytes": torch.from_numpy(encode_texts(columns["options"],
                                                                                           max_bytes=4096)),
                 "answer": torch.from_numpy(np.asarray(columns["answer"], np.int64))}
 
