@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ridge.py
 	$(BIN)/python bench/llavilo_step.py --size small --top-n 4
 	$(BIN)/python bench/sd_generate.py --size tiny
+	$(BIN)/python bench/violet_ingest.py
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

@@ -44,10 +44,23 @@ def cmd_data_synth(args) -> None:
         print(f"{name}: {uri}")
 
 
+#: VIOLET source formats: (importer in polymodal.models.violet.importers, dataset kind)
+VIOLET_FORMATS = {
+    "webvid": ("read_webvid_csv", "pretrain"),
+    "cc": ("read_cc_tsv", "pretrain"),  # images: T=1 clips
+    "msrvtt": ("read_msrvtt_json", "retrieval"),
+    "mcqa": ("read_mcqa", "mcqa"),
+    "oeqa": ("read_oeqa", "oeqa"),
+}
+
+
 def cmd_data_import(args) -> None:
     from polymodal.models.wander import importers
 
     storage_opts = _load(args).storage if args.config else None
+    if args.format in VIOLET_FORMATS:
+        _import_violet(args, storage_opts)
+        return
     if args.format in ("huth", "fmri-plain"):
         from polymodal.models.fmri import importers as fmri_importers
 
@@ -70,6 +83,81 @@ def cmd_data_import(args) -> None:
                                        skip_bad=args.skip_bad, progress=not args.quiet)
     for name, uri in out.items():
         print(f"{name}: {uri}")
+
+
+def _violet_grid(args) -> tuple[int, int]:
+    """The visual-token grid per frame: ``--grid``, else the model's patch grid at ``--size``."""
+    if args.grid:
+        rows, cols = args.grid
+        if rows < 1 or cols < 1:
+            raise PolymodalError(f"--grid {rows} {cols}: both sides must be positive")
+        return rows, cols
+    from polymodal.models.violet.config import VioletConfig
+
+    # the MVM targets must lie on the patch grid the model sees (7 x 7 for 224 px, 32 px patches)
+    patch = VioletConfig.model_fields["patch_size"].default
+    if args.size % patch:
+        raise PolymodalError(f"--size {args.size} is not a multiple of VIOLET's {patch} px patches, so the token "
+                             f"grid cannot be derived; pass --grid ROWS COLS (image_size // patch_size of the model)")
+    return args.size // patch, args.size // patch
+
+
+def _import_violet(args, storage_opts) -> None:
+    """Read a VIOLET source file, then decode, sample and pack its videos into one dataset."""
+    from polymodal.models.violet import importers
+    from polymodal.models.violet.data import FINETUNE_FRAMES, PRETRAIN_FRAMES
+    from polymodal.models.violet.ingest import ingest
+
+    reader, kind = VIOLET_FORMATS[args.format]
+    fmt, images = args.format, args.format == "cc"
+    if not args.split:
+        raise PolymodalError(f"--format {fmt} writes one dataset: pass --split (e.g. train, val or test)")
+    root = (args.images or args.videos) if images else args.videos
+    if root is None and not images:
+        raise PolymodalError(f"--format {fmt} needs --videos FOLDER, the folder holding <video id>.mp4 (or .avi, "
+                             ".mkv, .webm) files")
+    if args.frames is not None and args.frames < 1:
+        raise PolymodalError(f"--frames {args.frames}: sample at least one frame per video")
+    n_frames = args.frames or (1 if images else PRETRAIN_FRAMES if kind == "pretrain" else FINETUNE_FRAMES)
+    if images and n_frames != 1:
+        raise PolymodalError(f"--format cc: images are single-frame clips; drop --frames {n_frames} (or pass 1)")
+    grid = (1, 1)  # the vt_codes grid; only pretrain datasets have that column
+    if kind == "pretrain":
+        if not args.vq_tokenizer:
+            raise PolymodalError(f"--format {fmt} writes pre-training data with visual-token targets: pass "
+                                 "--vq-tokenizer PATH, a diffusers VQModel folder (save_pretrained)")
+        if not os.path.isfile(os.path.join(args.vq_tokenizer, "config.json")):
+            raise PolymodalError(f"--vq-tokenizer {args.vq_tokenizer}: no config.json there; pass a local folder "
+                                 "written by VQModel.save_pretrained")
+        grid = _violet_grid(args)
+    elif args.vq_tokenizer or args.grid:
+        flag = "--vq-tokenizer" if args.vq_tokenizer else "--grid"
+        raise PolymodalError(f"{flag} is for pre-training formats (webvid, cc), not --format {fmt}")
+    answers = None
+    if args.answers_from:
+        if kind != "oeqa":
+            raise PolymodalError(f"--answers-from is for --format oeqa, not --format {fmt}")
+        from polymodal import shards
+
+        answers = shards.open_dataset(args.answers_from, storage_opts).meta.get("answer_vocab")
+        if not answers:
+            raise PolymodalError(f"--answers-from {args.answers_from}: its manifest has no answer_vocab; pass the "
+                                 "train dataset written by `data import --format oeqa --split train`")
+    elif kind == "oeqa" and args.split != "train":
+        raise PolymodalError(f"--format oeqa --split {args.split}: pass --answers-from TRAIN_URI (the oeqa train "
+                             "dataset) so every split indexes the same answer vocabulary; only train builds its own")
+    # parse and check every row before Ray starts: a bad file fails in seconds
+    parsed = getattr(importers, reader)(args.source, root, skip_bad=args.skip_bad, opts=storage_opts)
+    if not args.local:
+        import ray
+
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    manifest = ingest(parsed, args.out, kind=kind, split=args.split, n_frames=n_frames, size=args.size,
+                      tokenizer_path=args.vq_tokenizer, answers=answers, top_k=args.top_k, use_ray=not args.local,
+                      grid=grid, concurrency=args.concurrency, opts=storage_opts, skip_bad=args.skip_bad,
+                      progress=not args.quiet)
+    print(f"{manifest.split}: {args.out} ({manifest.num_rows} rows, {kind}, T={n_frames}; skipped "
+          f"{parsed.skipped} bad source rows and {manifest.meta['skipped']} unreadable files)")
 
 
 def cmd_data_features(args) -> None:
@@ -233,19 +321,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("import", parents=[quiet], help="convert a public dataset layout to shards")
-    p.add_argument("--format", required=True, choices=["mmsa", "food101", "huth", "fmri-plain", "recipe1m"],
+    p.add_argument("--format", required=True,
+                   choices=["mmsa", "food101", "huth", "fmri-plain", "recipe1m", *VIOLET_FORMATS],
                    help="mmsa: CMU-MOSI/MOSEI pickle; food101: UPMC-Food101 json + images; huth: OpenNeuro "
                         "ds003020 derivative/ (TextGrids, respdict.json, preprocessed_data); fmri-plain: "
                         "words.csv|parquet + stories.json + responses/<subject>/<story>.npy|hf5; recipe1m: "
                         "layer1.json + layer2.json + image tree -> raw ChefFusion shards at OUT/raw/<split> "
-                        "(then run `polymodal data features`)")
+                        "(then run `polymodal data features`). VIOLET, one dataset of --split at OUT, frames "
+                        "decoded, sampled and JPEG-packed: webvid: videoid,name CSV (pre-training, needs "
+                        "--vq-tokenizer); cc: caption<TAB>image path TSV (pre-training on T=1 images, needs "
+                        "--vq-tokenizer); msrvtt: JSON of video + caption (retrieval); mcqa: JSON Lines of video, "
+                        "question, options, answer index; oeqa: JSON Lines of video, question, answer text")
     p.add_argument("--source", required=True,
-                   help="the pickle file (mmsa) or dataset root folder (food101, huth, fmri-plain, recipe1m)")
-    p.add_argument("--images", help="recipe1m: root of the image tree (default SOURCE/images)")
+                   help="the pickle file (mmsa), dataset root folder (food101, huth, fmri-plain, recipe1m) or "
+                        "source file (webvid, cc, msrvtt, mcqa, oeqa)")
+    p.add_argument("--images", help="recipe1m: root of the image tree (default SOURCE/images); cc: the folder the "
+                                    "TSV's image paths are relative to (default: the TSV's folder)")
+    p.add_argument("--videos", metavar="FOLDER",
+                   help="webvid, msrvtt, mcqa, oeqa: the folder of <video id>.mp4|.avi|.mkv|.webm files (local or "
+                        "s3://); cc: same as --images")
     p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (fMRI)")
-    p.add_argument("--out", required=True, help="folder or s3:// URI for the splits")
+    p.add_argument("--out", required=True,
+                   help="folder or s3:// URI for the splits (VIOLET formats: for the one dataset of --split)")
     p.add_argument("--tokenizer", help="tokenizer path or hub id (food101)")
-    p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="log and skip malformed rows (VIOLET: also unreadable videos) instead of failing")
+    p.add_argument("--split", help="VIOLET formats (required): the split name written in the manifest, e.g. train")
+    p.add_argument("--frames", type=int, metavar="T",
+                   help="VIOLET: frames sampled per video, the middle of T equal segments (default 4 for webvid, "
+                        "5 for msrvtt, mcqa and oeqa, 1 for cc)")
+    p.add_argument("--size", type=int, default=224, help="VIOLET: frames are resized to SIZE x SIZE px (default 224)")
+    p.add_argument("--vq-tokenizer", metavar="PATH",
+                   help="webvid, cc: diffusers VQModel folder (save_pretrained) whose codes become the masked "
+                        "visual-token targets")
+    p.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"),
+                   help="webvid, cc: visual-token grid per frame (default SIZE/32 per side: the model's 32 px "
+                        "patch grid, 7 7 at 224 px)")
+    p.add_argument("--answers-from", metavar="TRAIN_URI",
+                   help="oeqa: reuse the answer vocabulary of this train dataset (required for splits other than "
+                        "train)")
+    p.add_argument("--top-k", type=int, default=1000,
+                   help="oeqa train: answer vocabulary size, the K most frequent answers (default 1000)")
+    p.add_argument("--local", action="store_true",
+                   help="VIOLET: decode in this process, without Ray (default: a Ray Data actor pool on the "
+                        "cluster at RAY_ADDRESS, or a local one)")
+    p.add_argument("--concurrency", type=int,
+                   help="VIOLET: actors in the pool (default: one per GPU for pre-training on GPUs, else one per "
+                        "two CPUs)")
     _add_config(p, required=False)
     p.set_defaults(func=cmd_data_import)
     p = dsub.add_parser("features", parents=[quiet],
