@@ -64,7 +64,7 @@ def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None 
     for cols in batches:
         batch = {k: v.to(dev) for k, v in task.collate(cols).items()}
         outputs.append(task.predict(model, batch))
-    merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    merged = task.finish_eval(model, {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]})
     if with_rows:
         return task.metrics(merged), task.prediction_rows(merged)
     return task.metrics(merged)

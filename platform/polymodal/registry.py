@@ -36,8 +36,8 @@ class Task(ABC):
     """What a system plugs into the spine.
 
     The train loop calls, per step: ``collate`` (arrow table -> tensors),
-    ``loss(model, batch)``; per evaluation: ``predict`` on every batch, then ``metrics`` on
-    the concatenated outputs of all workers.
+    ``loss(model, batch)``; per evaluation: ``predict`` on every batch, ``finish_eval`` on the
+    concatenated outputs of all workers, then ``metrics``.
     """
 
     #: registry key, ``<system>.<task>``, e.g. ``wander.classification``
@@ -69,9 +69,22 @@ class Task(ABC):
     def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
         """Per-row outputs (first axis = rows) that :meth:`metrics` needs, targets included."""
 
+    def finish_eval(self, model: nn.Module, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Whole-split outputs -> what :meth:`metrics` reads. Default: ``outputs`` unchanged.
+
+        For a metric that needs the model over the whole split rather than per batch, e.g. a
+        cross-encoder scoring every text of the split against every video. Called after every
+        worker's :meth:`predict` outputs are gathered, before :meth:`metrics` (and
+        :meth:`prediction_rows`), with the model in eval mode under ``torch.no_grad``. In a
+        multi-worker run every worker calls it with the same gathered ``outputs`` (so collective
+        ops such as ZeRO-3 parameter gathers line up); it must give every worker the same result.
+        """
+        return outputs
+
     def prediction_rows(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]] | None:
-        """Per-example predictions worth keeping (e.g. a benchmark's submission format), from
-        ``predict`` outputs; ``polymodal evaluate`` writes them as JSON lines. None: nothing."""
+        """Per-example predictions worth keeping (e.g. a benchmark's submission format), from the
+        outputs :meth:`finish_eval` returns (by default the ``predict`` outputs); ``polymodal
+        evaluate`` writes them as JSON lines. None: nothing."""
         return None
 
     @abstractmethod

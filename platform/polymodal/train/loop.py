@@ -189,11 +189,14 @@ def _gather(outputs: list[dict[str, np.ndarray]], world_size: int) -> dict[str, 
 @torch.no_grad()
 def evaluate_split(engine, task: Task, source: BatchSource, info: WorkerInfo,
                    float_dtype: torch.dtype) -> dict[str, float]:
-    """Run ``task.predict`` over this worker's share, gather every share, compute metrics."""
+    """Run ``task.predict`` over this worker's share, gather every share, let the task finish
+    them with the model (:meth:`~polymodal.registry.Task.finish_eval`), compute metrics."""
     engine.eval()
     outputs = [task.predict(engine, _to_device(b, info.device, float_dtype)) for b in source.epoch(0)]
-    engine.train()
     gathered = _gather(outputs, info.world_size)
+    if gathered:
+        gathered = task.finish_eval(engine, gathered)  # still in eval mode: it may run the model
+    engine.train()
     return task.metrics(gathered) if gathered else {}
 
 

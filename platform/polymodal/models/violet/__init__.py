@@ -1,8 +1,8 @@
 """VIOLET: end-to-end video-language transformer (Fu et al., 'VIOLET: End-to-End Video-Language
 Transformers with Masked Visual-token Modeling').
 
-Modules (the tasks ``violet.pretrain``, ``violet.oeqa`` and ``violet.mcqa`` register on import;
-retrieval is not written yet):
+Modules (the tasks ``violet.pretrain``, ``violet.retrieval``, ``violet.oeqa`` and ``violet.mcqa``
+register on import):
 
 * ``swin``: the Video Swin Transformer visual backbone, 3D shifted-window attention over
   T x H x W patches with learnable spatial + temporal position embeddings ``p_v = p_s + p_t``;
@@ -19,7 +19,9 @@ retrieval is not written yet):
   ``[v + p_v, CLS, w + p_x]`` through one BERT encoder, VTM (in-batch negatives), MLM and MVM heads,
   retrieval / multiple-choice / open-ended QA scoring;
 * ``task``: the spine hooks (collate of JPEG frames and text, BM+AM masking in the pre-training loss,
-  accuracies, synthetic splits, fine-tuning from a pre-trained export with ``model.init``).
+  the retrieval cross-encoder scored over the whole split, accuracies, synthetic splits, fine-tuning
+  from a pre-trained export with ``model.init``);
+* ``metrics``: text-to-video R@K, median and mean rank over a full N texts x V videos matrix.
 """
 
-from . import task  # noqa: F401,E402  (registers violet.pretrain, violet.oeqa and violet.mcqa)
+from . import task  # noqa: F401,E402  (registers violet.pretrain, violet.retrieval, violet.oeqa and violet.mcqa)

@@ -1,16 +1,25 @@
-"""VIOLET's tasks, plugged into the spine: pre-training, open-ended and multiple-choice video QA.
+"""VIOLET's tasks, plugged into the spine: pre-training, text-to-video retrieval, open-ended and
+multiple-choice video QA.
 
 * ``violet.pretrain`` minimises VTM + MLM + MVM (:meth:`.model.Violet.pretrain_losses`) with BM+AM
   masking: each sample is masked blockwise or by attention, 50/50 (:func:`build_masks`). Metrics
   (percent): ``vtm_acc`` over every positive pair and one in-batch negative per video (primary),
   ``mlm_acc`` over the masked text tokens and ``mvm_acc`` over the masked patches.
+* ``violet.retrieval``: the VTM head as a cross-encoder, fine-tuned on each positive pair plus one
+  in-batch negative per row whose text comes from another video (:func:`retrieval_negatives`).
+  Evaluation scores every text of the split against every distinct video of it (the full N x V
+  matrix, :meth:`RetrievalTask.finish_eval`); metrics (:func:`.metrics.retrieval_metrics`):
+  text-to-video ``r1`` (primary), ``r5``, ``r10`` in percent, ``medr`` and ``mean_rank``, ties
+  counted against the model. A pre-trained export as ``init`` retrieves zero-shot: its VTM head
+  carries over.
 * ``violet.oeqa``: cross-entropy over the answer vocabulary; rows whose answer is outside it
   (``answer == -1``) are left out of the loss but count as wrong in ``acc``.
 * ``violet.mcqa``: one VTM score per ``question [SEP] option`` pair, cross-entropy over the options.
 
 Collate has no model config, so it keeps frames as uint8 (B, T, S, S, 3) (the loop casts only
 floats) and texts as zero-padded UTF-8 bytes; the hooks below normalise and tokenize with the
-model's own tokenizer. A QA model starts from a pre-trained export when its config has ``init``.
+model's own tokenizer. A retrieval or QA model starts from a pre-trained export when its config has
+``init``.
 """
 
 from __future__ import annotations
@@ -303,6 +312,162 @@ class PretrainTask(_VioletTask):
         return out
 
 
+# ----------------------------------------------------------------------------- retrieval
+
+
+def retrieval_negatives(videos: list[str], texts: list[str], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One in-batch negative text per row, drawn uniformly among the rows that cannot describe its video.
+
+    A row's text is a fair negative for video i only when it belongs to another video *and* differs
+    from row i's own caption: two captions of one video (MSR-VTT has 20 per clip) or one caption
+    shared by two clips would otherwise teach the VTM head to reject a true match. A row with no
+    such partner (e.g. a batch that is all one video) gets no negative.
+
+    Parameters
+    ----------
+    videos, texts : B video ids and B captions, row by row
+    generator : the draws
+
+    Returns
+    -------
+    (rows, negatives), each (M,) long on the CPU, M <= B: video ``rows[m]`` is paired with the text
+    of row ``negatives[m]``.
+    """
+    if len(videos) != len(texts):
+        raise ValueError(f"{len(videos)} video ids but {len(texts)} texts; give one of each per row")
+    _, vid = np.unique(np.asarray(videos, dtype=str), return_inverse=True)
+    _, txt = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
+    allowed = torch.from_numpy((vid[:, None] != vid[None, :]) & (txt[:, None] != txt[None, :]))  # (B, B)
+    rows = allowed.any(1).nonzero().flatten()
+    if not len(rows):
+        return rows, rows.clone()
+    negatives = torch.multinomial(allowed[rows].float(), 1, generator=generator).flatten()
+    return rows, negatives
+
+
+@torch.no_grad()
+def cross_scores(net: nn.Module, video: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                 chunk: int = 64) -> Tensor:
+    """The match log-odds of every (text, video) pair, from already encoded videos.
+
+    :meth:`.model.Violet.retrieval_scores` without the video encoding: evaluation encodes each
+    video once in ``predict`` and scores the whole split here.
+
+    Parameters
+    ----------
+    net : a :class:`~.model.Violet`
+    video : (V, Nv, D) from ``net.encode_video``
+    input_ids, attention_mask : (N, L) texts
+    chunk : pairs per pass through BERT (memory)
+
+    Returns
+    -------
+    (N, V) float32 scores, text-major like ``retrieval_scores``.
+    """
+    N, V = input_ids.shape[0], video.shape[0]
+    out = torch.empty(N * V, dtype=torch.float32, device=video.device)
+    for start in range(0, N * V, chunk):
+        pair = torch.arange(start, min(start + chunk, N * V), device=video.device)
+        t, v = pair // V, pair % V
+        cls = net.fuse(video[v], input_ids[t], attention_mask[t])["cls"]  # (chunk, D)
+        out[start:start + len(pair)] = net.match_score(cls).float()
+    return out.view(N, V)
+
+
+class RetrievalTask(_VioletTask):
+    """Text-to-video retrieval with the VTM head as a cross-encoder (a match score per pair).
+
+    Training is binary VTM, as in pre-training: each row's (video, text) is a match, and the video
+    with one in-batch text of another video (:func:`retrieval_negatives`) is not. (The authors'
+    released code instead scores all B x B pairs of a batch and takes a softmax over them: B times
+    the passes through BERT per step.)
+
+    Evaluation needs every text against every video of the split, which no batch holds: ``predict``
+    keeps each row's encoded video tokens and padded text ids, and :meth:`finish_eval` scores the
+    gathered split, N texts x V distinct videos.
+    """
+
+    kind = "retrieval"
+    primary_metric = "r1"
+    #: (text, video) pairs per pass through BERT when scoring the full matrix
+    score_chunk: ClassVar[int] = 128
+
+    @classmethod
+    def preset_extra(cls, preset: str) -> dict[str, Any]:
+        return {"frames": FINETUNE_FRAMES}
+
+    def collate(self, columns: dict[str, np.ndarray]) -> Batch:
+        from polymodal.text import encode_texts
+
+        # video ids travel as bytes (batches hold tensors only); texts of one clip share its id
+        return {**_collate_common(columns),
+                "video_bytes": torch.from_numpy(encode_texts(columns["video"], max_bytes=256))}
+
+    def _inputs(self, net: nn.Module, batch: Batch) -> tuple[Tensor, list[str], Tensor, Tensor]:
+        frames = channels_first(batch["frames"])  # (B, T, 3, S, S) uint8
+        _check_frames(net, frames)
+        texts = _texts(batch)
+        ids, attn = tokenize(net, texts)
+        return frames, texts, ids, attn
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        from .model import vtm_loss
+
+        net = _net(model)
+        frames, texts, ids, attn = self._inputs(net, batch)
+        rows, negatives = retrieval_negatives(_texts(batch, "video_bytes"), texts, _step_generator())
+        B, device = frames.shape[0], ids.device
+        own = torch.arange(B, device=device)
+        videos = torch.cat([own, rows.to(device)])  # positives first, then the negatives
+        captions = torch.cat([own, negatives.to(device)])
+        labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(len(rows), dtype=torch.long)]).to(device)
+        video = net.encode_video(normalise_frames(frames, _dtype(net)))  # (B, Nv, D), each clip encoded once
+        logits = net.vtm_logits(net.fuse(video[videos], ids[captions], attn[captions])["cls"])  # (B + M, 2)
+        acc = _accuracy(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
+        return vtm_loss(logits, labels), {"batch_acc": acc, "negatives": float(len(rows))}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
+        """Per row: ``video`` (its id, str), ``video_tokens`` (Nv, D) float32 from
+        ``encode_video``, ``input_ids`` / ``attention_mask`` (max_text_tokens,) int64 (padded to
+        one length so batches concatenate)."""
+        net = _net(model)
+        frames, _, ids, attn = self._inputs(net, batch)
+        pad = net.cfg.max_text_tokens - ids.shape[1]
+        ids = F.pad(ids, (0, pad), value=net.tokenizer.pad_token_id or 0)
+        attn = F.pad(attn, (0, pad), value=0)
+        video = net.encode_video(normalise_frames(frames, _dtype(net)))  # (B, Nv, D)
+        return {"video": np.asarray(_texts(batch, "video_bytes"), dtype=str),
+                "video_tokens": video.float().cpu().numpy(),
+                "input_ids": ids.long().cpu().numpy(), "attention_mask": attn.long().cpu().numpy()}
+
+    @torch.no_grad()
+    def finish_eval(self, model: nn.Module, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score every text against every distinct video of the split.
+
+        Videos are told apart by id; the tokens of a video's first row stand for it (its other rows
+        decoded the same frames). Returns ``scores`` (N, V) float32, the match log-odds of text n
+        and video v, and ``target`` (N,) int64, the index of each text's video, ordered by id.
+        """
+        net = _net(model)
+        device, dtype = net.video_proj.weight.device, _dtype(net)
+        _, first, target = np.unique(outputs["video"], return_index=True, return_inverse=True)
+        video = torch.from_numpy(outputs["video_tokens"][first]).to(device, dtype)  # (V, Nv, D)
+        attn = torch.from_numpy(outputs["attention_mask"])
+        L = max(1, int(attn.sum(1).max()))  # drop the padding columns no text uses
+        ids = torch.from_numpy(outputs["input_ids"][:, :L]).to(device)
+        scores = cross_scores(net, video, ids, attn[:, :L].to(device), chunk=self.score_chunk)
+        return {"scores": scores.cpu().numpy(), "target": target.reshape(-1).astype(np.int64)}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        from .metrics import retrieval_metrics
+
+        if "scores" not in outputs:
+            raise ValueError(f"violet.retrieval metrics read finish_eval's scores, got the keys {sorted(outputs)}; "
+                             "call task.finish_eval(model, outputs) on the gathered predict outputs first")
+        return retrieval_metrics(outputs["scores"], outputs["target"])
+
+
 # ----------------------------------------------------------------------------- QA
 
 
@@ -433,14 +598,21 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
                     progress: bool = True) -> dict[str, str]:
     """``train`` / ``val`` / ``test`` datasets of ``kind`` at ``out_uri`` plus ``bert`` and ``vqgan``
     (``out_uri/backbones/...``), from :func:`~.importers.write_synthetic_videos` clips (64 px, the
-    tiny preset's size). Pre-training rows are captions; QA rows ask which way the shape moves.
+    tiny preset's size). Pre-training and retrieval rows are captions (retrieval: read back from the
+    MSR-VTT JSON, one caption per clip); QA rows ask which way the shape moves.
 
     Returns ``{train, val, test, bert, vqgan: uri}``.
     """
-    from .importers import read_mcqa, read_oeqa, read_webvid_csv, write_synthetic_videos
+    from .importers import read_mcqa, read_msrvtt_json, read_oeqa, read_webvid_csv, write_synthetic_videos
     from .ingest import ingest
     from .tokenizer import write_tiny_vqgan
 
+    # kind -> (reader, the source file of write_synthetic_videos it reads)
+    readers = {"pretrain": (read_webvid_csv, "webvid"), "retrieval": (read_msrvtt_json, "msrvtt"),
+               "oeqa": (read_oeqa, "oeqa"), "mcqa": (read_mcqa, "mcqa")}
+    if kind not in readers:
+        raise ValueError(f"no synthetic data for kind {kind!r}; use one of {', '.join(readers)}")
+    reader, source = readers[kind]
     counts = {split: max(4, round(n * scale)) for split, n in SYNTH_ROWS.items()}
     n_frames = PRETRAIN_FRAMES if kind == "pretrain" else FINETUNE_FRAMES
     uris = {split: st.join(out_uri, split) for split in counts}
@@ -449,10 +621,7 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
         bert, vqgan = write_tiny_bert(os.path.join(tmp, "bert"), seed=seed), os.path.join(tmp, "vqgan")
         write_tiny_vqgan(vqgan, seed=seed, codes=PRESETS["tiny"]()["visual_vocab"], factor=8)
         sources = write_synthetic_videos(os.path.join(tmp, "sources"), sum(counts.values()), seed=seed, size=64)
-        reader = {"pretrain": read_webvid_csv, "oeqa": read_oeqa, "mcqa": read_mcqa}.get(kind)
-        if reader is None:
-            raise ValueError(f"no synthetic data for kind {kind!r}; use one of pretrain, oeqa, mcqa")
-        records = reader(sources["webvid" if kind == "pretrain" else kind], sources["videos"]).records
+        records = reader(sources[source], sources["videos"]).records
         grid = PRESETS["tiny"]()["image_size"] // PRESETS["tiny"]()["patch_size"]
         answers, start = None, 0
         for split, n in counts.items():
@@ -467,5 +636,6 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
 
 
 register_task(PretrainTask())
+register_task(RetrievalTask())
 register_task(OpenEndedQATask())
 register_task(MultipleChoiceQATask())
