@@ -110,7 +110,9 @@ def test_encoder_sees_video_then_cls_then_text(bert_dir):
     x = frames()
     seq = encoder_input(model, x, ids, mask)
     Nv = T * 4
-    video = model.video_proj(model.video_encoder(x))
+    # the independent recipe for the video: LayerNorm(Linear(Swin grid) + p_s + p_t), flattened in (t, h, w) order
+    grid = model.video_proj(model.video_encoder(x))  # (B, T, H', W', D)
+    video = model.video_norm(grid + model.video_pos_spatial + model.video_pos_temporal[:, :T]).flatten(1, 3)
     words = model.embeddings.word_embeddings.weight
     emb = model.embeddings  # the independent recipe: LayerNorm(word + position + segment 0)
     expected_text = emb.LayerNorm(words[ids] + emb.position_embeddings.weight[:ids.shape[1]]
@@ -184,7 +186,7 @@ def test_video_encoder_ablations(bert_dir, encoder, tokens):
     if encoder == "mean":  # averaging over time forgets the order
         torch.testing.assert_close(shuffled["video"], out["video"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(shuffled["cls"], out["cls"], atol=1e-5, rtol=1e-5)
-    else:  # p_t (swin) or the frame embedding (concat) carry the order: frame k's tokens are not just moved
+    else:  # the cross-modal p_t (and the Swin's own for swin) carries the order: frame k's tokens are not just moved
         moved_back = torch.empty_like(shuffled["video"]).view(B, T, 4, -1)
         moved_back[:, order] = shuffled["video"].view(B, T, 4, -1)
         assert not torch.allclose(moved_back.flatten(1, 2), out["video"], atol=1e-4)

@@ -119,12 +119,12 @@ def combine_losses(losses: dict[str, Tensor], cfg: VioletConfig) -> Tensor:
 
 
 class VideoEncoder(nn.Module):
-    """Frames (B, T, 3, S, S) -> video tokens (B, Nv, swin_dim), in (t, h, w) order.
+    """Frames (B, T, 3, S, S) -> a grid of video tokens (B, T', H', W', swin_dim).
 
-    ``swin``: Nv = T * H' * W'. ``concat``: the same count, each frame encoded alone, plus a learnable
-    per-frame embedding added afterwards, so the cross-modal encoder can tell the frames apart while
-    the visual encoder models no time. ``mean``: Nv = H' * W', each frame encoded alone then averaged,
-    so the frame order cannot matter.
+    ``swin``: T' = T, the Video Swin over the whole clip. ``concat``: T' = T, each frame encoded
+    alone (the same Swin on a one-frame video, so no attention crosses frames); :class:`Violet`'s
+    temporal embedding is what tells the frames apart. ``mean``: T' = 1, each frame encoded alone
+    then averaged, so the frame order cannot matter.
     """
 
     def __init__(self, cfg: VioletConfig):
@@ -133,27 +133,22 @@ class VideoEncoder(nn.Module):
         self.swin = VideoSwin(cfg.swin_dim, cfg.swin_depth, cfg.swin_heads, image_size=cfg.image_size,
                               patch_size=cfg.patch_size, window=cfg.swin_window, max_frames=cfg.max_frames,
                               mlp_ratio=cfg.swin_mlp_ratio)
-        if self.mode == "concat":
-            self.frame_pos = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, 1, cfg.swin_dim))  # (1, T_max, 1, 1, C)
-            nn.init.trunc_normal_(self.frame_pos, std=0.02)
 
     def num_tokens(self, frames: int) -> int:
-        """Nv for a video of ``frames`` frames."""
+        """Nv = T' * H' * W' for a video of ``frames`` frames."""
         return self.grid ** 2 * (1 if self.mode == "mean" else frames)
 
     def forward(self, frames: Tensor) -> Tensor:
         if self.mode == "swin":
-            x = self.swin(frames)  # (B, T, H', W', C)
-        else:
-            if frames.ndim != 5 or not 1 <= frames.shape[1] <= self.max_frames:
-                raise ValueError(f"frames must be (B, T, 3, S, S) with 1 <= T <= max_frames={self.max_frames}, "
-                                 f"got shape {tuple(frames.shape)}")
-            B, T = frames.shape[:2]
-            # Each frame a one-frame video: no attention across frames, and every frame gets the same p_t.
-            x = self.swin(frames.reshape(B * T, 1, *frames.shape[2:]))  # (B*T, 1, H', W', C)
-            x = x.view(B, T, *x.shape[2:])  # (B, T, H', W', C)
-            x = x.mean(dim=1, keepdim=True) if self.mode == "mean" else x + self.frame_pos[:, :T]
-        return x.flatten(1, 3)  # (B, Nv, C)
+            return self.swin(frames)  # (B, T, H', W', C)
+        if frames.ndim != 5 or not 1 <= frames.shape[1] <= self.max_frames:
+            raise ValueError(f"frames must be (B, T, 3, S, S) with 1 <= T <= max_frames={self.max_frames}, "
+                             f"got shape {tuple(frames.shape)}")
+        B, T = frames.shape[:2]
+        # Each frame a one-frame video: no attention across frames, and every frame gets the same p_t.
+        x = self.swin(frames.reshape(B * T, 1, *frames.shape[2:]))  # (B*T, 1, H', W', C)
+        x = x.view(B, T, *x.shape[2:])  # (B, T, H', W', C)
+        return x.mean(dim=1, keepdim=True) if self.mode == "mean" else x
 
 
 # ----------------------------------------------------------------------------- model
@@ -195,12 +190,21 @@ class Violet(nn.Module):
         self.mlm_head = bert.cls  # BertOnlyMLMHead; decoder weight is embeddings.word_embeddings.weight
         self.video_encoder = VideoEncoder(cfg)
         self.video_proj = nn.Linear(cfg.swin_dim, width)
+        # p_v = p_s + p_t at the cross-modal encoder's input (Eq. 2), like p_x for the words: attention
+        # there is otherwise blind to where and when a video token is.
+        self.video_pos_spatial = nn.Parameter(torch.zeros(1, 1, cfg.grid, cfg.grid, width))  # (1, 1, H', W', D)
+        self.video_pos_temporal = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, 1, width))  # (1, T_max, 1, 1, D)
+        # and a LayerNorm, as BERT's text embeddings have: without one the projected video tokens start
+        # ~10x smaller than the words and the encoder is slow to look at them.
+        self.video_norm = nn.LayerNorm(width, eps=bert.config.layer_norm_eps)
         self.vtm_head = _mlp(width, 2)
         self.mvm_head = nn.Linear(width, cfg.visual_vocab)
         self.answer_head = _mlp(width, cfg.num_answers) if cfg.head == "oeqa" else None
         for module in (self.video_proj, self.vtm_head, self.mvm_head, self.answer_head):
             if module is not None:
                 module.apply(self._init_like_bert)
+        for pos in (self.video_pos_spatial, self.video_pos_temporal):
+            nn.init.normal_(pos, std=self.bert_config.initializer_range)
         self.train()  # from_pretrained leaves BERT in eval mode; start uniform, callers pick the mode
 
     def _init_like_bert(self, module: nn.Module) -> None:
@@ -220,8 +224,10 @@ class Violet(nn.Module):
     # -- trunk -----------------------------------------------------------------------------------------
 
     def encode_video(self, frames: Tensor) -> Tensor:
-        """Frames (B, T, 3, S, S) -> projected video tokens v + p_v, (B, Nv, D)."""
-        return self.video_proj(self.video_encoder(frames))
+        """Frames (B, T, 3, S, S) -> video tokens LayerNorm(v + p_v), (B, Nv, D) in (t, h, w) order."""
+        v = self.video_proj(self.video_encoder(frames))  # (B, T', H', W', D)
+        v = v + self.video_pos_spatial + self.video_pos_temporal[:, :v.shape[1]]
+        return self.video_norm(v).flatten(1, 3)
 
     def fuse(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor,
              output_attentions: bool = False) -> dict[str, Tensor]:

@@ -22,6 +22,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), 
 SHAPES = ("disc", "square", "triangle")
 #: direction -> (axis of motion: 1 = x / columns, 0 = y / rows, sign of motion along it)
 DIRECTIONS = {"left": (1, -1), "right": (1, 1), "up": (0, -1), "down": (0, 1)}
+#: default range of a path's length, as a share of the room along the axis of motion
+TRAVEL = (0.7, 0.95)
 
 
 def caption(colour: str, shape: str, direction: str) -> str:
@@ -49,16 +51,20 @@ def draw_frame(centre: tuple[float, float], colour: str, shape: str, size: int, 
 
 
 def sample_clip(rng: np.random.Generator, *, n_frames: int = 8, size: int = 64, colour: str | None = None,
-                shape: str | None = None, direction: str | None = None, noise: float = 12.0) -> dict[str, Any]:
+                shape: str | None = None, direction: str | None = None, noise: float = 12.0,
+                travel: tuple[float, float] = TRAVEL) -> dict[str, Any]:
     """One clip: ``frames`` (n_frames, size, size, 3) uint8 plus its ``colour``, ``shape``,
-    ``direction``, ``caption`` and the ``path`` (n_frames, 2) of centres (row, col)."""
+    ``direction``, ``caption`` and the ``path`` (n_frames, 2) of centres (row, col).
+
+    ``travel``: the range of the path's length, as a share of the room the shape has along its axis.
+    """
     colour = colour or str(rng.choice(list(COLOURS)))
     shape = shape or str(rng.choice(SHAPES))
     direction = direction or str(rng.choice(list(DIRECTIONS)))
     radius = size * rng.uniform(0.1, 0.14)
     margin = radius + 1
     # a segment along the motion axis, drawn independently of the direction (see the module doc)
-    length = rng.uniform(0.35, 0.6) * (size - 2 * margin)
+    length = rng.uniform(*travel) * (size - 2 * margin)
     a = rng.uniform(margin, size - margin - length)
     along = np.linspace(a, a + length, n_frames)
     axis, sign = DIRECTIONS[direction]
