@@ -115,7 +115,7 @@ def test_negatives_never_describe_the_rows_own_video():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("violet-retrieval")
-    return get_task("violet.retrieval").synth(str(root / "retrieval"), seed=0, scale=0.125, progress=False)
+    return get_task("violet.retrieval").synth(str(root / "retrieval"), seed=0, scale=1 / 64, progress=False)
 
 
 def config(uris: dict[str, str], yaml: str = "violet_tiny_retrieval.yaml", *overrides: str):

@@ -51,8 +51,8 @@ def _export(root: Path, yaml: str, uris: dict[str, str], *overrides: str, seed: 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("violet-serve")
-    ret = get_task("violet.retrieval").synth(str(root / "retrieval"), seed=0, scale=0.125, progress=False)
-    qa = get_task("violet.oeqa").synth(str(root / "oeqa"), seed=1, scale=0.125, progress=False)
+    ret = get_task("violet.retrieval").synth(str(root / "retrieval"), seed=0, scale=1 / 64, progress=False)
+    qa = get_task("violet.oeqa").synth(str(root / "oeqa"), seed=1, scale=1 / 64, progress=False)
     return {"retrieval_index": ret["train"], "qa_index": qa["test"],
             "retrieval": _export(root / "ckpt-retrieval", "violet_tiny_retrieval.yaml", ret),
             "pretrain": _export(root / "ckpt-pretrain", "violet_tiny_pretrain.yaml", ret, seed=1),

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, dict[str, str]]:
     root = tmp_path_factory.mktemp("violet-synth")
-    return {kind: get_task(f"violet.{kind}").synth(str(root / kind), seed=0, scale=0.125, progress=False)
+    return {kind: get_task(f"violet.{kind}").synth(str(root / kind), seed=0, scale=1 / 64, progress=False)
             for kind in ("pretrain", "oeqa", "mcqa")}
 
 

@@ -4,7 +4,8 @@ multiple-choice video QA.
 * ``violet.pretrain`` minimises VTM + MLM + MVM (:meth:`.model.Violet.pretrain_losses`) with BM+AM
   masking: each sample is masked blockwise or by attention, 50/50 (:func:`build_masks`). Metrics
   (percent): ``vtm_acc`` over every positive pair and one in-batch negative per video (primary),
-  ``mlm_acc`` over the masked text tokens and ``mvm_acc`` over the masked patches.
+  ``mlm_acc`` over the masked text tokens and ``mvm_acc`` over the masked patches (each only while
+  its objective is switched on).
 * ``violet.retrieval``: the VTM head as a cross-encoder, fine-tuned on each positive pair plus one
   in-batch negative per row whose text comes from another video (:func:`retrieval_negatives`).
   Evaluation scores every text of the split against every distinct video of it (the full N x V
@@ -45,7 +46,7 @@ from .data import FINETUNE_FRAMES, PRETRAIN_FRAMES, TASKS, frames_of, options_of
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
 #: synthetic rows per split at ``scale=1``
-SYNTH_ROWS = {"train": 128, "val": 32, "test": 32}
+SYNTH_ROWS = {"train": 1024, "val": 256, "test": 256}
 #: eval masks and VTM negatives come from this seed, so val metrics of two epochs are comparable
 EVAL_SEED = 1234
 
@@ -301,7 +302,8 @@ class PretrainTask(_VioletTask):
     def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
         """Per row: ``vtm_pos`` / ``vtm_neg`` (1 where the VTM head calls the true pair a match and the
         pair with another row's text a non-match; NaN for a one-row batch, which has no negative),
-        ``mlm_hit`` / ``mlm_n`` and ``mvm_hit`` / ``mvm_n`` (correct and total masked items)."""
+        ``mlm_hit`` / ``mlm_n`` and ``mvm_hit`` / ``mvm_n`` (correct and total masked items) for the
+        switched-on objectives."""
         from .model import derangement
 
         net = _net(model)
@@ -317,8 +319,10 @@ class PretrainTask(_VioletTask):
             neg = (net.vtm_logits(net.fuse(video, ids[d], attn[d])["cls"]).argmax(-1) == 0).float().cpu()
         out = net(normalise_frames(m["masked_frames"], dtype), m["masked_ids"], attn)
         rows = {"vtm_pos": pos.float().cpu().numpy(), "vtm_neg": neg.numpy()}
-        for name, logits, labels in (("mlm", net.mlm_logits(out["text"]), m["mlm_labels"]),
-                                     ("mvm", net.mvm_logits(out["video"]), m["mvm_labels"].flatten(1))):
+        heads = [("mlm", net.cfg.use_mlm, net.mlm_logits, out["text"], m["mlm_labels"]),
+                 ("mvm", net.cfg.use_mvm, net.mvm_logits, out["video"], m["mvm_labels"].flatten(1))]
+        for name, _, head, states, labels in (h for h in heads if h[1]):  # a switched-off head is untrained
+            logits = head(states)
             chosen = labels != masking.IGNORE
             rows[f"{name}_hit"] = ((logits.argmax(-1) == labels) & chosen).sum(1).cpu().numpy()
             rows[f"{name}_n"] = chosen.sum(1).cpu().numpy()
@@ -329,6 +333,8 @@ class PretrainTask(_VioletTask):
         pairs = pairs[~np.isnan(pairs)]
         out = {"vtm_acc": float(100.0 * pairs.mean()) if len(pairs) else float("nan")}
         for name in ("mlm", "mvm"):
+            if f"{name}_n" not in outputs:  # objective switched off
+                continue
             n = int(outputs[f"{name}_n"].sum())
             out[f"{name}_acc"] = float(100.0 * outputs[f"{name}_hit"].sum() / n) if n else float("nan")
         return out
