@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-# the learning runs that take minutes (LLaViLo and ChefFusion through Ray Train + DeepSpeed, their Tune sweeps)
+# the learning runs that take minutes (LLaViLo, ChefFusion and VIOLET through Ray Train + DeepSpeed, their Tune sweeps)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu" -q
 

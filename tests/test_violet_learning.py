@@ -79,3 +79,20 @@ def test_pretrained_then_finetuned_violet_answers_direction_and_mean_pooling_can
     assert scores["swin"]["test"] >= 60.0 and scores["swin"]["val"] >= 60.0
     assert scores["mean"]["test"] <= 58.0  # 256 test rows: 50 % plus two standard errors, and some
     assert scores["swin"]["test"] >= scores["mean"]["test"] + 15.0
+
+
+def test_violet_sweep_ranks_trials_by_val_vtm_accuracy(ray_cluster, violet_data, s3_bucket_uri):
+    """tune_spaces/violet.yaml: 2 trials x 2 short epochs of pre-training through Ray Tune + Train,
+    ASHA on val VTM accuracy; the best config is a valid experiment."""
+    from polymodal.tune import load_space, run_sweep
+
+    cfg = violet_config("violet_tiny_pretrain.yaml", violet_data["pretrain"], f"{s3_bucket_uri}/runs", "sweep",
+                        "optim.epochs=2", "optim.max_steps_per_epoch=4")
+    space = load_space(str(ROOT / "tune_spaces" / "violet.yaml"), cfg)
+    space = space.model_copy(update={"name": "violet-test", "num_samples": 2, "max_concurrent_trials": 1})
+    out = run_sweep(cfg, space, progress=False)
+    assert out.complete and out.metric == "val_vtm_acc" and len(out.trials) == 2, out.trials
+    best = load_config(out.best_config)
+    assert best.task == "violet.pretrain" and best.model.swin_depth == out.best_values["model.swin_depth"]
+    assert best.optim.lr == pytest.approx(out.best_values["optim.lr"])
+    assert out.best_metric == max(r["val_vtm_acc_best"] for r in out.trials)
