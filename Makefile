@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/llavilo_step.py --size small --top-n 4
 	$(BIN)/python bench/sd_generate.py --size tiny
 	$(BIN)/python bench/violet_ingest.py
+	$(BIN)/python bench/violet_step.py --size small
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache
