@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from polymodal.models.fmri.mlm import train_tokenizer
 from polymodal.models.violet import masking
 from polymodal.models.violet.config import PRESETS, VioletConfig, tiny
-from polymodal.models.violet.model import (Violet, combine_losses, derangement, mlm_loss, mvm_loss, vtm_loss,
-                                           vtm_pairs)
+from polymodal.models.violet.model import (Violet, combine_losses, derangement, masked_head_loss, mlm_loss, mvm_loss,
+                                           vtm_loss, vtm_pairs)
 
 CAPTIONS = ["a red square moves left", "a blue circle moves right", "the green triangle goes up",
             "a yellow star falls down slowly", "two shapes cross the frame", "nothing moves at all"]
@@ -294,6 +294,17 @@ def test_pretrain_losses_need_their_labels(bert_dir):
     out = model.pretrain_losses(**batch, generator=torch.Generator().manual_seed(0))
     assert set(out) == {"vtm", "mlm", "loss"}
     torch.testing.assert_close(out["loss"], out["vtm"] + out["mlm"])
+
+
+def test_pretrain_heads_run_only_on_masked_positions_yet_equal_the_full_losses(bert_dir):
+    model = make(bert_dir).eval()
+    batch = masked_batch(model)
+    out = model.pretrain_losses(**batch, generator=torch.Generator().manual_seed(0))
+    states = model(batch["masked_frames"], batch["masked_ids"], batch["attention_mask"])
+    torch.testing.assert_close(out["mlm"], mlm_loss(model.mlm_logits(states["text"]), batch["mlm_labels"]))
+    torch.testing.assert_close(out["mvm"], mvm_loss(model.mvm_logits(states["video"]), batch["mvm_labels"]))
+    nothing = torch.full_like(batch["mlm_labels"], masking.IGNORE)
+    assert masked_head_loss(model.mlm_head, states["text"], nothing, "mlm").item() == 0.0
 
 
 def test_gradients_reach_every_part_and_steps_lower_the_loss(bert_dir):

@@ -40,7 +40,7 @@ from polymodal.models.violet.masking import IGNORE
 from polymodal.models.violet.swin import VideoSwin
 
 __all__ = ["VideoEncoder", "Violet", "derangement", "vtm_pairs", "vtm_loss", "mlm_loss", "mvm_loss",
-           "combine_losses"]
+           "masked_head_loss", "combine_losses"]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -102,6 +102,22 @@ def mvm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     gives; flattened in (t, h, w) order, the order of the video tokens), the code at masked patches,
     -100 elsewhere."""
     return _masked_ce(logits, labels.flatten(1), "mvm_loss")
+
+
+def masked_head_loss(head: nn.Module, states: Tensor, labels: Tensor, name: str) -> Tensor:
+    """:func:`mlm_loss` / :func:`mvm_loss` of ``head(states)`` with the head run only where a label is.
+
+    states (B, N, D), labels (B, N) (:data:`IGNORE` where nothing is predicted). Equal to the mean
+    cross-entropy over the labelled positions of the full logits, without computing the ~85 % of
+    (B, N, classes) logits that carry no label (the 8192-way MVM head over every patch costs half a
+    small BERT).
+    """
+    if states.shape[:-1] != labels.shape:
+        raise ValueError(f"{name}: states {tuple(states.shape)} do not match labels {tuple(labels.shape)}")
+    chosen = labels != IGNORE
+    if not bool(chosen.any()):
+        return states.sum() * 0.0  # nothing masked: keep the graph, as _masked_ce does
+    return F.cross_entropy(head(states[chosen]).float(), labels[chosen])
 
 
 def combine_losses(losses: dict[str, Tensor], cfg: VioletConfig) -> Tensor:
@@ -365,9 +381,9 @@ class Violet(nn.Module):
             out = self(frames if masked_frames is None else masked_frames,
                        input_ids if masked_ids is None else masked_ids, attention_mask)
             if cfg.use_mlm:
-                losses["mlm"] = mlm_loss(self.mlm_logits(out["text"]), mlm_labels)
+                losses["mlm"] = masked_head_loss(self.mlm_head, out["text"], mlm_labels, "mlm")
             if cfg.use_mvm:
-                losses["mvm"] = mvm_loss(self.mvm_logits(out["video"]), mvm_labels)
+                losses["mvm"] = masked_head_loss(self.mvm_head, out["video"], mvm_labels.flatten(1), "mvm")
         losses["loss"] = combine_losses(losses, cfg)
         return losses
 
