@@ -16,10 +16,12 @@ wrong types and impossible values are all reported at once, each with its dotted
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from polymodal.errors import ConfigError
 
@@ -30,14 +32,36 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: pydantic error type whose input must never be echoed back: it holds a credential
+_CREDENTIALS_IN_URL = "credentials_in_url"
+_URL_AUTHORITY = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://)?([^/?#]*)")
+
+
 class StorageOptions(StrictModel):
     """How ``s3://`` URIs are reached. Credentials come from the standard AWS chain
-    (env vars, shared files, instance roles) or, for the embedded server, from env."""
+    (env vars, shared files, instance roles) or, for the embedded server, from env.
+
+    No field holds a secret: this section is written in clear into every run's
+    ``config.yaml``, and unknown keys (``aws_secret_access_key``, ...) are errors."""
+
+    # a rejected endpoint_url may hold a password: keep it out of ValidationError messages
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
     region: str | None = None
     profile: str | None = Field(None, description="AWS shared-config profile name")
     anon: bool = False
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        # user:password@host would be copied into every exported config.yaml and error message
+        if url is not None and "@" in _URL_AUTHORITY.match(url).group(1):
+            raise PydanticCustomError(
+                _CREDENTIALS_IN_URL,
+                "must not hold credentials (user:password@host); give the host only and set "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile in the environment")
+        return url
 
 
 class DataConfig(StrictModel):
@@ -164,11 +188,23 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return raw
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Return a copy of ``raw`` with every ``dotted.key=value`` applied."""
-    out = copy.deepcopy(raw)
+def _apply_each(raw: dict[str, Any], overrides: list[str] | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """A copy of ``raw`` with every well-formed override applied, and the errors of the others."""
+    out, errors = copy.deepcopy(raw), []
     for item in overrides or []:
-        set_dotted(out, *parse_override(item))
+        try:
+            set_dotted(out, *parse_override(item))
+        except ConfigError as exc:
+            errors += exc.errors
+    return out, errors
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with every ``dotted.key=value`` applied; one
+    :class:`ConfigError` lists every malformed override."""
+    out, errors = _apply_each(raw, overrides)
+    if errors:
+        raise ConfigError(errors)
     return out
 
 
@@ -183,7 +219,8 @@ def _errors_from(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see `polymodal train --help` for the schema)"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        elif "input" in err and err["type"] not in ("missing", _CREDENTIALS_IN_URL) \
+                and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
         out.append((path, msg))
     return out
@@ -248,5 +285,17 @@ def read_yaml(source: str, what: str = "config", storage: StorageOptions | None 
 
 def load_config(source: str, overrides: list[str] | None = None,
                 storage: StorageOptions | None = None) -> ExperimentConfig:
-    """Read a YAML config from a path or URI (``s3://`` too), apply overrides, validate."""
-    return validate_config(apply_overrides(read_yaml(source, "config", storage), overrides), source)
+    """Read a YAML config from a path or URI (``s3://`` too), apply overrides, validate.
+
+    One :class:`ConfigError` lists malformed overrides and every validation error together."""
+    raw = read_yaml(source, "config", storage)
+    if not isinstance(raw, dict):
+        return validate_config(raw, source)  # raises: a config must be a mapping
+    merged, errors = _apply_each(raw, overrides)
+    try:
+        cfg = validate_config(merged, source)
+    except ConfigError as exc:
+        raise ConfigError(errors + exc.errors, source) from None
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
