@@ -1,4 +1,4 @@
-"""`make demo`: the Wander pipeline and a small fMRI encoding run, on embedded defaults.
+"""`make demo`: the Wander pipeline, then small fMRI, LLaViLo, ChefFusion and VIOLET runs, on embedded defaults.
 
 Embedded S3 (moto on 127.0.0.1) -> synthetic shards with a planted cross-modal signal ->
 2-worker Ray Train with DeepSpeed ZeRO-2 on CPU -> evaluation -> Markdown report + PNG curve ->
@@ -22,6 +22,14 @@ Ray Train + DeepSpeed (jobs/configs/cheffusion_tiny.yaml) -> BLEU / ROUGE-2 / CL
 and the validation losses before and after -> a report with a grid of generated images -> the
 model behind Ray Serve (serve/cheffusion.yaml): a recipe in, a PNG out; an image in, a recipe out.
 
+Then VIOLET: synthetic moving shapes asked "which way does the <colour> <shape> move?" (four
+answers, chance 25 %) -> tiny VIOLET trained from scratch through Ray Train + DeepSpeed
+(jobs/configs/violet_tiny_qa.yaml; the slow test pre-trains first, the demo does not) -> test
+accuracy -> the `violet-qa` application of serve/violet.yaml, asked about one test video by `vid`.
+
+Every deployment goes up on a free port behind the demo's bearer token and comes down
+(serve.shutdown) before the next part starts.
+
 The S3 server lives only as long as this script, so run folders and sweep results are copied
 to ``demo_out/``.
 """
@@ -34,7 +42,9 @@ import secrets
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -44,6 +54,41 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def _deployed(config: str, app: str, **args: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """Deploy application ``app`` of ``serve/<config>`` with ``args`` overriding its serve args, on a
+    free port; yield its URL and the bearer-token header; shut Serve down on the way out, always.
+
+    ``deploy`` starts every application of its file, so the file is copied with ``app`` alone:
+    serve/violet.yaml also holds a retrieval app whose checkpoint the demo never trains.
+    """
+    import tempfile
+
+    import yaml
+    from ray import serve
+
+    from polymodal.config import read_yaml
+    from polymodal.serving.deploy import deploy
+
+    raw = read_yaml(str(ROOT / "serve" / config), "serve config")
+    names = [spec["name"] for spec in raw["applications"]]
+    if app not in names:
+        raise ValueError(f"serve/{config} has no application {app!r}; it has {names}")
+    raw["applications"] = [spec for spec in raw["applications"] if spec["name"] == app]
+    port = _free_port()
+    overrides = [f"{app}.args.{key}={value}" for key, value in args.items()] + [f"http_options.port={port}"]
+    print(f"[demo]   serve: deploying {app} of serve/{config} on 127.0.0.1:{port}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="polymodal-demo-serve-") as tmp:
+        path = Path(tmp) / config
+        path.write_text(yaml.safe_dump(raw))
+        try:
+            (url,) = deploy(str(path), overrides)
+            # the replicas read the same token from the environment they inherited from this process
+            yield url, {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
+        finally:
+            serve.shutdown()
 
 
 def _sweep(cfg, samples: int, out: Path) -> Path:
@@ -69,20 +114,13 @@ def _sweep(cfg, samples: int, out: Path) -> Path:
 def _serve(cfg, test_uri: str) -> None:
     """Deploy serve/config.yaml with the demo run, send one test example over HTTP, shut down."""
     import httpx
-    from ray import serve
 
-    from polymodal.serving.deploy import deploy
     from polymodal.shards import iter_local_batches
 
-    port = _free_port()
-    print(f"[demo] serve: deploying serve/config.yaml on 127.0.0.1:{port}", flush=True)
-    (url,) = deploy(str(ROOT / "serve" / "config.yaml"),
-                    [f"wander.args.checkpoint={cfg.run_uri}", f"http_options.port={port}"])
-    try:
+    with _deployed("config.yaml", "wander", checkpoint=cfg.run_uri) as (url, headers):
         row = next(iter_local_batches(test_uri, 1, shuffle=False, opts=cfg.storage))
         label = int(row.pop("label")[0])
         body = {"inputs": {name: values[0].tolist() for name, values in row.items()}}
-        headers = {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
         reply = httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=60)
         reply.raise_for_status()
         out = reply.json()
@@ -91,8 +129,6 @@ def _serve(cfg, test_uri: str) -> None:
               f"{reply.status_code}: label {out['label']}, probabilities [{probs}]", flush=True)
         anonymous = httpx.post(f"{url}/v1/predict", json=body, timeout=60)
         print(f"[demo] the same request without the bearer token -> {anonymous.status_code}", flush=True)
-    finally:
-        serve.shutdown()
 
 
 def _fmri(out: Path, serve_it: bool) -> Path:
@@ -136,18 +172,11 @@ def _fmri(out: Path, serve_it: bool) -> Path:
     print(f"[demo]   report: {report} (copied to {local / 'report' / 'report.md'})", flush=True)
     if serve_it:
         import httpx
-        from ray import serve
 
-        from polymodal.serving.deploy import deploy
-
-        port = _free_port()
-        (url,) = deploy(str(ROOT / "serve" / "fmri.yaml"),
-                        [f"fmri.args.checkpoint={runs['glove'].run_uri}", f"http_options.port={port}"])
-        try:
+        with _deployed("fmri.yaml", "fmri", checkpoint=runs["glove"].run_uri) as (url, headers):
             story = truth.stories["story00"]
             words = [{"word": w, "start": round(a, 3), "end": round(b, 3)}
                      for w, a, b in zip(story.words[:200], story.starts, story.ends)]
-            headers = {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
             reply = httpx.post(f"{url}/v1/predict", json={"subject": "S01", "words": words, "top_k": 3},
                                headers=headers, timeout=60)
             reply.raise_for_status()
@@ -156,8 +185,6 @@ def _fmri(out: Path, serve_it: bool) -> Path:
                   f"best voxels {body['voxels']} (held-out r {np.round(body['test_r'], 3).tolist()})", flush=True)
             bad = httpx.post(f"{url}/v1/predict", json={"subject": "S09", "words": words}, headers=headers, timeout=60)
             print(f"[demo]   unknown subject -> {bad.status_code}: {json.loads(bad.text)['detail']}", flush=True)
-        finally:
-            serve.shutdown()
     return local
 
 
@@ -188,16 +215,8 @@ def _llavilo(out: Path, serve_it: bool) -> Path:
     storage.download_dir(cfg.run_uri, str(local), cfg.storage)
     if serve_it:
         import httpx
-        from ray import serve
 
-        from polymodal.serving.deploy import deploy
-
-        port = _free_port()
-        (url,) = deploy(str(ROOT / "serve" / "llavilo.yaml"),
-                        [f"llavilo.args.checkpoint={cfg.run_uri}", f"llavilo.args.index={cfg.data.test}",
-                         f"http_options.port={port}"])
-        try:
-            headers = {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
+        with _deployed("llavilo.yaml", "llavilo", checkpoint=cfg.run_uri, index=cfg.data.test) as (url, headers):
             text = rows["text"][0][rows["text_mask"][0]].round(5).tolist()
             body = {"query": str(rows["query"][0]), "text": text, "vid": str(rows["vid"][0]), "top_k": 3}
             reply = httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=60)
@@ -207,8 +226,6 @@ def _llavilo(out: Path, serve_it: bool) -> Path:
                   f"{reply.json()['pred_relevant_windows']} (ground truth {truth})", flush=True)
             bad = httpx.post(f"{url}/v1/predict", json={**body, "text": [[0.0] * 7]}, headers=headers, timeout=60)
             print(f"[demo]   wrong feature width -> {bad.status_code}: {bad.json()['detail']}", flush=True)
-        finally:
-            serve.shutdown()
     return local
 
 
@@ -243,15 +260,8 @@ def _cheffusion(out: Path, serve_it: bool) -> Path:
     storage.download_dir(cfg.run_uri, str(local), cfg.storage)
     if serve_it:
         import httpx
-        from ray import serve
 
-        from polymodal.serving.deploy import deploy
-
-        port = _free_port()
-        (url,) = deploy(str(ROOT / "serve" / "cheffusion.yaml"),
-                        [f"cheffusion.args.checkpoint={cfg.run_uri}", f"http_options.port={port}"])
-        try:
-            headers = {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
+        with _deployed("cheffusion.yaml", "cheffusion", checkpoint=cfg.run_uri) as (url, headers):
             row = next(shards.iter_local_batches(cfg.data.test, 1, shuffle=False, opts=cfg.storage))
             reply = httpx.post(f"{url}/v1/predict", json={"recipe": str(row["recipe"][0])},
                                headers={**headers, "accept": "image/png"}, timeout=120)
@@ -267,8 +277,50 @@ def _cheffusion(out: Path, serve_it: bool) -> Path:
             bad = httpx.post(f"{url}/v1/predict", json={"image": base64.b64encode(b"not an image").decode()},
                              headers=headers, timeout=60)
             print(f"[demo]   an undecodable image -> {bad.status_code}: {bad.json()['detail']}", flush=True)
-        finally:
-            serve.shutdown()
+    return local
+
+
+def _violet(out: Path, serve_it: bool) -> Path:
+    """Train, evaluate and serve a tiny VIOLET answering which way a synthetic shape moves.
+
+    Trained from scratch: pre-training first (VTM + MLM + MVM) is the slow test's job
+    (tests/test_violet_learning.py) and would double the time of this part.
+    """
+    from polymodal import shards, storage
+    from polymodal.config import load_config
+    from polymodal.evaluate import evaluate_run
+    from polymodal.registry import get_task
+    from polymodal.report import write_report
+    from polymodal.train.loop import fit
+
+    cfg = load_config(str(HERE / "configs" / "violet_tiny_qa.yaml"))
+    task = get_task(cfg.task)
+    print("[demo] violet: 1024/256/256 synthetic clips of a moving shape, 'which way does it move?' "
+          "(no pre-training in the demo)", flush=True)
+    task.synth("s3://polymodal/demo/violet/oeqa", seed=cfg.seed, progress=False)
+    fit(cfg, progress=False)
+    result, _ = evaluate_run(cfg, "test", progress=False)
+    print(f"[demo]   test accuracy {result['metrics']['acc']:.1f} % (chance 25 %; a model blind to frame order "
+          "tops out at 50 %)", flush=True)
+    write_report(cfg)
+    local = out / cfg.name
+    storage.download_dir(cfg.run_uri, str(local), cfg.storage)
+    if serve_it:
+        import httpx
+
+        # the index is the test split: requests name its videos by `vid`, and its manifest holds the
+        # answer vocabulary, which the checkpoint does not carry
+        with _deployed("violet.yaml", "violet-qa", checkpoint=cfg.run_uri, index=cfg.data.test) as (url, headers):
+            row = next(shards.iter_local_batches(cfg.data.test, 1, shuffle=False, opts=cfg.storage))
+            body = {"question": str(row["text"][0]), "vid": str(row["video"][0])}
+            reply = httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=120)
+            reply.raise_for_status()
+            answer = reply.json()
+            print(f"[demo]   POST {url}/v1/predict ({body['question']!r}, vid {body['vid']}) -> "
+                  f"{reply.status_code}: {answer['answer']!r} with prob {answer['prob']:.2f} "
+                  f"(true direction {str(row['answer_text'][0])!r})", flush=True)
+            bad = httpx.post(f"{url}/v1/predict", json={**body, "vid": "no-such-video"}, headers=headers, timeout=60)
+            print(f"[demo]   unknown vid -> {bad.status_code}: {bad.json()['detail']}", flush=True)
     return local
 
 
@@ -283,6 +335,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-fmri", action="store_true", help="skip the fMRI encoding-model part")
     parser.add_argument("--no-llavilo", action="store_true", help="skip the LLaViLo moment-retrieval part")
     parser.add_argument("--no-cheffusion", action="store_true", help="skip the ChefFusion recipe/image part")
+    parser.add_argument("--no-violet", action="store_true", help="skip the VIOLET video QA part")
     args = parser.parse_args(argv)
 
     from polymodal import storage
@@ -327,6 +380,7 @@ def main(argv=None) -> int:
         fmri = None if args.no_fmri else _fmri(out.parent, serve_it=not args.no_serve)
         llavilo = None if args.no_llavilo else _llavilo(out.parent, serve_it=not args.no_serve)
         chef = None if args.no_cheffusion else _cheffusion(out.parent, serve_it=not args.no_serve)
+        violet = None if args.no_violet else _violet(out.parent, serve_it=not args.no_serve)
         ray.shutdown()
     print(f"\n[demo] done in {time.time() - t0:.0f} s. Everything went to {cfg.run_uri} (embedded S3), copied to:")
     print(f"  report:      {out / 'report' / 'report.md'}")
@@ -342,6 +396,8 @@ def main(argv=None) -> int:
         print(f"  LLaViLo:     {llavilo / 'report' / 'report.md'}  (evaluation: {llavilo / 'eval'})")
     if chef is not None:
         print(f"  ChefFusion:  {chef / 'report' / 'report.md'}  (image grid: {chef / 'report' / 'generations.png'})")
+    if violet is not None:
+        print(f"  VIOLET:      {violet / 'report' / 'report.md'}  (evaluation: {violet / 'eval'})")
     return 0
 
 
