@@ -31,6 +31,7 @@ import torch
 
 from polymodal import shards, storage
 from polymodal.config import ExperimentConfig, validate_config
+from polymodal.errors import PolymodalError
 from polymodal.registry import Task, get_task
 from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, trainable_state,
                                         write_export)
@@ -96,6 +97,7 @@ class RayReporter:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return contextlib.nullcontext(None)
+        _check_checkpoint_keys(ckpt.filesystem, ckpt.path)
         return _as_path(ckpt.as_directory())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
@@ -105,6 +107,51 @@ class RayReporter:
 
 
 @contextlib.contextmanager
+def _check_checkpoint_keys(fs, root: str) -> None:
+    """Refuse a checkpoint whose object keys step out of it: Ray's download (pyarrow ``copy_files``)
+    writes ``ckpt/../../x`` outside the download folder. :func:`polymodal.storage.download_dir`
+    refuses such keys too; this covers Ray Train's restore, which does not go through it."""
+    import pyarrow.fs
+
+    prefix = root.rstrip("/") + "/"
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        rel = info.path[len(prefix):] if info.path.startswith(prefix) else info.path
+        if ".." in rel.replace("\\", "/").split("/"):
+            raise PolymodalError(f"checkpoint {root} holds the object {info.path!r}, whose '..' would be written "
+                                 "outside the restore folder; refusing to restore from it")
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside is ``weights_only`` (no pickled code runs), DeepSpeed's included.
+
+    DeepSpeed 0.19 reads its model and optimizer state with ``torch.load(weights_only=False)``, so a
+    resume from a shared bucket would run whatever a writer to that prefix pickled into them. Torch
+    honours ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` per call; the few DeepSpeed classes a ZeRO checkpoint
+    holds are allowed by name.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    allowed = [LossScaler, ZeroStageEnum]
+    try:
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed.append(fragment_address)
+    except ImportError:  # older DeepSpeed: not in its checkpoints either
+        pass
+    torch.serialization.add_safe_globals(allowed)
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
 def _as_path(cm):
     with cm as d:
         yield Path(d)
@@ -242,7 +289,8 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     with reporter.restore() as ckpt:
         if ckpt is not None:
             state = json.loads((ckpt / STATE_FILE).read_text())
-            engine.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_module_strict=False)
+            with weights_only_loads():
+                engine.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_module_strict=False)
             start_epoch, micro_step = state["epoch"] + 1, state["micro_step"]
             if info.rank == 0:
                 print(f"[polymodal] resumed from epoch {state['epoch']} (step {engine.global_steps})", flush=True)
