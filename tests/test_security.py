@@ -407,9 +407,6 @@ def test_dataset_files_cannot_point_outside_their_roots(tmp_path):
                             str(tmp_path / "out"), progress=False)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Food101 records may name any image path: platform/polymodal/models/wander/importers.py "
-    "_check_record joins it with os.path.join(root, rel) and reads ../ and absolute paths"))
 def test_food101_image_paths_stay_inside_the_root(tmp_path):
     from PIL import Image
 

@@ -387,6 +387,9 @@ def _check_record(root: str, raw: Any) -> tuple[str, str, str] | str:
         return f"'text' must be a string, got {type(text).__name__}"
     if not isinstance(label, str) or not label:
         return f"'label' must be a non-empty class-name string, got {label!r}"
+    parts = rel.replace("\\", "/").split("/")
+    if os.path.isabs(rel) or ".." in parts:
+        return f"image path {rel!r} must be relative to the dataset root and must not contain '..'"
     image = os.path.join(root, rel)
     if not os.path.isfile(image):
         return f"image file {image} does not exist"
