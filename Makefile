@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all venv clean bench
+.PHONY: demo test test-slow test-faults test-all venv clean bench
 
 venv: $(STAMP)
 
@@ -20,11 +20,15 @@ demo: $(STAMP)
 	$(BIN)/python jobs/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu and not faults" -q
 
 # the learning runs that take minutes (LLaViLo, ChefFusion and VIOLET through Ray Train + DeepSpeed, their Tune sweeps)
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow and not gpu" -q
+	$(BIN)/python -m pytest -m "slow and not gpu and not faults" -q
+
+# injected faults that take seconds each to wait out (S3 stopped and restarted under a read)
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m "faults and not gpu" -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,10 +6,15 @@ Objects live in this process's memory and vanish when it exits::
     with EmbeddedS3() as s3:
         os.environ.update(s3.env())
         storage.write_text("s3://polymodal/hello.txt", "hi")
+
+moto keeps its buckets in module-level state, so every server in one process serves the
+same objects, and a server stopped and started again on its port still has them: that is how
+the fault tests take storage away in the middle of a read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -24,16 +29,27 @@ _DUMMY_KEY = "testing"
 _REGION = "us-east-1"
 
 
-def _check_port_free(port: int) -> None:
-    # moto's server thread dies silently when bind fails and start() then waits forever,
-    # so probe the port first and fail loudly instead.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((_HOST, port))
-        except OSError as exc:
-            raise StorageError(
-                f"cannot start the embedded S3 server on {_HOST}:{port}: {exc}; "
-                "pick another port (--port) or 0 for any free one") from None
+def _handler_class() -> type:
+    from moto.server import MotoRequestHandler
+
+    class TrackedHandler(MotoRequestHandler):
+        """moto's request handler that registers its connection with the server.
+
+        Clients keep HTTP/1.1 connections open; :meth:`EmbeddedS3.stop` closes them so a
+        stop looks to clients like a server process that went away, not just a closed port.
+        """
+
+        def setup(self) -> None:
+            super().setup()
+            with self.server.live_lock:
+                self.server.live_connections.add(self.connection)
+
+        def finish(self) -> None:
+            with self.server.live_lock:
+                self.server.live_connections.discard(self.connection)
+            super().finish()
+
+    return TrackedHandler
 
 
 class EmbeddedS3:
@@ -56,6 +72,7 @@ class EmbeddedS3:
         self.buckets = tuple(buckets)
         self.quiet = quiet
         self._server: Any = None
+        self._thread: threading.Thread | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -65,23 +82,45 @@ class EmbeddedS3:
         return f"http://{_HOST}:{self.port}"
 
     def start(self) -> "EmbeddedS3":
-        """Start the server (idempotent) and create the buckets."""
+        """Start the server (idempotent) and create the buckets.
+
+        After a :meth:`stop` it starts again on the same port with the same objects.
+        """
         if self._server is not None:
             return self
-        from moto.server import ThreadedMotoServer
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import ThreadedWSGIServer
 
-        if self.port:
-            _check_port_free(self.port)
-        # Port 0 goes straight to the server's own bind, which avoids the probe-then-bind race.
         if self.quiet:
             # werkzeug logs every request at INFO to stderr; keep test and demo output readable.
             wz = logging.getLogger("werkzeug")
             if wz.level == logging.NOTSET:
                 wz.setLevel(logging.WARNING)
-        server = ThreadedMotoServer(ip_address=_HOST, port=self.port, verbose=False)
-        server.start()
-        self._server = server
-        self.port = int(server.get_host_and_port()[1])
+        # Bound here, in the caller's thread: werkzeug's own bind calls sys.exit on a busy
+        # port, and moto's ThreadedMotoServer then waits forever for a thread that died.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # As werkzeug does: a port freed by stop() is reusable at once, not after TIME_WAIT.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((_HOST, self.port))
+            listener.listen(ThreadedWSGIServer.request_queue_size)
+        except OSError as exc:
+            listener.close()
+            raise StorageError(
+                f"cannot start the embedded S3 server on {_HOST}:{self.port}: {exc}; "
+                "pick another port (--port) or 0 for any free one") from None
+        port = listener.getsockname()[1]
+        try:
+            server = ThreadedWSGIServer(_HOST, port, DomainDispatcherApplication(create_backend_app),
+                                        handler=_handler_class(), fd=listener.fileno())
+        finally:
+            listener.close()  # the server holds its own duplicate of the descriptor
+        server.live_connections = set()
+        server.live_lock = threading.Lock()
+        thread = threading.Thread(target=server.serve_forever, name=f"embedded-s3-{port}", daemon=True)
+        thread.start()
+        self._server, self._thread = server, thread
+        self.port = int(port)
         try:
             self._create_buckets()
         except BaseException:
@@ -117,10 +156,23 @@ class EmbeddedS3:
         }
 
     def stop(self) -> None:
-        """Stop the server; safe to call twice."""
+        """Stop the server and drop its open client connections; safe to call twice.
+
+        Objects stay in this process (see the module docstring); :meth:`start` serves them again.
+        """
         server, self._server = self._server, None
-        if server is not None:
-            server.stop()
+        thread, self._thread = self._thread, None
+        if server is None:
+            return
+        server.shutdown()  # serve_forever returns and closes the listening socket
+        if thread is not None:
+            thread.join()
+        with server.live_lock:
+            live = list(server.live_connections)
+        for conn in live:
+            # A keep-alive connection would otherwise go on being served by its handler thread.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> "EmbeddedS3":
         return self.start()

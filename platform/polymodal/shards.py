@@ -677,11 +677,14 @@ def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) % (2**64) for k in keys]))
 
 
-def _read_shard(uri: str, columns: dict[str, ColumnSpec], opts: StorageOptions | None) -> pa.Table:
+def _read_shard(uri: str, columns: dict[str, ColumnSpec], opts: StorageOptions | None,
+                retry: st.RetryPolicy) -> pa.Table:
     try:
-        data = st.read_bytes(uri, opts)  # one GET per shard on S3
+        data = st.read_bytes(uri, opts, retry=retry)  # one GET per shard on S3
     except FileNotFoundError:
         raise ShardError(f"listed in {MANIFEST_NAME} but missing ({_HINT_CREATE})", shard=uri) from None
+    except st.StorageUnavailableError:
+        raise  # already names the endpoint and this shard; its type tells callers to retry later
     except StorageError as exc:
         raise ShardError(f"cannot read: {exc}", shard=uri) from exc
     try:
@@ -701,8 +704,8 @@ def _read_shard(uri: str, columns: dict[str, ColumnSpec], opts: StorageOptions |
 
 def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None = None, epoch: int = 0,
                        seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256, rank: int = 0,
-                       world_size: int = 1, drop_last: bool = False,
-                       opts: StorageOptions | None = None) -> Iterator[dict[str, np.ndarray]]:
+                       world_size: int = 1, drop_last: bool = False, opts: StorageOptions | None = None,
+                       retry: st.RetryPolicy | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Stream numpy batches with pure pyarrow (no Ray), one shard in memory at a time.
 
     Shard order is shuffled per epoch from (seed, epoch), identically on every rank; rank
@@ -710,6 +713,11 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
     row slice of every file. Rows of each shard are shuffled together with a carried-over
     buffer of ``shuffle_buffer`` rows (seeded by seed, epoch, rank), so rows also mix across
     shard boundaries. Batches come from :func:`table_to_numpy`.
+
+    Each shard is one GET, retried under ``retry`` (default :meth:`RetryPolicy.from_env`)
+    while S3 is unreachable, so an epoch survives a storage restart and yields every row
+    once; an outage longer than the budget raises :class:`~polymodal.storage.StorageUnavailableError`
+    naming the endpoint and the shard. A missing or corrupt shard raises :class:`ShardError` at once.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -718,6 +726,7 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
     if shuffle_buffer < 0:
         raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
     manifest = manifest or Manifest.load(uri, opts)
+    retry = retry or st.RetryPolicy.from_env()
     uris = shard_uris(manifest, uri)
     order = _rng(seed, epoch).permutation(len(uris)) if shuffle else np.arange(len(uris))
     split_rows = len(uris) < world_size
@@ -727,7 +736,7 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
     def ordered_tables() -> Iterator[pa.Table]:
         pool: pa.Table | None = None
         for i in mine:
-            table = _read_shard(uris[i], manifest.columns, opts)
+            table = _read_shard(uris[i], manifest.columns, opts, retry)
             if split_rows:
                 lo = table.num_rows * rank // world_size
                 hi = table.num_rows * (rank + 1) // world_size
@@ -768,19 +777,21 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
 
 
 def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOptions | None = None,
-                seed: int = 0, shuffle: bool = True) -> Any:
+                seed: int = 0, shuffle: bool = True, retry: st.RetryPolicy | None = None) -> Any:
     """A ``ray.data.Dataset`` over the manifest's shards and columns.
 
     With ``shuffle`` the file order is shuffled from ``seed`` and reshuffled on every
     execution (each epoch gets a new, reproducible order). The pyarrow filesystem is
-    pickled to Ray workers, which take S3 credentials from their own environment.
+    pickled to Ray workers, which take S3 credentials from their own environment; it retries
+    listings, opens and reads under ``retry`` (default :meth:`RetryPolicy.from_env`, read on
+    the driver), because Ray Data's own retries only match pyarrow's native S3 error texts.
     """
     import ray.data
 
     manifest = manifest or Manifest.load(uri, opts)
     if not manifest.shards:
         raise ShardError(f"dataset {uri} has no shards (0 rows); nothing to read")
-    fs, _ = st.to_pyarrow_fs(uri, opts)
+    fs, _ = st.to_pyarrow_fs(uri, opts, retry=retry or st.RetryPolicy.from_env())
     paths = [st.to_pyarrow_fs(u, opts)[1] for u in shard_uris(manifest, uri)]
     file_shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle else None
     ds = ray.data.read_parquet(

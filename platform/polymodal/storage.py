@@ -8,19 +8,34 @@ Errors a user can cause come back typed:
 
 * a missing file or object -> :class:`NotFoundError` (a ``FileNotFoundError``) naming the URI;
 * an unreachable endpoint, missing credentials, denied access -> :class:`StorageError`
-  naming the endpoint or URI and what to check.
+  naming the endpoint or URI and what to check;
+* an endpoint that stays unreachable through every retry of a retried read ->
+  :class:`StorageUnavailableError` naming the endpoint and the object.
+
+Retries come in two layers. botocore retries every S3 call up to 3 times within a few
+seconds (throttling, 5xx, dropped connections). Reads that a running epoch depends on (shard
+reads, the pyarrow filesystem Ray Data reads through) add :class:`RetryPolicy`: exponential
+backoff over tens of seconds, long enough to ride out an S3 server restart. Only transient
+errors are retried (:func:`is_transient`); a missing object, denied access or corrupt data
+fails at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import posixpath
+import random
 import re
+import shutil
 import threading
+import time
 import uuid
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
 
 import fsspec
 import pyarrow.fs as pafs
@@ -30,10 +45,14 @@ from polymodal.config import StorageOptions
 from polymodal.errors import PolymodalError, StorageError
 
 __all__ = [
-    "NotFoundError", "resolve_options", "is_s3", "get_fs", "to_pyarrow_fs", "join", "check_name",
+    "NotFoundError", "StorageUnavailableError", "RetryPolicy", "is_transient", "call_with_retry",
+    "resolve_options", "is_s3", "get_fs", "to_pyarrow_fs", "join", "check_name",
     "read_bytes", "write_bytes", "read_text", "write_text", "exists", "makedirs", "listdir",
     "remove", "upload_dir", "download_dir", "open_uri", "clear_fs_cache",
 ]
+
+_LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -42,6 +61,17 @@ _MAX_NAME = 128
 
 class NotFoundError(StorageError, FileNotFoundError):
     """A file or object does not exist. Catchable as ``FileNotFoundError`` or ``StorageError``."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage endpoint failed with transient errors through every attempt of a
+    :class:`RetryPolicy`. ``endpoint`` and ``uri`` name the server and the object."""
+
+    def __init__(self, message: str, *, endpoint: str, uri: str, attempts: int):
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.uri = uri
+        self.attempts = attempts
 
 
 # --------------------------------------------------------------------------- options & URIs
@@ -163,16 +193,24 @@ def get_fs(uri: str, opts: StorageOptions | None = None) -> tuple[fsspec.Abstrac
     return _LOCAL_FS, _local_path(uri)
 
 
-def to_pyarrow_fs(uri: str, opts: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
+def to_pyarrow_fs(uri: str, opts: StorageOptions | None = None, *,
+                  retry: RetryPolicy | None = None) -> tuple[pafs.FileSystem, str]:
     """A picklable pyarrow filesystem and path for Ray Data / pyarrow readers.
 
     S3 goes through s3fs (``PyFileSystem(FSSpecHandler(...))``) so both stacks share one
     endpoint/credential setup; the path has no ``s3://`` because Ray requires a bare path
-    whenever a filesystem object is given.
+    whenever a filesystem object is given. With ``retry``, file listings, opens and every
+    read of an opened S3 file are retried under that policy (the policy travels with the
+    pickled filesystem to Ray workers).
     """
     uri = _check_uri(uri)
     if is_s3(uri):
-        return pafs.PyFileSystem(pafs.FSSpecHandler(_s3_fs(resolve_options(opts)))), _s3_path(uri)
+        resolved = resolve_options(opts)
+        fs = _s3_fs(resolved)
+        if retry is None:
+            return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), _s3_path(uri)
+        endpoint = _endpoint_desc(uri, resolved)
+        return pafs.PyFileSystem(_RetryingHandler(fs, endpoint, retry)), _s3_path(uri)
     return pafs.LocalFileSystem(), _local_path(uri)
 
 
@@ -214,6 +252,229 @@ def _translate(uri: str, opts: StorageOptions | None) -> Iterator[None]:
         raise
 
 
+# --------------------------------------------------------------------------- retries
+
+_ENV_ATTEMPTS = "POLYMODAL_S3_RETRY_ATTEMPTS"
+_ENV_BASE = "POLYMODAL_S3_RETRY_BASE_S"
+_ENV_MAX = "POLYMODAL_S3_RETRY_MAX_S"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for reads that must survive a storage outage.
+
+    Attempt ``k`` (1-based) that fails with a transient error waits
+    ``min(max_delay_s, base_delay_s * 2**(k-1))`` seconds, scaled by a random factor in
+    [0.5, 1] so that many workers do not come back in lockstep, then tries again. The
+    defaults (6 attempts, 1 s doubling, 8 s cap) wait 11.5-23 s in total; with botocore's
+    own retries inside each attempt an outage of about 30 s is ridden out.
+    :meth:`from_env` reads ``POLYMODAL_S3_RETRY_ATTEMPTS``, ``POLYMODAL_S3_RETRY_BASE_S``
+    and ``POLYMODAL_S3_RETRY_MAX_S``.
+    """
+
+    attempts: int = 6
+    base_delay_s: float = 1.0
+    max_delay_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise StorageError(f"retry attempts must be an integer >= 1, got {self.attempts!r}")
+        for name in ("base_delay_s", "max_delay_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise StorageError(f"retry {name} must be a number >= 0, got {value!r}")
+
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        """The defaults, overridden by the ``POLYMODAL_S3_RETRY_*`` variables that are set."""
+        values: dict[str, Any] = {}
+        for var, field, kind in ((_ENV_ATTEMPTS, "attempts", int), (_ENV_BASE, "base_delay_s", float),
+                                 (_ENV_MAX, "max_delay_s", float)):
+            raw = os.environ.get(var)
+            if raw is None or not raw.strip():
+                continue
+            try:
+                values[field] = kind(raw)
+            except ValueError:
+                raise StorageError(f"{var}={raw!r} is not a{'n integer' if kind is int else ' number'}; "
+                                   f"unset it for the default ({getattr(cls, field)})") from None
+        try:
+            return cls(**values)
+        except StorageError as exc:
+            named = ", ".join(v for v in (_ENV_ATTEMPTS, _ENV_BASE, _ENV_MAX) if v in os.environ)
+            raise StorageError(f"{exc} (from the environment: {named})") from None
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
+
+
+# Error codes S3 and S3-compatible servers send for overload or a server-side fault.
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "503",
+})
+_TRANSIENT_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+})
+# Never retried, wherever they sit in the chain: the object is missing or forbidden.
+_TERMINAL = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _classify(exc: BaseException) -> bool | None:
+    """True/False when ``exc`` alone decides transience, None to look at its cause."""
+    if isinstance(exc, StorageUnavailableError):
+        return False  # an inner loop already spent its budget; do not multiply it
+    if isinstance(exc, _TERMINAL):
+        return False
+    try:
+        import botocore.exceptions as bexc
+    except ImportError:  # pragma: no cover - botocore comes with s3fs
+        bexc = None
+    if bexc is not None:
+        if isinstance(exc, bexc.ClientError):
+            response = getattr(exc, "response", None) or {}
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return code in _TRANSIENT_CODES or status == 429 or status >= 500
+        if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError, bexc.IncompleteReadError)):
+            return True
+        if isinstance(exc, bexc.BotoCoreError):
+            return False  # credentials, parameter validation, unknown endpoints
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp comes with s3fs
+        aiohttp = None
+    if aiohttp is not None and isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return True
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if ``exc`` (or what it was raised from) means "storage unreachable for now".
+
+    Transient: refused/reset/closed connections, connect and read timeouts, HTTP 5xx and
+    429, ``SlowDown``/``Throttling``/``ServiceUnavailable``. Not transient: missing objects
+    (404/NoSuchKey), denied access, other 4xx, missing credentials, and anything that is not
+    a storage error (a corrupt Parquet file, a bad schema).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _classify(current)
+        if verdict is not None:
+            return verdict
+        # Explicit causes first; an implicit context only when it was not suppressed.
+        current = current.__cause__ if current.__cause__ is not None else (
+            None if current.__suppress_context__ else current.__context__)
+    return False
+
+
+_RETRY_RNG = random.Random()  # not the global RNG: training seeds that one
+
+
+def _root_message(exc: BaseException) -> str:
+    # Our own wrappers repeat hints the final error gives anyway; show what the backend said.
+    while isinstance(exc, PolymodalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def call_with_retry(fn: Callable[[], T], *, uri: str, endpoint: str, policy: RetryPolicy,
+                    what: str = "reading") -> T:
+    """``fn()``, retried under ``policy`` while it fails with :func:`is_transient` errors.
+
+    Other errors propagate at once. When the last attempt fails, raises
+    :class:`StorageUnavailableError` naming ``endpoint`` and ``uri``, chained to the last error.
+    """
+    started = time.monotonic()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == policy.attempts:
+                waited = time.monotonic() - started
+                raise StorageUnavailableError(
+                    f"S3 endpoint {endpoint} stayed unreachable while {what} {uri}: {policy.attempts} "
+                    f"attempt(s) over {waited:.1f} s, last error: {_root_message(exc)}. Check that the "
+                    "server is up and storage.endpoint_url / POLYMODAL_S3_ENDPOINT_URL; "
+                    f"{_ENV_ATTEMPTS} and {_ENV_BASE} set the retry budget.",
+                    endpoint=endpoint, uri=uri, attempts=policy.attempts) from exc
+            pause = policy.delay(attempt, _RETRY_RNG)
+            _LOG.warning("storage: %s %s at %s failed (attempt %d/%d: %s); retrying in %.1f s",
+                         what, uri, endpoint, attempt, policy.attempts, _root_message(exc), pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+class _RetryingReader:
+    """A read-only fsspec file whose reads are retried; the file's position only moves on
+    success, so a retried read returns the bytes the failed one would have."""
+
+    def __init__(self, handle: Any, retry: Callable[[Callable[[], Any]], Any]):
+        self._handle = handle
+        self._retry = retry
+
+    def read(self, length: int = -1) -> bytes:
+        return self._retry(lambda: self._handle.read(length))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(memoryview(buffer).nbytes)
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "read_buffer":
+            raise AttributeError(name)  # pyarrow would prefer it to read() and skip the retries
+        return getattr(self._handle, name)
+
+
+class _RetryingHandler(pafs.FSSpecHandler):
+    """pyarrow filesystem handler over s3fs that retries listings, opens and reads."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, endpoint: str, policy: RetryPolicy):
+        super().__init__(fs)
+        self.endpoint = endpoint
+        self.policy = policy
+
+    def _retry(self, path: str, fn: Callable[[], T]) -> T:
+        return call_with_retry(fn, uri=f"s3://{path}", endpoint=self.endpoint, policy=self.policy)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        parent = super()
+        named = paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
+        return self._retry(named, lambda: parent.get_file_info(paths))
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        parent = super()
+        return self._retry(selector.base_dir, lambda: parent.get_file_info_selector(selector))
+
+    def _open(self, path: str) -> Any:
+        import pyarrow as pa
+
+        def open_file() -> Any:
+            if not self.fs.isfile(path):
+                raise FileNotFoundError(path)
+            return self.fs.open(path, mode="rb")
+
+        handle = self._retry(path, open_file)
+        return pa.PythonFile(_RetryingReader(handle, lambda fn: self._retry(path, fn)), mode="r")
+
+    def open_input_file(self, path: str) -> Any:
+        return self._open(path)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self._open(path)
+
+
 # --------------------------------------------------------------------------- path safety
 
 
@@ -253,11 +514,22 @@ def check_name(name: str, what: str = "name") -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def read_bytes(uri: str, opts: StorageOptions | None = None) -> bytes:
-    """Whole file/object as bytes."""
+def read_bytes(uri: str, opts: StorageOptions | None = None, *, retry: RetryPolicy | None = None) -> bytes:
+    """Whole file/object as bytes.
+
+    With ``retry``, transient S3 failures (see :func:`is_transient`) are retried under that
+    policy and end in :class:`StorageUnavailableError`; without it, and for local files, a
+    failure raises at once.
+    """
     fs, path = get_fs(uri, opts)
-    with _translate(uri, opts):
-        return fs.cat_file(path)
+
+    def read() -> bytes:
+        with _translate(uri, opts):
+            return fs.cat_file(path)
+
+    if retry is None or fs is _LOCAL_FS:
+        return read()
+    return call_with_retry(read, uri=uri, endpoint=_endpoint_desc(uri, opts), policy=retry)
 
 
 def write_bytes(uri: str, data: bytes, opts: StorageOptions | None = None) -> None:
@@ -355,10 +627,59 @@ def _safe_rel(rel: str, where: str) -> str:
     return rel
 
 
-def upload_dir(local_dir: str, uri: str, opts: StorageOptions | None = None) -> list[str]:
+def _put_local(src_file: str, target: str) -> None:
+    """Copy a file to ``target`` under a temporary name, then rename it into place."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    try:
+        _LOCAL_FS.put_file(src_file, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _copy_tree_local(src: str, dst: str, first: list[str], final: list[str]) -> None:
+    if not os.path.lexists(dst):
+        # A new folder appears whole or not at all: fill a hidden sibling, then rename it.
+        parent, base = os.path.split(dst)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex}")
+        try:
+            for rel in first + final:
+                target = os.path.join(tmp, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _LOCAL_FS.put_file(os.path.join(src, rel), target)
+            try:
+                os.rename(tmp, dst)
+                return
+            except OSError:
+                if not os.path.isdir(dst):
+                    raise
+                # another writer created dst meanwhile: merge into it file by file below
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for rel in final:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(dst, rel))
+    for rel in first + final:
+        _put_local(os.path.join(src, rel), os.path.join(dst, rel))
+
+
+def upload_dir(local_dir: str, uri: str, opts: StorageOptions | None = None, *,
+               last: Iterable[str] = ()) -> list[str]:
     """Copy every file below ``local_dir`` to ``uri`` (a folder or S3 prefix).
 
     Returns the relative paths copied, sorted.
+
+    ``last`` names files (relative paths) whose presence marks the copy complete, such as a
+    checkpoint's ``state.json``: their old copies at ``uri`` are deleted first and they are
+    written only after every other file has arrived, so a reader that waits for them never
+    sees a partial copy, on S3 as on disk. Locally, a new destination folder is filled under
+    a hidden temporary name and renamed into place whole; into an existing folder each file
+    is written under a temporary name and renamed.
     """
     src = _local_path(local_dir)
     if not os.path.isdir(src):
@@ -368,16 +689,24 @@ def upload_dir(local_dir: str, uri: str, opts: StorageOptions | None = None) -> 
         for name in files:
             rels.append(os.path.relpath(os.path.join(root, name), src).replace(os.sep, "/"))
     rels.sort()
+    final = list(dict.fromkeys(last))
+    missing = sorted(set(final) - set(rels))
+    if missing:
+        raise StorageError(f"{local_dir} has no {', '.join(missing)} to copy last; write the "
+                           "marker file(s) into the folder before uploading it")
+    first = [r for r in rels if r not in set(final)]
     fs, dst = get_fs(uri, opts)
     with _translate(uri, opts):
         if fs is _LOCAL_FS:
-            for rel in rels:
-                target = os.path.join(dst, rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                fs.put_file(os.path.join(src, rel), target)
+            _copy_tree_local(src, dst, first, final)
         elif rels:
-            # Lists of paths make s3fs upload concurrently.
-            fs.put([os.path.join(src, r) for r in rels], [f"{dst}/{r}" for r in rels])
+            for rel in final:  # an old marker must not vouch for files being replaced
+                fs.rm_file(f"{dst}/{rel}")
+            if first:
+                # Lists of paths make s3fs upload concurrently.
+                fs.put([os.path.join(src, r) for r in first], [f"{dst}/{r}" for r in first])
+            for rel in final:
+                fs.put_file(os.path.join(src, rel), f"{dst}/{rel}")
             fs.invalidate_cache(dst)
     return rels
 

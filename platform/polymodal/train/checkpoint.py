@@ -1,4 +1,4 @@
-"""Checkpoint layout and the small safetensors export of the trainable weights.
+"""Checkpoint layout, atomic publishing, and the small safetensors export of the trainable weights.
 
 A checkpoint folder holds::
 
@@ -8,11 +8,20 @@ A checkpoint folder holds::
       trainable.safetensors   every parameter with requires_grad, full (ZeRO-3 gathered)
       export.json       task, epoch, global step, metrics
     state.json        loop position: epoch finished, global step
+
+``state.json`` is the completion marker. A checkpoint is built in a local folder and copied
+out by :func:`publish_checkpoint`, which writes the marker only after every other file
+arrived (S3 has no rename; on disk a new folder is also renamed into place whole). Readers
+(:func:`is_complete`, :func:`complete_checkpoints`) ignore folders without the marker, so a
+crash in the middle of a write leaves the previous checkpoint as the newest complete one,
+and ``summary.json``, written after the copy, never names a half-written "latest".
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +29,52 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from polymodal.config import ExperimentConfig, validate_config
+from polymodal import storage
+from polymodal.config import ExperimentConfig, StorageOptions, validate_config
 from polymodal.errors import PolymodalError
 
 DS_DIR = "deepspeed"
 DS_TAG = "state"
 MODEL_DIR = "model"
 STATE_FILE = "state.json"
+CHECKPOINT_PREFIX = "epoch_"
+
+
+def publish_checkpoint(local_dir: str | Path, uri: str, opts: StorageOptions | None = None) -> str:
+    """Copy the finished checkpoint folder ``local_dir`` to ``uri`` (local or S3); return ``uri``.
+
+    The folder must already hold :data:`STATE_FILE`. Any old marker at ``uri`` is deleted
+    first and the new one written last, so ``uri`` counts as complete only once every file
+    is in place; a crash part-way leaves it incomplete and ignored.
+    """
+    if not (Path(local_dir) / STATE_FILE).is_file():
+        raise PolymodalError(f"{local_dir} has no {STATE_FILE}; write the loop state before publishing "
+                             "the checkpoint (it is the marker that makes the checkpoint visible)")
+    storage.upload_dir(str(local_dir), uri, opts, last=(STATE_FILE,))
+    return uri
+
+
+def is_complete(uri: str, opts: StorageOptions | None = None) -> bool:
+    """True if checkpoint folder ``uri`` has its :data:`STATE_FILE` marker."""
+    return storage.exists(storage.join(uri, STATE_FILE), opts)
+
+
+def complete_checkpoints(root: str, opts: StorageOptions | None = None) -> list[str]:
+    """URIs of the complete ``epoch_NNNN`` checkpoints under ``root``, oldest first.
+
+    Folders without the marker (a write that crashed) and temporary folders are skipped.
+    """
+    if not storage.exists(root, opts):
+        return []
+    names = sorted(n for n in storage.listdir(root, opts) if n.startswith(CHECKPOINT_PREFIX))
+    uris = [storage.join(root, n) for n in names]
+    return [u for u in uris if is_complete(u, opts)]
+
+
+def latest_checkpoint(root: str, opts: StorageOptions | None = None) -> str | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    done = complete_checkpoints(root, opts)
+    return done[-1] if done else None
 
 
 def trainable_state(model: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -41,10 +89,33 @@ def trainable_state(model: nn.Module, zero_stage: int) -> dict[str, torch.Tensor
 
 
 def write_export(path: Path, cfg: ExperimentConfig, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(cfg.to_yaml())
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(path / "trainable.safetensors"))
-    (path / "export.json").write_text(json.dumps({"task": cfg.task, **info}, indent=2, default=float))
+    """Write the ``model/`` export into local folder ``path``, atomically.
+
+    The files go into a hidden sibling folder that is renamed to ``path`` once all three
+    are written; an existing export at ``path`` is replaced only then.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        (tmp / "config.yaml").write_text(cfg.to_yaml())
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
+        (tmp / "export.json").write_text(json.dumps({"task": cfg.task, **info}, indent=2, default=float))
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
+            path.rename(old)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old is not None:
+                old.rename(path)  # keep the previous export rather than none
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_export(path: str | Path) -> tuple[ExperimentConfig, dict[str, torch.Tensor], dict[str, Any]]:
