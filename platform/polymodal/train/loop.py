@@ -33,7 +33,7 @@ from polymodal import shards, storage
 from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.registry import Task, get_task
-from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, trainable_state,
+from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, publish_checkpoint, trainable_state,
                                         write_export)
 from polymodal.train.deepspeed_config import build_deepspeed_config, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
@@ -184,19 +184,20 @@ class LocalReporter:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())
         name = f"epoch_{state['epoch']:04d}"
-        # state.json is uploaded last: a checkpoint without it is incomplete and never restored
-        storage.upload_dir(str(checkpoint_dir), storage.join(self.root, name), self.opts)
-        uri = storage.join(self.root, name)
+        # state.json goes up last (also on S3, where upload_dir copies in parallel): a checkpoint
+        # without it is incomplete and never restored
+        uri = publish_checkpoint(checkpoint_dir, storage.join(self.root, name), self.opts)
         task = get_task(self.cfg.task)
         score = metrics.get(task.primary_metric)
         if score is not None:
             signed = score if task.mode == "max" else -score
             if self.best is None or signed > self.best[0]:
                 self.best = (signed, uri)
+        # the summary names the new checkpoint before any old one goes, so it never names a deleted one
+        write_summary(self.cfg, latest=uri, best=self.best[1] if self.best else uri, metrics=metrics)
         for old in self._complete()[:-self.cfg.checkpoint.num_to_keep]:
             if not (self.best and self.best[1].endswith(old)):
                 storage.remove(storage.join(self.root, old), recursive=True, opts=self.opts)
-        write_summary(self.cfg, latest=uri, best=self.best[1] if self.best else uri, metrics=metrics)
 
 
 # --------------------------------------------------------------------------- the worker
