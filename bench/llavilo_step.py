@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from benchutil import matmul_ceiling, sync
 
 SIZES = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "tiny": (64, 4, 4, 2, 128, 256),
@@ -120,22 +121,7 @@ def needed_flops_per_token(llm, top_n: int, context: int) -> float:
     return 2 * p_all + 4 * p_top + head + attention
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _peak_bytes(device: torch.device) -> int:
@@ -147,12 +133,12 @@ def _peak_bytes(device: torch.device) -> int:
 def time_steps(step: Callable[[], Any], device: torch.device, warmup: int, steps: int) -> list[float]:
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from benchutil import sync
 
 # Per size: text-encoder width and tokens (= the mapper's sd_dim / sd_tokens), mapper shape,
 # diffusion steps by default. The SD modules of `small` are built in `write_small_sd`.
@@ -118,16 +119,12 @@ def build(size: str, root: Path, device: torch.device, dtype: torch.dtype):
     return model, pipe
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0
 
 

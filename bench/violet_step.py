@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polymodal.models.violet.config import paper, tiny
+from benchutil import matmul_ceiling, sync
 
 #: size -> (BERT (hidden, layers, heads, intermediate, vocab; None: the tokenizer's), VIOLET config, batch)
 SIZES: dict[str, tuple[tuple[int, int, int, int, int | None], dict[str, Any], int]] = {
@@ -158,32 +159,17 @@ def step_flops(f: dict[str, float], attended: float) -> dict[str, float]:
             "peer": 3 * (f["swin"] + f["bert"] + f["mlm"])}
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(step: Callable[[], Any], device: torch.device) -> tuple[float, Any, int]:
     """(seconds, the step's return value, CUDA peak bytes during the step; 0 on CPU)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = step()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     return seconds, out, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 

@@ -88,18 +88,9 @@ def b64(data: bytes) -> str:
 
 def lossless_video(frames: np.ndarray) -> bytes:
     """(T, H, W, 3) uint8 -> a QuickTime file of PNG frames, which decodes to exactly these pixels."""
-    import av
+    from polymodal.models.violet.video import encode_video
 
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mov") as container:
-        stream = container.add_stream("png", rate=8)
-        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "rgb24"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
+    return encode_video(frames, codec="png", pix_fmt="rgb24", container="mov")
 
 
 def pngs(frames: np.ndarray) -> list[str]:

@@ -95,20 +95,23 @@ def unpack_jpegs(blob: bytes, lengths: Sequence[int], *, where: str = "frames") 
     return np.stack(out)
 
 
-def encode_video(frames: np.ndarray, fps: int = 8, codec: str = "mpeg4", bit_rate: int = 8_000_000) -> bytes:
-    """(T, H, W, 3) uint8 -> MP4 bytes (H and W even). The high default bit rate keeps small
-    synthetic frames close to the originals."""
+def encode_video(frames: np.ndarray, fps: int = 8, codec: str = "mpeg4", bit_rate: int = 8_000_000, *,
+                 pix_fmt: str = "yuv420p", container: str = "mp4") -> bytes:
+    """(T, H, W, 3) uint8 -> video file bytes, MP4 by default (H and W even). The high default bit
+    rate keeps small synthetic frames close to the originals; ``codec="png", pix_fmt="rgb24",
+    container="mov"`` writes a lossless file that decodes to exactly ``frames``."""
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps)
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=fps)
         stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
-        stream.pix_fmt = "yuv420p"
-        stream.bit_rate = bit_rate
+        stream.pix_fmt = pix_fmt
+        if codec != "png":
+            stream.bit_rate = bit_rate
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
+                out.mux(packet)
         for packet in stream.encode():
-            container.mux(packet)
+            out.mux(packet)
     return buf.getvalue()
