@@ -106,7 +106,6 @@ class RayReporter:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
 
 
-@contextlib.contextmanager
 def _check_checkpoint_keys(fs, root: str) -> None:
     """Refuse a checkpoint whose object keys step out of it: Ray's download (pyarrow ``copy_files``)
     writes ``ckpt/../../x`` outside the download folder. :func:`polymodal.storage.download_dir`
@@ -152,6 +151,7 @@ def weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
+@contextlib.contextmanager
 def _as_path(cm):
     with cm as d:
         yield Path(d)
