@@ -20,6 +20,9 @@ Errors: 401 bad/missing token, 404 unknown adapter, 406 no such rendering, 413 b
 415 not multipart (upload route), 422 bad body or shapes (naming the field), 503 overload
 (Serve's ``max_queued_requests``), 500 otherwise with a short message (the traceback goes to
 the replica log only).
+
+The routes are built by :func:`build_api`, which the deployment calls from its replica;
+:func:`local_app` builds the same app in-process without Ray (tests, fuzzing).
 """
 
 # No `from __future__ import annotations`: FastAPI reads route annotations at runtime, and the
@@ -33,6 +36,7 @@ import logging
 import os
 import re
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -439,13 +443,194 @@ async def form_fields(request: Any) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- HTTP app
+
+
+class FieldError(BaseModel):
+    field: str = Field(..., description="dotted path of the bad value (inputs.m0), or body")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    detail: str = Field(..., description="what is wrong, and how to fix it")
+    errors: list[FieldError] | None = Field(None, description="422: each bad field")
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error codes a route may answer (all in :class:`ErrorResponse`)."""
+    why = {400: "Content-Length is not an integer, or a malformed multipart body",
+           401: "missing or invalid bearer token (when the server has one)", 404: f"unknown model in {MODEL_HEADER}",
+           406: "Accept asks for a rendering this response has not", 413: "body over max_body_bytes",
+           415: "not multipart/form-data", 422: "the body does not fit the request schema or the model",
+           500: "the model failed on a valid request (the replica log has the traceback)"}
+    return {code: {"model": ErrorResponse, "description": why[code]} for code in codes}
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "description": "the fields of the /v1/predict body as form fields; a file field carries "
+                                     "the raw bytes its base64 field takes"}}}}}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the HTTP app asks of whoever hosts it: the Serve replica (:class:`PolymodalServer`)
+    or, without Ray, :func:`local_backend`."""
+
+    store: ModelStore
+    #: (model, one request) -> its response, or the exception serving it raised
+    predict: Callable[[LoadedModel, BaseModel], Awaitable[Any]]
+    #: an adapter id of ``store`` -> the loaded adapter
+    load_adapter: Callable[[str], Awaitable[LoadedModel]]
+    #: the HTTP request -> the model id it asks for ("" or None: the default model)
+    model_id: Callable[[Any], str | None]
+    #: False while the default model loads (``/healthz`` answers 503)
+    ready: Callable[[], bool]
+
+
+def build_api(backend: Backend, token: bytes | None, max_body_bytes: int) -> Any:
+    """The FastAPI app of one replica behind :class:`GuardMiddleware` (auth, body limit).
+
+    The Serve deployment builds its app here, and so does :func:`local_app`, so tests exercise
+    the deployed routes, validation and error answers in-process."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    store = backend.store
+    request_model, response_model = store.request_model, store.response_model
+    api = FastAPI(title=f"polymodal {store.base.cfg.task}")
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Any, exc: StarletteHTTPException) -> Any:
+        cause = exc.__cause__
+        if exc.status_code != 400 or cause is None:
+            return await http_exception_handler(request, exc)
+        # FastAPI's bare "There was an error parsing the body": say why (a JSON error is a 422 above)
+        why = ("nested too deeply" if isinstance(cause, RecursionError)
+               else str(cause).split("; use ")[0] or type(cause).__name__)
+        return JSONResponse({"detail": f"body: cannot be parsed: {why}",
+                             "errors": [{"field": "body", "message": why}]}, status_code=400)
+
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        if not backend.ready():
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "default_model": DEFAULT_MODEL_ID})
+
+    @api.get("/v1/models", responses=_documented(401))
+    async def models() -> dict[str, Any]:
+        return store.describe()
+
+    async def model_for(request: Request) -> LoadedModel:
+        model_id = backend.model_id(request) or DEFAULT_MODEL_ID
+        if model_id == DEFAULT_MODEL_ID:
+            return store.base
+        if model_id not in store.adapter_checkpoints:
+            raise HTTPException(404, f"unknown model {model_id!r} in header {MODEL_HEADER}; known: "
+                                     f"{store.model_ids}")
+        return await backend.load_adapter(model_id)
+
+    async def answer(body: BaseModel, request: Request) -> Any:
+        try:
+            loaded = await model_for(request)
+            result = await backend.predict(loaded, body)
+        except HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- adapter load failures land here
+            result = exc
+        if isinstance(result, ServeInputError):
+            return JSONResponse({"detail": str(result), "errors": [{"field": result.field,
+                                                                    "message": result.message}]},
+                                status_code=422)
+        if isinstance(result, Exception):
+            logger.error("predict failed", exc_info=result)
+            return JSONResponse({"detail": f"internal error ({type(result).__name__}); see the replica "
+                                           "log"}, status_code=500)
+        wanted = binary_accept(request.headers.get("accept", ""))
+        if wanted:
+            media = store.task.serve_media(result)
+            if media is None or media[1] not in wanted:
+                return JSONResponse({"detail": f"this response has no {' or '.join(wanted)} rendering; "
+                                               "ask for application/json"}, status_code=406)
+            return Response(content=media[0], media_type=media[1])
+        return result
+
+    @api.post("/v1/predict", response_model=response_model,
+              responses=_documented(400, 401, 404, 406, 413, 422, 500))
+    async def predict(body: request_model, request: Request) -> Any:  # type: ignore[valid-type]
+        return await answer(body, request)
+
+    @api.post("/v1/predict/upload", response_model=response_model, openapi_extra=_UPLOAD_BODY,
+              responses=_documented(400, 401, 404, 406, 413, 415, 422, 500))
+    async def predict_upload(request: Request) -> Any:
+        """The request as multipart form data: fields by name, files as their base64 content."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return JSONResponse({"detail": "send multipart/form-data here (JSON goes to /v1/predict)"},
+                                status_code=415)
+        try:
+            body = request_model.model_validate(await form_fields(request))
+        except ValidationError as exc:
+            errors = _field_errors(exc)
+            return JSONResponse({"detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                                 "errors": errors}, status_code=422)
+        except ValueError as exc:  # a malformed multipart body
+            return JSONResponse({"detail": f"malformed multipart body: {exc}"}, status_code=400)
+        return await answer(body, request)
+
+    api.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
+    return api
+
+
+def local_backend(store: ModelStore) -> Backend:
+    """The replica's behaviour without Ray: each request is a batch of one, adapters load on
+    first use and stay cached (LRU, ``max_models_per_replica``), the model id is the header's."""
+    from collections import OrderedDict
+
+    cache: "OrderedDict[str, LoadedModel]" = OrderedDict()
+
+    async def predict(loaded: LoadedModel, body: BaseModel) -> Any:
+        return (await asyncio.to_thread(store.run_batch, [(loaded, body)]))[0]
+
+    async def load_adapter(model_id: str) -> LoadedModel:
+        if model_id not in cache:
+            cache[model_id] = await asyncio.to_thread(store.load_adapter, model_id)
+            while len(cache) > store.args.max_models_per_replica:
+                cache.popitem(last=False)
+        cache.move_to_end(model_id)
+        return cache[model_id]
+
+    def model_id(request: Any) -> str | None:
+        # both spellings, as Serve's proxy reads it (proxies such as nginx turn _ into -)
+        return request.headers.get(MODEL_HEADER) or request.headers.get(MODEL_HEADER.replace("_", "-"))
+
+    return Backend(store, predict, load_adapter, model_id, ready=lambda: True)
+
+
+def local_app(args: "dict[str, Any] | ServeArgs") -> Any:
+    """One replica's ASGI app in this process, without Ray (tests, fuzzing, ``uvicorn`` for a
+    quick look): the same routes, auth, limits and errors as the deployment, minus batching
+    across callers."""
+    parsed = parse_args(args)
+    return build_api(local_backend(ModelStore(parsed)), read_token(parsed.token_env), parsed.max_body_bytes)
+
+
 # --------------------------------------------------------------------------- deployment
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 1}, health_check_period_s=10)
 @serve.ingress()
 class PolymodalServer:
-    """One replica: the default model, an adapter cache, and the FastAPI app built on top."""
+    """One replica: the default model, an adapter cache, and the HTTP app of :func:`build_api`."""
 
     def __init__(self, args: dict[str, Any]):
         self._ready = False
@@ -474,88 +659,13 @@ class PolymodalServer:
         # torch runs in a thread so /healthz and queueing stay responsive during a forward pass
         return await asyncio.to_thread(self.store.run_batch, items)
 
-    async def _model_for_request(self) -> LoadedModel:
-        from fastapi import HTTPException
-
-        model_id = serve.get_multiplexed_model_id() or DEFAULT_MODEL_ID
-        if model_id == DEFAULT_MODEL_ID:
-            return self.store.base
-        if model_id not in self.store.adapter_checkpoints:
-            raise HTTPException(404, f"unknown model {model_id!r} in header {MODEL_HEADER}; known: "
-                                     f"{self.store.model_ids}")
-        return await self._load_adapter(model_id)
-
     def __serve_build_asgi_app__(self) -> Any:
-        from fastapi import FastAPI, HTTPException, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, Response
-
-        request_model, response_model = self.store.request_model, self.store.response_model
-        api = FastAPI(title=f"polymodal {self.store.base.cfg.task}")
-
-        @api.exception_handler(RequestValidationError)
-        async def _invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
-            errors = _field_errors(exc)
-            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-            return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
-
-        @api.get("/healthz")
-        async def healthz() -> JSONResponse:
-            if not self._ready:
-                return JSONResponse({"status": "loading"}, status_code=503)
-            return JSONResponse({"status": "ok", "default_model": DEFAULT_MODEL_ID})
-
-        @api.get("/v1/models")
-        async def models() -> dict[str, Any]:
-            return self.store.describe()
-
-        async def answer(body: BaseModel, request: Request) -> Any:
-            try:
-                loaded = await self._model_for_request()
-                result = await self.predict_batch((loaded, body))
-            except HTTPException:
-                raise
-            except Exception as exc:  # noqa: BLE001 -- adapter load failures land here
-                result = exc
-            if isinstance(result, ServeInputError):
-                return JSONResponse({"detail": str(result), "errors": [{"field": result.field,
-                                                                        "message": result.message}]},
-                                    status_code=422)
-            if isinstance(result, Exception):
-                logger.error("predict failed", exc_info=result)
-                return JSONResponse({"detail": f"internal error ({type(result).__name__}); see the replica "
-                                               "log"}, status_code=500)
-            wanted = binary_accept(request.headers.get("accept", ""))
-            if wanted:
-                media = self.store.task.serve_media(result)
-                if media is None or media[1] not in wanted:
-                    return JSONResponse({"detail": f"this response has no {' or '.join(wanted)} rendering; "
-                                                   "ask for application/json"}, status_code=406)
-                return Response(content=media[0], media_type=media[1])
-            return result
-
-        @api.post("/v1/predict", response_model=response_model)
-        async def predict(body: request_model, request: Request) -> Any:  # type: ignore[valid-type]
-            return await answer(body, request)
-
-        @api.post("/v1/predict/upload", response_model=response_model)
-        async def predict_upload(request: Request) -> Any:
-            """The request as multipart form data: fields by name, files as their base64 content."""
-            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-                return JSONResponse({"detail": "send multipart/form-data here (JSON goes to /v1/predict)"},
-                                    status_code=415)
-            try:
-                body = request_model.model_validate(await form_fields(request))
-            except ValidationError as exc:
-                errors = _field_errors(exc)
-                return JSONResponse({"detail": "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-                                     "errors": errors}, status_code=422)
-            except ValueError as exc:  # a malformed multipart body
-                return JSONResponse({"detail": f"malformed multipart body: {exc}"}, status_code=400)
-            return await answer(body, request)
-
-        api.add_middleware(GuardMiddleware, token=self._token, max_body_bytes=self.args.max_body_bytes)
-        return api
+        backend = Backend(self.store, predict=lambda loaded, body: self.predict_batch((loaded, body)),
+                          load_adapter=self._load_adapter,
+                          # the proxy reads the header and hands the id over in the request context
+                          model_id=lambda _request: serve.get_multiplexed_model_id(),
+                          ready=lambda: self._ready)
+        return build_api(backend, self._token, self.args.max_body_bytes)
 
 
 def build_deployment(args: ServeArgs, **options: Any) -> Any:

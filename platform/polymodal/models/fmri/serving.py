@@ -21,13 +21,19 @@ from polymodal.registry import ServeInputError
 from .features import make_delayed, zscore
 from .pipeline import Featurizer, Story
 
+#: most TRs one request may predict: the design matrix is (n_trs, features x delays) floats
+MAX_TRS = 100_000
+#: latest word time a request may give, in seconds (a day); a JSON 1e300 or Infinity would make
+#: n_trs overflow or ask for an array no replica can hold
+MAX_SECONDS = 86_400.0
+
 
 class Word(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     word: str = Field(..., min_length=1)
-    start: float = Field(..., ge=0, description="seconds from the story's start")
-    end: float = Field(..., ge=0)
+    start: float = Field(..., ge=0, le=MAX_SECONDS, description="seconds from the story's start")
+    end: float = Field(..., ge=0, le=MAX_SECONDS)
 
 
 class EncodeRequest(BaseModel):
@@ -35,7 +41,7 @@ class EncodeRequest(BaseModel):
 
     subject: str
     words: list[Word] = Field(..., min_length=1, description="the story, in time order")
-    n_trs: int | None = Field(None, ge=1, le=100_000, description="TRs to predict; None: until the last word ends")
+    n_trs: int | None = Field(None, ge=1, le=MAX_TRS, description="TRs to predict; None: until the last word ends")
     voxels: list[int] | None = Field(None, min_length=1, max_length=10_000, description="voxel indices")
     top_k: int = Field(10, ge=1, le=10_000, description="without voxels: the k best-predicted voxels")
 
@@ -91,6 +97,10 @@ def _check(model: EncodingModel, req: EncodeRequest) -> Story:
         if bad:
             raise ServeInputError("voxels", f"indices {bad[:5]} are outside 0..{n_voxels - 1}")
     n_trs = req.n_trs or max(1, math.ceil(float(ends.max()) / model.tr))
+    if n_trs > MAX_TRS:  # only when derived: the field itself is bounded
+        last = int(ends.argmax())
+        raise ServeInputError(f"words.{last}.end", f"ends at {ends[last]:g} s: {n_trs} TRs of {model.tr:g} s, more "
+                                                   f"than the {MAX_TRS} one request may predict; split the story")
     return Story([w.word for w in req.words], (starts + ends) / 2.0, n_trs, model.tr)
 
 

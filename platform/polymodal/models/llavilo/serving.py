@@ -34,6 +34,9 @@ from .config import LlavLoConfig
 MAX_CLIPS = 1024
 #: longest query a request may carry, in tokens of text features (Moment-DETR: 32)
 MAX_TEXT_TOKENS = 256
+#: longest video a request may describe, in seconds: windows are float32 seconds, which resolve
+#: 1/100 s up to about a day (a JSON 1e300 or Infinity would become inf and answer NaN windows)
+MAX_DURATION_S = 86_400.0
 
 
 class MomentRequest(BaseModel):
@@ -43,7 +46,8 @@ class MomentRequest(BaseModel):
     text: list[list[float]] = Field(..., description="token features of the query: n_tokens x text_dim")
     video: list[list[float]] | None = Field(None, description="clip features: n_clips x video_dim (tef included), "
                                                               "prepared as the dataset's `video` column")
-    duration: float | None = Field(None, gt=0, description="video length in seconds (with `video`)")
+    duration: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="video length in seconds (with "
+                                                                             "`video`)")
     vid: str | None = Field(None, min_length=1, max_length=256, description="a video of the server's index, "
                                                                            "instead of `video` + `duration`")
     top_k: int = Field(5, ge=1, le=100, description="windows returned (at most the model's anchors)")
@@ -148,6 +152,14 @@ def serve_predict(task, model: nn.Module, requests: list[MomentRequest]) -> list
              "n_clips": torch.tensor([len(v) for v in videos], dtype=torch.int32),
              "qid": torch.arange(n), "windows": torch.zeros(n, 1, 2), "n_windows": torch.zeros(n, dtype=torch.int32)}
     out = task.predict(model, {k: v.to(device) for k, v in batch.items()})
+    for i, req in enumerate(requests):
+        if not (np.isfinite(out["scores"][i]).all() and np.isfinite(out["spans"][i]).all()):
+            # finite but huge features overflow inside the model, and JSON cannot carry NaN back;
+            # the larger of the request's own feature arrays is the likely culprit
+            field = "text" if req.vid is not None or np.abs(texts[i]).max() >= np.abs(videos[i]).max() else "video"
+            peak = float(np.abs(texts[i] if field == "text" else videos[i]).max())
+            raise ServeInputError(field, f"the model output is not finite for these features (largest |value| "
+                                         f"{peak:.3g}); send features scaled as the dataset's are")
     responses = []
     for i, req in enumerate(requests):
         kept = np.flatnonzero(out["keep"][i])[:req.top_k]  # predict sorts best first

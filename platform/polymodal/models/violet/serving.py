@@ -49,7 +49,7 @@ import json
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 import torch
@@ -110,8 +110,10 @@ class QARequest(BaseModel):
                                                                   "reads), base64; a data: URL prefix is accepted")
     frames_b64: list[str] | None = Field(None, min_length=1, max_length=MAX_FRAMES_IN,
                                          description="frames as base64 JPEG/PNG, in time order; one = an image")
-    options: list[str] | None = Field(None, max_length=MAX_OPTIONS, description="multiple-choice models: the "
-                                                                                "candidate answers")
+    # the per-item max_length also makes pydantic refuse a lone UTF-16 surrogate ("\ud800"), which
+    # a plain list[str] lets through to the tokenizer (a TypeError there)
+    options: list[Annotated[str, Field(max_length=MAX_TEXT)]] | None = Field(
+        None, max_length=MAX_OPTIONS, description="multiple-choice models: the candidate answers")
     top_k: int = Field(1, ge=1, le=MAX_TOP_K, description="candidates listed in the response")
 
     @field_validator("frames_b64", mode="before")
