@@ -26,7 +26,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu and not faults" -q
 
-# injected faults that take seconds each to wait out (S3 stopped and restarted under a read)
+# injected faults that take seconds to minutes each (S3 restarted under a read, a killed Train worker
+# and Tune driver, long Serve fuzzing)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m "faults and not gpu" -q
 
