@@ -3,13 +3,14 @@ Video-Language Transformers with Masked Visual-token Modeling').
 
 The diagram, one block each:
 
-* :class:`VideoEncoder`: frames (B, T, 3, S, S) -> video tokens (B, Nv, C). ``swin`` is the Video
-  Swin Transformer over the T x H' x W' grid (p_v = p_s + p_t added inside, Eq. 2); the ablations of
-  the paper's temporal-modelling study encode each frame alone (the same Swin on a one-frame video,
-  so no attention crosses frames) and then either average the frames (``mean``) or lay their tokens
-  side by side (``concat``).
-* :class:`Violet`: a Linear from the Swin width to BERT's, BERT's own embeddings for the text
-  (word + position + type, giving ``w + p_x``), and BERT's encoder over the concatenation
+* :class:`VideoEncoder`: frames (B, T, 3, S, S) -> a grid of video tokens (B, T', H', W', C).
+  ``swin`` is the Video Swin Transformer over the T x H' x W' grid (with its own p_s + p_t); the
+  ablations of the paper's temporal-modelling study encode each frame alone (the same Swin on a
+  one-frame video, so no attention crosses frames) and then either average the frames (``mean``)
+  or lay their tokens side by side (``concat``).
+* :class:`Violet`: a Linear from the Swin width to BERT's, plus p_v = p_s + p_t (Eq. 2) and a
+  LayerNorm, BERT's own embeddings for the text (word + position + type, giving ``w + p_x``), and
+  BERT's encoder over the concatenation
   ``[v + p_v, CLS, w + p_x]``: every video token attends to every text token and back, in one
   transformer (not two towers). The text comes from the tokenizer as ``[CLS] w [SEP]``, so its first
   token is the [CLS] whose state ``h_cls`` feeds the VTM and downstream heads.
