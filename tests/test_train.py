@@ -82,6 +82,7 @@ def test_each_zero_stage_trains_on_cpu(stage, wander_data, s3_bucket_uri):
     assert summary["metrics"]["accuracy"] > 0.7
 
 
+@pytest.mark.faults
 def test_killed_run_resumes_from_first_checkpoint(wander_data, s3_bucket_uri):
     """SIGKILL a training process once its first checkpoint is persisted; the rerun continues."""
     epochs = 30

@@ -234,6 +234,7 @@ def test_pretrain_needs_a_tokenizer_and_kinds_are_checked(src, tmp_path):
         ingest(parsed, str(tmp_path / "a"), kind="mcqa", split="train", n_frames=4, use_ray=False)
 
 
+@pytest.mark.slow
 def test_ray_ingest_matches_in_process(src, tmp_path, ray_cluster):
     parsed = imp.read_mcqa(src["mcqa"], src["videos"])
     kw = {"kind": "mcqa", "split": "val", "n_frames": FINETUNE_FRAMES, "size": SIZE, "progress": False}

@@ -247,6 +247,7 @@ def test_shipped_serve_config_checks():
 # ----------------------------------------------------------------------------- HTTP
 
 
+@pytest.mark.slow
 def test_retrieval_and_a_qa_upload_over_http(ray_cluster, setup, stores):
     from ray import serve
 
