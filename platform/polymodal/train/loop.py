@@ -124,8 +124,8 @@ def _check_checkpoint_keys(fs, root: str) -> None:
 def weights_only_loads() -> Iterator[None]:
     """Every ``torch.load`` inside is ``weights_only`` (no pickled code runs), DeepSpeed's included.
 
-    DeepSpeed 0.19 reads its model and optimizer state with ``torch.load(weights_only=False)``, so a
-    resume from a shared bucket would run whatever a writer to that prefix pickled into them. Torch
+    DeepSpeed 0.19 unpickles its model and optimizer state with the full (code-running) unpickler,
+    so a resume from a shared bucket would run whatever a writer to that prefix pickled into them. Torch
     honours ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` per call; the few DeepSpeed classes a ZeRO checkpoint
     holds are allowed by name.
     """
