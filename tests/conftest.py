@@ -22,9 +22,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(args, name: str, **actor_options) -> Iterator[str]:
-    """A polymodal Serve app (``args``: parsed ServeArgs) on a fresh port of 127.0.0.1, on the
-    session's Ray cluster; yields its base URL and shuts Serve down afterwards."""
+def served(args, name: str, deployment: dict | None = None, **actor_options) -> Iterator[str]:
+    """A polymodal Serve app (``args``: parsed ServeArgs; ``deployment``: more Deployment options)
+    on a fresh port of 127.0.0.1, on the session's Ray cluster; yields its base URL and shuts
+    Serve down afterwards."""
     from ray import serve
 
     from polymodal.serving.app import build_deployment
@@ -32,8 +33,8 @@ def served(args, name: str, **actor_options) -> Iterator[str]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = {"num_cpus": 0.5, **actor_options}
-    serve.run(build_deployment(args, ray_actor_options=options).bind(args.model_dump()), name=name,
-              route_prefix=f"/{name}")
+    serve.run(build_deployment(args, ray_actor_options=options, **(deployment or {})).bind(args.model_dump()),
+              name=name, route_prefix=f"/{name}")
     try:
         yield f"http://127.0.0.1:{port}/{name}"
     finally:
@@ -76,7 +77,10 @@ def ray_cluster(s3_server):
     whose trial Tune stopped (ASHA)."""
     import ray
 
+    from polymodal.serving import proxy
+
     if not ray.is_initialized():
+        proxy.install()  # Serve's proxies get the guard (tests/test_faults_serve.py)
         ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -89,6 +93,33 @@ def wander_data(s3_server) -> dict[str, str]:
 
     return get_task("wander.classification").synth(
         "s3://polymodal/session/wander", seed=0, scale=0.5, progress=False)
+
+
+def wander_export(root, seed: int = 0, **overrides: str) -> tuple[str, dict]:
+    """(an untrained tiny Wander export under ``root``, a valid request body), on fresh synthetic
+    data; serving needs no training to be tested for faults."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from polymodal.config import load_config
+    from polymodal.models.wander.backbone import read_spec
+    from polymodal.registry import get_task
+    from polymodal.train.checkpoint import trainable_state, write_export
+
+    root = Path(root)
+    data = get_task("wander.classification").synth(str(root / "data"), seed=seed, scale=0.05, progress=False)
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "wander_tiny.yaml"),
+                      [f"data.{s}={data[s]}" for s in ("train", "val", "test")]
+                      + [f"model.backbone={data['backbone']}"] + [f"{k}={v}" for k, v in overrides.items()])
+    torch.manual_seed(seed)
+    model = get_task(cfg.task).build_model(cfg.model)
+    write_export(root / "base" / "model", cfg, trainable_state(model, zero_stage=2), {"epoch": 0, "metrics": {}})
+    rng = np.random.default_rng(seed)
+    body = {"inputs": {m.name: rng.normal(size=(m.seq_len, m.feature_dim)).round(3).tolist()
+                       for m in read_spec(data["backbone"]).modalities}}
+    return str(root / "base"), body
 
 
 def wander_config(data: dict[str, str], storage_path: str, name: str, *overrides: str):

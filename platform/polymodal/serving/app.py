@@ -2,7 +2,7 @@
 
 Routes (relative to the application's route prefix)::
 
-    GET  /healthz     no auth; 200 once the default model is loaded
+    GET  /healthz     no auth; 200 while the replica can answer, else 503 with why (:class:`Health`)
     GET  /v1/models   default model id, adapter ids (and whether loaded), task, request schema
     POST /v1/predict  body = the task's request model (one example); batched with @serve.batch
     POST /v1/predict/upload  the same request as multipart form data (files -> base64 fields)
@@ -167,9 +167,13 @@ def read_export(checkpoint: str) -> tuple[ExperimentConfig, dict[str, torch.Tens
 
     from polymodal.train.checkpoint import load_export
 
+    source = export_uri(checkpoint)
     with tempfile.TemporaryDirectory(prefix="polymodal-serve-") as tmp:
-        storage.download_dir(export_uri(checkpoint), tmp)
-        cfg, weights, _ = load_export(tmp)
+        storage.download_dir(source, tmp)
+        try:
+            cfg, weights, _ = load_export(tmp)
+        except PolymodalError as exc:  # name the checkpoint's files, not the download folder
+            raise PolymodalError(str(exc).replace(tmp, source.rstrip("/"))) from None
     return cfg, weights
 
 
@@ -221,6 +225,53 @@ def shared_elements(model: nn.Module, base: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.data_ptr() in ptrs)
 
 
+class Health:
+    """Whether a replica can still answer, for Serve's health check and ``/healthz``.
+
+    A model that fails to load never gets here: the replica's constructor raises and Serve
+    reports the deployment failed, with the reason. At run time a request may fail because of
+    what it asks (that is not the replica's fault, and replacing the replica would let one bad
+    request cycle them all), or because the replica broke: a dead CUDA context, a poisoned
+    model, a lost mount. So after ``streak_limit`` internal errors in a row the check reruns the
+    last request the default model answered (the canary); only if that fails too is the
+    replica unhealthy, and Serve replaces it. The devices the model lives on are probed with
+    one tiny op on every check.
+    """
+
+    def __init__(self, streak_limit: int = 3):
+        self.streak_limit = streak_limit
+        self.streak = 0                      # internal errors in a row (input errors don't count)
+        self.last_error = ""
+        self.canary: BaseModel | None = None  # a request the default model answered
+
+    def record(self, default_model: bool, request: BaseModel, outcome: Any) -> None:
+        if isinstance(outcome, ServeInputError):
+            return
+        if isinstance(outcome, Exception):
+            self.streak += 1
+            self.last_error = f"{type(outcome).__name__}: {str(outcome)[:200]}"
+        else:
+            self.streak = 0
+            if default_model and self.canary is None:
+                self.canary = request
+
+    def problem(self, base: LoadedModel) -> str | None:
+        for device in {p.device for p in base.model.parameters()}:
+            try:
+                torch.ones(1, device=device).add_(1).cpu()
+            except Exception as exc:  # noqa: BLE001 -- any failure means the device is unusable
+                return f"device {device} fails a one-element op: {type(exc).__name__}: {exc}"
+        if self.streak < self.streak_limit or self.canary is None:
+            return None
+        try:
+            base.task.serve_predict(base.model, [self.canary])
+        except Exception as exc:  # noqa: BLE001
+            return (f"{self.streak} requests in a row failed (last: {self.last_error}), and a request the "
+                    f"default model answered before now fails too: {type(exc).__name__}: {str(exc)[:200]}")
+        self.streak = 0  # the canary passes: those failures were the requests' own
+        return None
+
+
 class ModelStore:
     """The default model plus on-demand adapters; no Ray needed (tests use it in-process)."""
 
@@ -256,6 +307,7 @@ class ModelStore:
             raise PolymodalError(f"adapters must be trained for the checkpoint's task {cfg.task!r}; "
                                  f"got {'; '.join(bad)}. Serve them as a separate application")
         self.loaded: "weakref.WeakValueDictionary[str, LoadedModel]" = weakref.WeakValueDictionary()
+        self.health = Health()
 
     @property
     def model_ids(self) -> list[str]:
@@ -316,7 +368,12 @@ class ModelStore:
                 outs = [exc] * len(reqs)
             for i, out in zip(idx, outs):
                 results[i] = out
+                self.health.record(lm is self.base, items[i][1], out)
         return results
+
+    def health_problem(self) -> str | None:
+        """Why this replica should be replaced, or None (see :class:`Health`)."""
+        return self.health.problem(self.base)
 
     @staticmethod
     def _one(lm: LoadedModel, req: BaseModel) -> Any:
@@ -485,8 +542,8 @@ class Backend:
     load_adapter: Callable[[str], Awaitable[LoadedModel]]
     #: the HTTP request -> the model id it asks for ("" or None: the default model)
     model_id: Callable[[Any], str | None]
-    #: False while the default model loads (``/healthz`` answers 503)
-    ready: Callable[[], bool]
+    #: None when healthy, else why not (``/healthz`` answers 503 with it)
+    health: Callable[[], Awaitable[str | None]]
 
 
 def build_api(backend: Backend, token: bytes | None, max_body_bytes: int) -> Any:
@@ -523,8 +580,9 @@ def build_api(backend: Backend, token: bytes | None, max_body_bytes: int) -> Any
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
-        if not backend.ready():
-            return JSONResponse({"status": "loading"}, status_code=503)
+        problem = await backend.health()
+        if problem is not None:
+            return JSONResponse({"status": "unhealthy", "detail": problem}, status_code=503)
         return JSONResponse({"status": "ok", "default_model": DEFAULT_MODEL_ID})
 
     @api.get("/v1/models", responses=_documented(401))
@@ -613,7 +671,10 @@ def local_backend(store: ModelStore) -> Backend:
         # both spellings, as Serve's proxy reads it (proxies such as nginx turn _ into -)
         return request.headers.get(MODEL_HEADER) or request.headers.get(MODEL_HEADER.replace("_", "-"))
 
-    return Backend(store, predict, load_adapter, model_id, ready=lambda: True)
+    async def health() -> str | None:
+        return await asyncio.to_thread(store.health_problem)
+
+    return Backend(store, predict, load_adapter, model_id, health)
 
 
 def local_app(args: "dict[str, Any] | ServeArgs") -> Any:
@@ -650,9 +711,17 @@ class PolymodalServer:
             load_adapter)
         self._ready = True
 
-    def check_health(self) -> None:
+    async def health(self) -> str | None:
         if not self._ready:
-            raise RuntimeError("the default model is not loaded")
+            return "the default model is not loaded"
+        return await asyncio.to_thread(self.store.health_problem)
+
+    async def check_health(self) -> None:
+        """Serve calls this every ``health_check_period_s``; raising marks the replica unhealthy
+        and Serve replaces it (:class:`Health` says when)."""
+        problem = await self.health()
+        if problem is not None:
+            raise RuntimeError(problem)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def predict_batch(self, items: list[tuple[LoadedModel, BaseModel]]) -> list[Any]:
@@ -664,7 +733,7 @@ class PolymodalServer:
                           load_adapter=self._load_adapter,
                           # the proxy reads the header and hands the id over in the request context
                           model_id=lambda _request: serve.get_multiplexed_model_id(),
-                          ready=lambda: self._ready)
+                          health=self.health)
         return build_api(backend, self._token, self.args.max_body_bytes)
 
 

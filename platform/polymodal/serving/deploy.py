@@ -97,5 +97,19 @@ def deploy(source: str, overrides: list[str] | None = None, *, timeout_s: float 
             return urls
         failed = {n: s for n, s in statuses.items() if n in wanted and "FAIL" in str(s)}
         if failed or time.time() > deadline:
-            raise PolymodalError(f"Serve applications did not reach RUNNING: {statuses}")
+            raise PolymodalError(f"Serve applications did not reach RUNNING: {statuses}" + _why(failed))
         time.sleep(1)
+
+
+def _why(failed: dict[str, Any]) -> str:
+    """The reasons Serve recorded for failed applications (a replica constructor's error, ...):
+    the end of each deployment's message, where the exception is."""
+    from ray import serve
+
+    lines = []
+    for name, app in serve.status().applications.items():
+        if name in failed:
+            for dep_name, dep in app.deployments.items():
+                if dep.message:
+                    lines.append(f"{name}/{dep_name}: ...{dep.message[-1500:]}")
+    return ("\n" + "\n".join(lines)) if lines else ""

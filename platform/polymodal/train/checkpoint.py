@@ -129,9 +129,23 @@ def load_export(path: str | Path) -> tuple[ExperimentConfig, dict[str, torch.Ten
     if missing:
         raise PolymodalError(f"{path} is not a polymodal model export: missing {', '.join(missing)}")
     cfg = validate_config(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = read_weights(path / "trainable.safetensors")
     info = json.loads((path / "export.json").read_text())
     return cfg, weights, info
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file whose every float is finite; else PolymodalError naming the file and
+    tensor (a truncated upload, a damaged disk, or a run that diverged to NaN)."""
+    try:
+        weights = load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types
+        raise PolymodalError(f"{file}: cannot read the weights: {exc}") from None
+    for name, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise PolymodalError(f"{file}: weight {name} holds NaN or inf (did training diverge?); "
+                                 "serve an earlier checkpoint")
+    return weights
 
 
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
