@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from polymodal.serving import proxy
     from polymodal.serving.app import ModelStore, ServeArgs, build_deployment
 
     with tempfile.TemporaryDirectory(prefix="polymodal-bench-") as tmp:
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         bodies = example_inputs(store, a.requests)
         local = bench_in_process(store, bodies, a.max_batch_size)
 
+        proxy.install()  # as a polymodal cluster runs it
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -362,6 +362,9 @@ def main(argv=None) -> int:
 
         import ray
 
+        from polymodal.serving import proxy
+
+        proxy.install()  # the Serve proxies of this local cluster get polymodal's guard
         # logical CPUs: the Train controller and the workers need slots beside each other on 2 cores;
         # the dashboard serves the State API, through which Train frees ASHA-stopped trials' CPUs
         ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True)

@@ -355,6 +355,23 @@ def test_ray_token_auth_enabled(item):
         assert auth.get("mode") == "token" or by_env, f"{fname}: Ray token authentication is not enabled"
 
 
+SERVING_DOCS = RAY_SERVICES + [(f, d) for f, d in RAY_DOCS if d.get("kind") == "RayCluster"]
+
+
+@pytest.mark.parametrize("item", SERVING_DOCS, ids=_id)
+def test_serve_proxies_load_the_proxy_guard(item):
+    """Every Ray container of a cluster that may serve sets the proxy callback to polymodal's guard."""
+    from ray._common.utils import import_attr
+
+    from polymodal.serving import proxy
+
+    fname, doc = item
+    for where, container in _containers(doc, ray_only=True):
+        env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+        assert env.get(proxy.PROXY_CALLBACK_ENV) == proxy.PROXY_CALLBACK, f"{fname}: {where}"
+    assert import_attr(proxy.PROXY_CALLBACK) is proxy.middlewares
+
+
 # --------------------------------------------------------------------------- exposure
 
 
