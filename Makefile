@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not gpu and not faults" -q
 
 # injected faults that take seconds to minutes each (S3 restarted under a read, a killed Train worker
-# and Tune driver, long Serve fuzzing)
+# and Tune driver, killed, stalled and unloadable Serve replicas, long Serve fuzzing)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m "faults and not gpu" -q
 

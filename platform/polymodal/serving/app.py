@@ -49,6 +49,7 @@ from polymodal import storage
 from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.registry import ServeInputError, Task, get_task
+from polymodal.serving.proxy import send_json
 
 logger = logging.getLogger("ray.serve")
 
@@ -386,15 +387,6 @@ class ModelStore:
 # --------------------------------------------------------------------------- HTTP guard
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any],
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class GuardMiddleware:
     """Pure ASGI: bearer token first (so nothing leaks before auth), then the body-size limit.
 
@@ -420,7 +412,7 @@ class GuardMiddleware:
         if root and path.startswith(root):
             path = path[len(root):] or "/"
         if self.token is not None and path not in self.open_paths and not self._authorized(scope):
-            return await _send_json(send, 401, {"detail": "missing or invalid bearer token; send "
+            return await send_json(send, 401, {"detail": "missing or invalid bearer token; send "
                                                           "'Authorization: Bearer <token>'"},
                                     ((b"www-authenticate", b"Bearer"),))
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -431,9 +423,9 @@ class GuardMiddleware:
             try:
                 too_big = int(declared) > limit
             except ValueError:
-                return await _send_json(send, 400, {"detail": "Content-Length header is not an integer"})
+                return await send_json(send, 400, {"detail": "Content-Length header is not an integer"})
             if too_big:
-                return await _send_json(send, 413, {"detail": f"body of {int(declared)} bytes exceeds the "
+                return await send_json(send, 413, {"detail": f"body of {int(declared)} bytes exceeds the "
                                                               f"limit of {limit} (max_body_bytes)"})
         chunks, size, more = [], 0, True
         while more:
@@ -443,7 +435,7 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return await _send_json(send, 413, {"detail": f"body exceeds the limit of {limit} bytes "
+                return await send_json(send, 413, {"detail": f"body exceeds the limit of {limit} bytes "
                                                               "(max_body_bytes)"})
             chunks.append(chunk)
             more = message.get("more_body", False)

@@ -65,7 +65,9 @@ def undecodable_header(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], *headers: tuple[bytes, bytes]) -> None:
+async def send_json(send: Any, status: int, body: dict[str, Any],
+                    headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """A whole JSON answer through an ASGI ``send`` (used here and by the app's own guard)."""
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
@@ -84,7 +86,7 @@ class ProxyGuard:
             return await self.app(scope, receive, send)
         bad = undecodable_header(scope.get("headers", []))
         if bad is not None:
-            return await _send_json(send, 400, {"detail": f"header {bad} is not valid UTF-8"})
+            return await send_json(send, 400, {"detail": f"header {bad} is not valid UTF-8"})
         started = False
 
         async def watched(message: dict[str, Any]) -> None:
@@ -100,6 +102,6 @@ class ProxyGuard:
             logger.exception("Serve's proxy failed before answering %s", scope.get("path"))
         if not started:
             # the proxy gave up without an answer: in practice the replica died mid-request
-            await _send_json(send, 503, {"detail": "the replica handling this request stopped before it "
-                                                   "answered (it is being replaced); retry"},
-                             (b"retry-after", str(RETRY_AFTER_S).encode()))
+            await send_json(send, 503, {"detail": "the replica handling this request stopped before it "
+                                                  "answered (it is being replaced); retry"},
+                            ((b"retry-after", str(RETRY_AFTER_S).encode()),))
