@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/sd_generate.py --size tiny
 	$(BIN)/python bench/violet_ingest.py
 	$(BIN)/python bench/violet_step.py --size small
+	$(BIN)/python bench/serve_latency.py
+	$(BIN)/python bench/serve_soak.py
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache

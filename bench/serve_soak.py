@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_latency import _free_port, example_inputs, make_checkpoint  # noqa: E402
+from serve_latency import _free_port, example_inputs, make_checkpoint  # bench/ is on sys.path: python bench/x.py
 
 MEMORY_LIMIT = 0.10  # allowed RSS growth over the run
 SAMPLE_S = 2.0

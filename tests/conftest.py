@@ -95,7 +95,7 @@ def wander_data(s3_server) -> dict[str, str]:
         "s3://polymodal/session/wander", seed=0, scale=0.5, progress=False)
 
 
-def wander_export(root, seed: int = 0, **overrides: str) -> tuple[str, dict]:
+def wander_export(root, seed: int = 0) -> tuple[str, dict]:
     """(an untrained tiny Wander export under ``root``, a valid request body), on fresh synthetic
     data; serving needs no training to be tested for faults."""
     from pathlib import Path
@@ -112,7 +112,7 @@ def wander_export(root, seed: int = 0, **overrides: str) -> tuple[str, dict]:
     data = get_task("wander.classification").synth(str(root / "data"), seed=seed, scale=0.05, progress=False)
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "wander_tiny.yaml"),
                       [f"data.{s}={data[s]}" for s in ("train", "val", "test")]
-                      + [f"model.backbone={data['backbone']}"] + [f"{k}={v}" for k, v in overrides.items()])
+                      + [f"model.backbone={data['backbone']}"])
     torch.manual_seed(seed)
     model = get_task(cfg.task).build_model(cfg.model)
     write_export(root / "base" / "model", cfg, trainable_state(model, zero_stage=2), {"epoch": 0, "metrics": {}})
