@@ -182,7 +182,7 @@ def soak_uvicorn(ckpt: str, bodies: list, a: argparse.Namespace) -> Soak:
         proc.wait(timeout=30)
 
 
-def report(name: str, s: Soak, a: argparse.Namespace) -> list[str]:
+def report(name: str, s: Soak) -> list[str]:
     """Print one run's numbers; return the checks it failed."""
     rss = [m for _, m in s.rss_mb]
     print(f"{name:22s} {s.n:6d} {sum(s.errors.values()):6d} {s.n / s.wall_s:7.1f} {s.pct(50):8.2f} "
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
           f"req/s), concurrency {a.concurrency}, warm-up {a.warmup}, {os.cpu_count()} CPU cores, checkpoint {ckpt}")
     print(f"{'server':22s} {'reqs':>6s} {'errors':>6s} {'req/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} "
           f"{'RSS0 MB':>8s} {'RSS1 MB':>8s} {'growth':>8s} {'MB/min':>8s} {'lag s':>7s}")
-    failed = [f for name, s in runs.items() for f in report(name, s, a)]
+    failed = [f for name, s in runs.items() for f in report(name, s)]
     if len(runs) == 2:
         serve_run, peer = runs.values()
         print(f"ratios (Serve / uvicorn): p50 {serve_run.pct(50) / peer.pct(50):.2f}x, "

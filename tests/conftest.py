@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -95,31 +96,47 @@ def wander_data(s3_server) -> dict[str, str]:
         "s3://polymodal/session/wander", seed=0, scale=0.5, progress=False)
 
 
-def wander_export(root, seed: int = 0) -> tuple[str, dict]:
-    """(an untrained tiny Wander export under ``root``, a valid request body), on fresh synthetic
-    data; serving needs no training to be tested for faults."""
+def untrained_export(root, yaml: str, *overrides: str, seed: int = 0) -> tuple[str, Any]:
+    """(checkpoint folder, config) of an untrained model of a shipped tiny config: serving needs
+    no training to be fuzzed or faulted."""
     from pathlib import Path
 
-    import numpy as np
     import torch
 
     from polymodal.config import load_config
-    from polymodal.models.wander.backbone import read_spec
     from polymodal.registry import get_task
     from polymodal.train.checkpoint import trainable_state, write_export
 
     root = Path(root)
-    data = get_task("wander.classification").synth(str(root / "data"), seed=seed, scale=0.05, progress=False)
-    cfg = load_config(str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "wander_tiny.yaml"),
-                      [f"data.{s}={data[s]}" for s in ("train", "val", "test")]
-                      + [f"model.backbone={data['backbone']}"])
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / yaml), list(overrides))
     torch.manual_seed(seed)
     model = get_task(cfg.task).build_model(cfg.model)
-    write_export(root / "base" / "model", cfg, trainable_state(model, zero_stage=2), {"epoch": 0, "metrics": {}})
+    write_export(root / "model", cfg, trainable_state(model, zero_stage=2), {"epoch": 0, "metrics": {}})
+    return str(root), cfg
+
+
+def wander_request(backbone: str, seed: int = 0) -> dict:
+    """A valid Wander request body: random features of every modality of ``backbone``."""
+    import numpy as np
+
+    from polymodal.models.wander.backbone import read_spec
+
     rng = np.random.default_rng(seed)
-    body = {"inputs": {m.name: rng.normal(size=(m.seq_len, m.feature_dim)).round(3).tolist()
-                       for m in read_spec(data["backbone"]).modalities}}
-    return str(root / "base"), body
+    return {"inputs": {m.name: rng.normal(size=(m.seq_len, m.feature_dim)).round(3).tolist()
+                       for m in read_spec(backbone).modalities}}
+
+
+def wander_export(root, seed: int = 0) -> tuple[str, dict]:
+    """(an untrained tiny Wander export under ``root``, a valid request body) on fresh synthetic data."""
+    from pathlib import Path
+
+    from polymodal.registry import get_task
+
+    root = Path(root)
+    data = get_task("wander.classification").synth(str(root / "data"), seed=seed, scale=0.05, progress=False)
+    checkpoint, _ = untrained_export(root / "base", "wander_tiny.yaml", f"model.backbone={data['backbone']}",
+                                     *(f"data.{s}={data[s]}" for s in ("train", "val", "test")), seed=seed)
+    return checkpoint, wander_request(data["backbone"], seed)
 
 
 def wander_config(data: dict[str, str], storage_path: str, name: str, *overrides: str):

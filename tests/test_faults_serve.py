@@ -112,9 +112,7 @@ def test_a_stalled_replica_fails_its_health_check_and_is_replaced(ray_cluster, w
                     rs = await asyncio.gather(*(client.post(f"{url}/v1/predict", json=body) for _ in range(4)))
                 return [r.status_code for r in rs]
 
-            started = time.time()
-            statuses = asyncio.run(burst())
-            waited = time.time() - started
+            statuses = asyncio.run(burst())  # a request still waiting after 90 s fails the test
             successor = wait_for_new_replica("stalled", victim)
         finally:
             try:
@@ -122,7 +120,7 @@ def test_a_stalled_replica_fails_its_health_check_and_is_replaced(ray_cluster, w
             except ProcessLookupError:
                 pass
         # queued while the replica was wedged, then answered by its successor
-        assert statuses == [200] * 4 and waited < 90
+        assert statuses == [200] * 4
         assert successor != victim and victim not in replica_pids("stalled")
 
 

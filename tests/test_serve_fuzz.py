@@ -24,25 +24,21 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import torch
-from conftest import served
+from conftest import served, untrained_export, wander_request
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from polymodal.config import load_config
 from polymodal.registry import get_task
 from polymodal.serving.app import MODEL_HEADER, local_app, parse_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning",
                                         "ignore::DeprecationWarning", "ignore::RuntimeWarning")
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "POLYMODAL_FUZZ_TOKEN"
 TOKEN = "fuzz-" + uuid.uuid4().hex
 LIMIT = 48_000  # max_body_bytes of the fuzzed apps: big enough for one VIOLET video, small enough to cross
@@ -143,18 +139,6 @@ def check(reply: Reply, response_model: type[BaseModel], context: Any = None) ->
 # ----------------------------------------------------------------------------- the apps
 
 
-def export(root: Path, yaml: str, *overrides: str, seed: int = 0) -> tuple[str, Any]:
-    """(checkpoint folder, config) of an untrained model of a shipped tiny config (serving needs no
-    training to be fuzzed)."""
-    from polymodal.train.checkpoint import trainable_state, write_export
-
-    cfg = load_config(str(ROOT / "jobs" / "configs" / yaml), list(overrides))
-    torch.manual_seed(seed)
-    model = get_task(cfg.task).build_model(cfg.model)
-    write_export(root / "model", cfg, trainable_state(model, zero_stage=2), {"epoch": 0, "metrics": {}})
-    return str(root), cfg
-
-
 def data_overrides(data: dict[str, str], **backbones: str) -> list[str]:
     return [f"data.{s}={data[s]}" for s in ("train", "val", "test")] + [
         f"model.{key}={data[name]}" for key, name in backbones.items()]
@@ -177,21 +161,18 @@ class Target:
 @pytest.fixture(scope="module")
 def wander(tmp_path_factory) -> Target:
     """Wander classification with a token, a houlsby adapter and a small body limit."""
-    from polymodal.models.wander.backbone import read_spec
     from polymodal.models.wander.serving import ClassificationResponse
 
     root = tmp_path_factory.mktemp("fuzz-wander")
     data = get_task("wander.classification").synth(str(root / "data"), seed=0, scale=0.05, progress=False)
     uris = data_overrides(data, backbone="backbone")
-    adapter, _ = export(root / "adapter", "wander_tiny.yaml", *uris, "model.method=houlsby", seed=1)
-    args = {"checkpoint": export(root / "base", "wander_tiny.yaml", *uris)[0], "adapters": {"houlsby": adapter},
+    adapter, _ = untrained_export(root / "adapter", "wander_tiny.yaml", *uris, "model.method=houlsby", seed=1)
+    args = {"checkpoint": untrained_export(root / "base", "wander_tiny.yaml", *uris)[0], "adapters": {"houlsby": adapter},
             "token_env": TOKEN_ENV, "max_body_bytes": LIMIT}
     with pytest.MonkeyPatch.context() as env:
         env.setenv(TOKEN_ENV, TOKEN)
         client = Client(local_app(args))
-    rng = np.random.default_rng(0)
-    shapes = {m.name: (m.seq_len, m.feature_dim) for m in read_spec(data["backbone"]).modalities}
-    valid = {"inputs": {name: rng.normal(size=shape).round(3).tolist() for name, shape in shapes.items()}}
+    valid = wander_request(data["backbone"])
     yield Target(client, args, ClassificationResponse, valid, wander_bodies(valid), uploads(["inputs"]),
                  ((b"authorization", f"Bearer {TOKEN}".encode()),))
     client.close()
@@ -204,7 +185,7 @@ def llavilo(tmp_path_factory) -> Target:
 
     root = tmp_path_factory.mktemp("fuzz-llavilo")
     data = get_task("llavilo.moment_retrieval").synth(str(root / "data"), seed=0, scale=0.05, progress=False)
-    ckpt, cfg = export(root / "ckpt", "llavilo_tiny.yaml", *data_overrides(data, llm="llm"))
+    ckpt, cfg = untrained_export(root / "ckpt", "llavilo_tiny.yaml", *data_overrides(data, llm="llm"))
     args = {"checkpoint": ckpt, "index": data["test"], "max_body_bytes": LIMIT}
     client = Client(local_app(args))
     text, video = (3, cfg.model.text_dim), (6, cfg.model.video_dim)
@@ -223,7 +204,7 @@ def violet(tmp_path_factory) -> Target:
 
     root = tmp_path_factory.mktemp("fuzz-violet")
     data = get_task("violet.oeqa").synth(str(root / "data"), seed=1, scale=1 / 64, progress=False)
-    ckpt, _ = export(root / "ckpt", "violet_tiny_qa.yaml", *data_overrides(data, bert="bert"), "task=violet.mcqa",
+    ckpt, _ = untrained_export(root / "ckpt", "violet_tiny_qa.yaml", *data_overrides(data, bert="bert"), "task=violet.mcqa",
                      "model.num_answers=null")
     args = {"checkpoint": ckpt, "index": data["test"], "max_body_bytes": LIMIT}
     client = Client(local_app(args))

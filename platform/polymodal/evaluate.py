@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +12,7 @@ from polymodal import shards, storage
 from polymodal.config import ExperimentConfig, StorageOptions
 from polymodal.errors import PolymodalError
 from polymodal.registry import get_task
-from polymodal.train.checkpoint import MODEL_DIR, load_export, load_trainable
+from polymodal.train.checkpoint import load_trainable, read_export
 
 
 def find_checkpoint(cfg: ExperimentConfig, which: str = "best") -> str:
@@ -31,12 +29,7 @@ def find_checkpoint(cfg: ExperimentConfig, which: str = "best") -> str:
 
 def load_model(checkpoint_uri: str, opts: StorageOptions | None = None, device: str | torch.device = "cpu"):
     """(config, task, model) from a checkpoint folder or its ``model/`` export, local or S3."""
-    with tempfile.TemporaryDirectory(prefix="polymodal-export-") as tmp:
-        src = checkpoint_uri.rstrip("/")
-        if not src.endswith("/" + MODEL_DIR) and storage.exists(storage.join(src, MODEL_DIR), opts):
-            src = storage.join(src, MODEL_DIR)
-        storage.download_dir(src, tmp, opts)
-        cfg, weights, info = load_export(Path(tmp))
+    cfg, weights, _ = read_export(checkpoint_uri, opts)
     task = get_task(cfg.task)
     model = task.build_model(cfg.model)
     load_trainable(model, weights)

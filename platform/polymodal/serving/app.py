@@ -50,6 +50,7 @@ from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.registry import ServeInputError, Task, get_task
 from polymodal.serving.proxy import send_json
+from polymodal.train.checkpoint import export_uri, load_trainable, read_export
 
 logger = logging.getLogger("ray.serve")
 
@@ -143,15 +144,6 @@ def resolve_checkpoint(uri: str) -> str:
     return uri
 
 
-def export_uri(checkpoint: str) -> str:
-    """The ``model/`` export inside a checkpoint folder, or the URI itself if it is the export."""
-    from polymodal.train.checkpoint import MODEL_DIR
-
-    if not checkpoint.endswith("/" + MODEL_DIR) and storage.exists(storage.join(checkpoint, MODEL_DIR)):
-        return storage.join(checkpoint, MODEL_DIR)
-    return checkpoint
-
-
 def read_config(checkpoint: str) -> ExperimentConfig:
     """Only the config of an export (one small file): enough to check an adapter at startup."""
     import yaml
@@ -160,22 +152,6 @@ def read_config(checkpoint: str) -> ExperimentConfig:
     if not storage.exists(uri):
         raise PolymodalError(f"{checkpoint} is not a polymodal checkpoint: {uri} is missing")
     return validate_config(yaml.safe_load(storage.read_text(uri)), uri)
-
-
-def read_export(checkpoint: str) -> tuple[ExperimentConfig, dict[str, torch.Tensor]]:
-    """(config, trainable weights) of a checkpoint, local or S3."""
-    import tempfile
-
-    from polymodal.train.checkpoint import load_export
-
-    source = export_uri(checkpoint)
-    with tempfile.TemporaryDirectory(prefix="polymodal-serve-") as tmp:
-        storage.download_dir(source, tmp)
-        try:
-            cfg, weights, _ = load_export(tmp)
-        except PolymodalError as exc:  # name the checkpoint's files, not the download folder
-            raise PolymodalError(str(exc).replace(tmp, source.rstrip("/"))) from None
-    return cfg, weights
 
 
 def task_adapter_key(task: Task, model_cfg: BaseModel) -> str | None:
@@ -277,15 +253,13 @@ class ModelStore:
     """The default model plus on-demand adapters; no Ray needed (tests use it in-process)."""
 
     def __init__(self, args: ServeArgs):
-        from polymodal.train.checkpoint import load_trainable
-
         self.args = args
         ckpt = resolve_checkpoint(args.checkpoint)
         task = get_task(read_config(ckpt).task)
         if task.trains_itself:
             cfg, model = task.load_checkpoint(ckpt)
         else:
-            cfg, weights = read_export(ckpt)
+            cfg, weights, _ = read_export(ckpt)
             model = task.build_model(cfg.model)
             load_trainable(model, weights)
         self.base = LoadedModel(DEFAULT_MODEL_ID, ckpt, cfg, task, model.eval(),
@@ -316,10 +290,8 @@ class ModelStore:
 
     def load_adapter(self, model_id: str) -> LoadedModel:
         """Build adapter ``model_id``, sharing the base's frozen parameters when keys match."""
-        from polymodal.train.checkpoint import load_trainable
-
         ckpt = self.adapter_checkpoints[model_id]
-        cfg, weights = read_export(ckpt)
+        cfg, weights, _ = read_export(ckpt)
         key = task_adapter_key(self.task, cfg.model)
         base = self.base.model
         if key is not None and key == self.base.key and cfg.model == self.base.cfg.model:
@@ -686,7 +658,6 @@ class PolymodalServer:
     """One replica: the default model, an adapter cache, and the HTTP app of :func:`build_api`."""
 
     def __init__(self, args: dict[str, Any]):
-        self._ready = False
         self.args = parse_args(args)
         self._token = read_token(self.args.token_env)
         self.store = ModelStore(self.args)
@@ -701,11 +672,9 @@ class PolymodalServer:
 
         self._load_adapter = serve.multiplexed(max_num_models_per_replica=self.args.max_models_per_replica)(
             load_adapter)
-        self._ready = True
 
     async def health(self) -> str | None:
-        if not self._ready:
-            return "the default model is not loaded"
+        # no "still loading" state: Serve calls this only once the constructor (the load) returned
         return await asyncio.to_thread(self.store.health_problem)
 
     async def check_health(self) -> None:

@@ -90,26 +90,16 @@ def deploy(source: str, overrides: list[str] | None = None, *, timeout_s: float 
         serve.run(application, name=spec["name"], route_prefix=spec.get("route_prefix", "/"), blocking=False)
         urls.append(f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}{spec.get('route_prefix', '/')}")
     deadline = time.time() + timeout_s
+    wanted = {spec["name"] for spec in raw.get("applications") or []}
     while True:
-        statuses = {name: s.status for name, s in serve.status().applications.items()}
-        wanted = {spec["name"] for spec in raw.get("applications") or []}
+        apps = serve.status().applications
+        statuses = {name: s.status for name, s in apps.items()}
         if all(str(statuses.get(n)).endswith("RUNNING") for n in wanted):
             return urls
-        failed = {n: s for n, s in statuses.items() if n in wanted and "FAIL" in str(s)}
+        failed = [n for n, s in statuses.items() if n in wanted and "FAIL" in str(s)]
         if failed or time.time() > deadline:
-            raise PolymodalError(f"Serve applications did not reach RUNNING: {statuses}" + _why(failed))
+            # each failed deployment's message ends with the exception (a replica constructor's error)
+            why = [f"\n{n}/{dep_name}: ...{dep.message[-1500:]}" for n in failed
+                   for dep_name, dep in apps[n].deployments.items() if dep.message]
+            raise PolymodalError(f"Serve applications did not reach RUNNING: {statuses}" + "".join(why))
         time.sleep(1)
-
-
-def _why(failed: dict[str, Any]) -> str:
-    """The reasons Serve recorded for failed applications (a replica constructor's error, ...):
-    the end of each deployment's message, where the exception is."""
-    from ray import serve
-
-    lines = []
-    for name, app in serve.status().applications.items():
-        if name in failed:
-            for dep_name, dep in app.deployments.items():
-                if dep.message:
-                    lines.append(f"{name}/{dep_name}: ...{dep.message[-1500:]}")
-    return ("\n" + "\n".join(lines)) if lines else ""

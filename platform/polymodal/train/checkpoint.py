@@ -118,34 +118,60 @@ def write_export(path: Path, cfg: ExperimentConfig, weights: dict[str, torch.Ten
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_export(path: str | Path) -> tuple[ExperimentConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a local ``model/`` export: (config, trainable weights, info)."""
+def load_export(path: str | Path, shown_as: str | None = None
+                ) -> tuple[ExperimentConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a local ``model/`` export: (config, trainable weights, info).
+
+    ``shown_as``: the URI errors name instead of ``path`` (the export a temp folder was copied from)."""
     import yaml
 
     path = Path(path)
     if (path / MODEL_DIR).is_dir():
         path = path / MODEL_DIR
+    where = (shown_as or str(path)).rstrip("/")
     missing = [f for f in ("config.yaml", "trainable.safetensors", "export.json") if not (path / f).exists()]
     if missing:
-        raise PolymodalError(f"{path} is not a polymodal model export: missing {', '.join(missing)}")
-    cfg = validate_config(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
-    weights = read_weights(path / "trainable.safetensors")
+        raise PolymodalError(f"{where} is not a polymodal model export: missing {', '.join(missing)}")
+    cfg = validate_config(yaml.safe_load((path / "config.yaml").read_text()), f"{where}/config.yaml")
+    weights = read_weights(path / "trainable.safetensors", f"{where}/trainable.safetensors")
     info = json.loads((path / "export.json").read_text())
     return cfg, weights, info
 
 
-def read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file whose every float is finite; else PolymodalError naming the file and
-    tensor (a truncated upload, a damaged disk, or a run that diverged to NaN)."""
+def read_weights(file: Path, shown_as: str | None = None) -> dict[str, torch.Tensor]:
+    """A safetensors file whose every float is finite; else PolymodalError naming the file
+    (``shown_as``, if given) and tensor: a truncated upload, a damaged disk, or a run that
+    diverged to NaN."""
+    where = shown_as or str(file)
     try:
         weights = load_file(str(file))
     except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types
-        raise PolymodalError(f"{file}: cannot read the weights: {exc}") from None
+        raise PolymodalError(f"{where}: cannot read the weights: {exc}") from None
     for name, value in weights.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise PolymodalError(f"{file}: weight {name} holds NaN or inf (did training diverge?); "
-                                 "serve an earlier checkpoint")
+            raise PolymodalError(f"{where}: weight {name} holds NaN or inf (did training diverge?); "
+                                 "use an earlier checkpoint")
     return weights
+
+
+def export_uri(checkpoint: str, opts: StorageOptions | None = None) -> str:
+    """The ``model/`` export inside a checkpoint folder, or the URI itself if it is the export."""
+    checkpoint = checkpoint.rstrip("/")
+    if not checkpoint.endswith("/" + MODEL_DIR) and storage.exists(storage.join(checkpoint, MODEL_DIR), opts):
+        return storage.join(checkpoint, MODEL_DIR)
+    return checkpoint
+
+
+def read_export(checkpoint: str, opts: StorageOptions | None = None
+                ) -> tuple[ExperimentConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`load_export` of a checkpoint folder or its export, local or S3 (copied to a temp
+    folder first); errors name the checkpoint's files, not the copy."""
+    import tempfile
+
+    source = export_uri(checkpoint, opts)
+    with tempfile.TemporaryDirectory(prefix="polymodal-export-") as tmp:
+        storage.download_dir(source, tmp, opts)
+        return load_export(tmp, shown_as=source)
 
 
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
