@@ -284,7 +284,7 @@ def _violet(out: Path, serve_it: bool) -> Path:
     """Train, evaluate and serve a tiny VIOLET answering which way a synthetic shape moves.
 
     Trained from scratch: pre-training first (VTM + MLM + MVM) is the slow test's job
-    (tests/test_violet_learning.py) and would double the time of this part.
+    (tests/violet/test_violet_learning.py) and would double the time of this part.
     """
     from polymodal import shards, storage
     from polymodal.config import load_config

@@ -101,7 +101,7 @@ def test_deepspeed_zero3_step_moves_only_trainable_weights(local_data, tmp_path)
     from polymodal.train.checkpoint import load_export
     from polymodal.train.loop import fit_local
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(str(root / "jobs" / "configs" / "llavilo_tiny.yaml"), [
         "name=zero3", f"storage_path={tmp_path}", f"model.llm={local_data['llm']}", f"data.train={local_data['train']}",
         "data.val=null", "data.test=null", "optim.epochs=1", "optim.max_steps_per_epoch=2", "optim.warmup_steps=0",
@@ -129,7 +129,7 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
 
     t0 = time.perf_counter()
     data = get_task(TASK).synth(f"{s3_bucket_uri}/data", seed=0, scale=1.0, progress=False)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(str(root / "jobs" / "configs" / "llavilo_tiny.yaml"), [
         "name=learn", f"storage_path={s3_bucket_uri}/runs", f"model.llm={data['llm']}",
         f"data.train={data['train']}", f"data.val={data['val']}", f"data.test={data['test']}",
@@ -158,7 +158,7 @@ def test_llavilo_sweep_ranks_trials_by_val_map(ray_cluster, s3_bucket_uri):
     from polymodal.tune import load_space, run_sweep
 
     data = get_task(TASK).synth(f"{s3_bucket_uri}/data", seed=0, scale=0.25, progress=False)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(str(root / "jobs" / "configs" / "llavilo_tiny.yaml"), [
         "name=sweep", f"storage_path={s3_bucket_uri}/runs", f"model.llm={data['llm']}",
         f"data.train={data['train']}", f"data.val={data['val']}", "optim.epochs=2", "optim.max_steps_per_epoch=3"])

@@ -27,7 +27,7 @@ from polymodal import storage
 from polymodal.config import load_config
 from polymodal.errors import ConfigError, ImportDataError, StorageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WANDER_TINY = ROOT / "jobs" / "configs" / "wander_tiny.yaml"
 
 # =========================================================================== unsafe loads

@@ -1,6 +1,6 @@
 """Resuming never runs pickled code and never writes outside the restore folder (issue 8).
 
-The resume paths themselves (ZeRO-3 through Ray Train, a killed run) are in tests/test_train.py;
+The resume paths themselves (ZeRO-3 through Ray Train, a killed run) are in tests/spine/test_train.py;
 they load DeepSpeed's state under :func:`~polymodal.train.loop.weights_only_loads`.
 """
 

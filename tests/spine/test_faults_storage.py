@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
-from conftest import wander_config
+from support import wander_config
 
 from polymodal import shards as sh
 from polymodal import storage

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import wander_config
+from support import wander_config
 from ray import tune
 
 from polymodal import storage
@@ -19,7 +19,7 @@ from polymodal.config import load_config
 from polymodal.errors import ConfigError
 from polymodal.tune import SearchSpace, _concurrency, load_space, run_sweep, validate_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wander_config
+from support import wander_config
 
 from polymodal import storage
 from polymodal.train.checkpoint import STATE_FILE
 from polymodal.train.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS = 6, 4  # 4 optimizer steps per epoch: an epoch is ~1 s, the run ~20 s
 
 

@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wander_config
+from support import wander_config
 
 from polymodal import storage
 from polymodal.evaluate import evaluate_run
 from polymodal.report import write_report
 from polymodal.train.loop import fit, fit_local
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def metrics_rows(cfg) -> list[dict[str, str]]:

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "kuberay-v1.7.0"
+CRD_DIR = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "kuberay-v1.7.0"
 CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayJob": "ray.io_rayjobs.yaml",

@@ -13,7 +13,7 @@ import torch
 from polymodal import shards, storage
 from polymodal.registry import get_task
 
-from conftest import cheffusion_config
+from support import cheffusion_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -88,7 +88,7 @@ def test_cheffusion_sweep_ranks_trials_by_val_bleu(ray_cluster, cheffusion_data,
     from polymodal.config import load_config
     from polymodal.tune import load_space, run_sweep
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = cheffusion_config(cheffusion_data, f"{s3_bucket_uri}/runs", "sweep", "optim.epochs=2",
                             "optim.max_steps_per_epoch=4")
     space = load_space(str(root / "tune_spaces" / "cheffusion.yaml"), cfg)

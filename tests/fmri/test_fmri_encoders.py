@@ -16,7 +16,7 @@ from polymodal.errors import PolymodalError
 from polymodal.models.fmri.encoders import TransformerFeatures, minilm_path
 from polymodal.shards import ShardWriter, iter_local_batches, open_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = ("the old lighthouse keeper watched the grey sea every night while unremarkable ships passed "
         "slowly beyond the harbour and the keeper wrote letters to a daughter far away")
 N_LAYERS, HIDDEN = 2, 16

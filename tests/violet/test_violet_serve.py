@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import served
+from support import served
 from pydantic import ValidationError
 
 from polymodal import shards
@@ -31,7 +31,7 @@ from polymodal.serving.app import ModelStore, build_deployment, parse_args
 from polymodal.serving.config_check import check_serve_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "which way does the red disc move?"
 
 

@@ -9,7 +9,7 @@ from polymodal.config import apply_overrides, load_config, parse_override, valid
 from polymodal.errors import ConfigError
 from polymodal.registry import get_task, task_names
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 
 

@@ -17,7 +17,7 @@ from polymodal.models.llavilo.qvh_eval import (IOU_THRESHOLDS, EvalInputError, Q
                                                greedy_matches, highlight_average_precision, load_jsonl,
                                                moment_average_precision)
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "qvhighlights"
+CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "qvhighlights"
 
 # ---- a hand-worked moment-retrieval pair ---------------------------------------------------------
 # qid 1: GT g0 = [0, 10], g1 = [20, 30]. By score: [0, 10] IoU(g0) = 1 -> TP; [0, 8] IoU(g0) = 0.8 but

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import cheffusion_config, served
+from support import cheffusion_config, served
 from PIL import Image
 
 from polymodal import shards
@@ -19,7 +19,7 @@ from polymodal.serving.app import ModelStore, parse_args
 from polymodal.serving.config_check import check_serve_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RECIPE = "tomato soup. ingredients: tomato, water, salt, onion. instructions: chop the tomato."
 

@@ -8,7 +8,7 @@ import pytest
 
 from polymodal.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_every_command(capsys):

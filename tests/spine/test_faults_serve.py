@@ -19,7 +19,7 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port, served, wander_export
+from support import free_port, served, wander_export
 from safetensors.torch import load_file, save_file
 
 from polymodal.serving.app import DEPLOYMENT_NAME, build_deployment, parse_args

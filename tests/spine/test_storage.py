@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
+from support import free_port
 
 from polymodal import storage as st
 from polymodal.config import StorageOptions

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import served
+from support import served
 
 from polymodal.config import load_config
 from polymodal.registry import ServeInputError, get_task
@@ -18,7 +18,7 @@ from polymodal.serving.app import ModelStore, parse_args
 from polymodal.serving.config_check import check_serve_config
 
 TASK = "llavilo.moment_retrieval"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import served, untrained_export, wander_request
+from support import served, untrained_export, wander_request
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel

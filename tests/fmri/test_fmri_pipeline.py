@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from conftest import served
+from support import served
 
 from polymodal import cli, storage
 from polymodal.config import validate_config
@@ -23,7 +23,7 @@ from polymodal.models.fmri.pipeline import load_subject_eval
 from polymodal.models.fmri.synth import make_synthetic
 from polymodal.registry import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 TRIM = Trim(unit="tr", start=5, end=5)
 TEST_STORIES = ["story01", "story06"]

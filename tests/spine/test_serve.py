@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, wander_config
+from support import free_port, wander_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +22,7 @@ from polymodal.serving.app import (DEFAULT_MODEL_ID, MODEL_HEADER, ModelStore, S
                                    build_deployment, parse_args, read_token)
 from polymodal.serving.config_check import check_serve_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ENV = "POLYMODAL_TEST_SERVE_TOKEN"
 TOKEN = "t0k-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

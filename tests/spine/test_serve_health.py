@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wander_export
+from support import wander_export
 from safetensors.torch import load_file, save_file
 from starlette.testclient import TestClient
 

@@ -14,11 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support import free_port
 
 from polymodal import storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
