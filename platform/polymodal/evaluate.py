@@ -8,31 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal import shards, storage
+from polymodal import runs, shards, storage
 from polymodal.config import ExperimentConfig, StorageOptions
 from polymodal.errors import PolymodalError
 from polymodal.registry import get_task
-from polymodal.train.checkpoint import load_trainable, read_export
-
-
-def find_checkpoint(cfg: ExperimentConfig, which: str = "best") -> str:
-    """URI of the run's ``best`` or ``latest`` checkpoint, from ``<run>/summary.json``."""
-    uri = storage.join(cfg.run_uri, "summary.json")
-    if not storage.exists(uri, cfg.storage):
-        raise PolymodalError(f"no summary.json in {cfg.run_uri}: train the run first (polymodal train)")
-    summary = json.loads(storage.read_text(uri, cfg.storage))
-    ckpt = summary.get(f"{which}_checkpoint") or summary.get("latest_checkpoint")
-    if not ckpt:
-        raise PolymodalError(f"{uri} names no checkpoint")
-    return ckpt
 
 
 def load_model(checkpoint_uri: str, opts: StorageOptions | None = None, device: str | torch.device = "cpu"):
-    """(config, task, model) from a checkpoint folder or its ``model/`` export, local or S3."""
-    cfg, weights, _ = read_export(checkpoint_uri, opts)
-    task = get_task(cfg.task)
-    model = task.build_model(cfg.model)
-    load_trainable(model, weights)
+    """(config, task, eval-mode model) from a checkpoint, local or S3, through its task's
+    :meth:`~polymodal.registry.Task.load_checkpoint`."""
+    from polymodal.train.checkpoint import read_config
+
+    task = get_task(read_config(checkpoint_uri, opts).task)
+    cfg, model = task.load_checkpoint(checkpoint_uri, opts)
     return cfg, task, model.to(device).eval()
 
 
@@ -65,20 +53,25 @@ def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None 
 
 def evaluate_run(cfg: ExperimentConfig, split: str = "test", which: str = "best",
                  progress: bool = True) -> tuple[dict[str, Any], str]:
-    """Evaluate a run's checkpoint on one of its configured splits; write ``<run>/eval/<split>.json``."""
-    task = get_task(cfg.task)
-    if task.trains_itself:
-        return task.evaluate_run(cfg, split=split, progress=progress)
+    """Evaluate a fitted run on ``split`` the way its task does (:meth:`Task.evaluate_run`):
+    (result, URI of the written ``<run>/eval/<split>.json``)."""
+    return get_task(cfg.task).evaluate_run(cfg, split=split, which=which, progress=progress)
+
+
+def evaluate_export_run(task, cfg: ExperimentConfig, split: str = "test", which: str = "best",
+                        progress: bool = True) -> tuple[dict[str, Any], str]:
+    """Evaluate a run of the shared train loop: its checkpoint's model export on one of its
+    configured splits; write ``<run>/eval/<split>.json`` (and the task's prediction rows)."""
     data_uri = getattr(cfg.data, split, None)
     if not data_uri:
         raise PolymodalError(f"data.{split} is not set in the config; set it or pick another --split")
-    ckpt = find_checkpoint(cfg, which)
+    ckpt = runs.find_checkpoint(cfg, which)
     metrics, rows = evaluate(ckpt, data_uri, opts=cfg.storage, batch_size=cfg.optim.batch_size, progress=progress,
                              with_rows=True)
     out = {"split": split, "checkpoint": ckpt, "data": data_uri, "metrics": metrics}
     if rows is not None:
-        out["predictions"] = storage.join(cfg.run_uri, "eval", f"{split}_predictions.jsonl")
+        out["predictions"] = runs.eval_uri(cfg.run_uri, split, "_predictions.jsonl")
         storage.write_text(out["predictions"], "".join(json.dumps(r) + "\n" for r in rows), cfg.storage)
-    out_uri = storage.join(cfg.run_uri, "eval", f"{split}.json")
+    out_uri = runs.eval_uri(cfg.run_uri, split)
     storage.write_text(out_uri, json.dumps(out, indent=2), cfg.storage)
     return out, out_uri

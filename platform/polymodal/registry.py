@@ -1,13 +1,18 @@
-"""The task registry: the one place where the spine learns about a system.
+"""The registry: the one place where the spine learns about a system.
 
-A system (``polymodal.models.<system>``) subclasses :class:`Task` once per task it supports
-and calls :func:`register_task`. Shared code asks the registry and never branches on a name.
+A system is a plug-in: a package exposing ``register(registry)`` under the entry-point group
+``polymodal.systems`` (the five built-in systems in ``polymodal.models.<system>`` too). Its
+``register`` adds, through :class:`Registry`, everything the system brings: :class:`Task`
+subclasses, ``data import`` formats, other ``data`` subcommands and ``eval`` benchmarks
+(:class:`Command`), its ``make demo`` step (:class:`DemoStep`) and its Serve apps
+(:class:`ServeApp`). Shared code asks the registry and never branches on a system's name.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
@@ -99,32 +104,80 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name} has no synthetic generator")
 
-    # ------------------------------------------------------------------ own fitting (optional)
-    # A task that is not trained by gradient steps (e.g. closed-form ridge) sets ``trains_itself``
-    # and overrides the four methods below; `polymodal train/evaluate/report`, jobs, Tune trials
-    # and serving then call them instead of the Ray Train loop and the checkpoint export.
-
-    #: True: :meth:`fit` replaces the Ray Train + DeepSpeed loop for this task
-    trains_itself: ClassVar[bool] = False
+    # ------------------------------------------------------------------ run lifecycle
+    # `polymodal train/evaluate/report`, jobs, Tune trials and Serve call these four methods for
+    # every task. The defaults run the shared Ray Train + DeepSpeed loop and its model export; a
+    # task fitted another way (e.g. closed-form ridge) overrides them with public spine modules
+    # (``polymodal.runs``, ``polymodal.storage``) and its own code.
 
     def fit(self, cfg: Any, *, progress: bool = True, local: bool = False) -> dict[str, Any]:
         """Fit ``cfg`` and return the run summary (``summary.json``: checkpoints and metrics).
 
-        ``local``: no Ray (``polymodal train --local``). Rerunning a run resumes it.
+        ``local``: one process without Ray (``polymodal train --local``). Rerunning a run resumes it.
         """
-        raise NotImplementedError(f"task {self.name} is trained by the shared train loop")
+        from polymodal.train import loop
 
-    def evaluate_run(self, cfg: Any, split: str = "test", progress: bool = True) -> tuple[dict[str, Any], str]:
-        """Evaluate a fitted run on ``split``: (result, URI of the written JSON)."""
-        raise NotImplementedError(f"task {self.name} is evaluated by polymodal.evaluate")
+        return (loop.train_local if local else loop.train_ray)(cfg, progress=progress)
+
+    def evaluate_run(self, cfg: Any, split: str = "test", which: str = "best",
+                     progress: bool = True) -> tuple[dict[str, Any], str]:
+        """Evaluate a fitted run on ``split`` with its ``best`` or ``latest`` checkpoint: (result,
+        URI of the written ``<run>/eval/<split>.json``)."""
+        from polymodal.evaluate import evaluate_export_run
+
+        return evaluate_export_run(self, cfg, split=split, which=which, progress=progress)
 
     def write_report(self, cfg: Any, compare: list[str] | None = None) -> str:
         """Write the run's Markdown report (and plots); return its URI. ``compare``: other runs."""
-        raise NotImplementedError(f"task {self.name} is reported by polymodal.report")
+        from polymodal.report import write_training_report
+
+        if compare:
+            raise PolymodalError(f"--compare is not supported for {self.name} reports")
+        return write_training_report(self, cfg)
 
     def load_checkpoint(self, checkpoint_uri: str, opts: Any = None) -> tuple[Any, nn.Module]:
-        """(experiment config, eval-mode model) of a fitted run, for serving."""
-        raise NotImplementedError(f"task {self.name} is loaded from the train loop's model export")
+        """(experiment config, eval-mode model) of a checkpoint (a ``checkpoint_*`` folder or its
+        ``model/`` export), for serving and evaluation."""
+        from polymodal.train.checkpoint import load_trainable, read_export
+
+        cfg, weights, _ = read_export(checkpoint_uri, opts)
+        model = self.build_model(cfg.model)
+        load_trainable(model, weights)
+        return cfg, model.eval()
+
+    # ------------------------------------------------------------------ Tune trials
+
+    def open_data(self, cfg: Any) -> dict[str, Any] | None:
+        """Check the run's datasets before any Ray work (bad data fails once, not in every trial);
+        return their manifests by split, or None when the task reads its data itself."""
+        from polymodal.train.loop import open_splits
+
+        return open_splits(cfg)
+
+    def tune_metric_problem(self, cfg: Any, metric: str) -> str | None:
+        """Why a Tune space may not optimise ``metric`` for this task (None: it may). Trials of the
+        shared loop report the primary metric by its plain name and the others as ``val_<name>``
+        (plus ``train_loss``)."""
+        if metric == self.primary_metric or metric == "train_loss":
+            return None
+        if metric.startswith("val_"):
+            return None if cfg.data.val else f"{metric!r} needs data.val in the config (trials report validation metrics)"
+        return (f"trials report {self.primary_metric!r} and the validation metrics as 'val_<name>'; "
+                f"use 'val_{metric}' instead of {metric!r}")
+
+    def tune_resources(self, cfg: Any, driver: dict[str, float]) -> Any:
+        """Ray resources of one trial: ``driver`` (the trial's own bundle) by default; Ray Train
+        reserves its workers itself."""
+        return driver
+
+    def tune_trial(self, cfg: Any, manifests: dict[str, Any] | None) -> None:
+        """Run one Tune trial of ``cfg`` (its own run folder), reporting metrics to Tune."""
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from polymodal.train.loop import build_trainer, summarize_result
+
+        trainer = build_trainer(cfg, progress=False, callbacks=[TuneReportCallback()], manifests=manifests)
+        summarize_result(cfg, trainer.fit())
 
     def report_sections(self, cfg: Any, out_dir: Any) -> list[str]:
         """Extra Markdown lines for ``polymodal report`` (after the metric tables); files they
@@ -170,35 +223,159 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name} does not define adapter_key")
 
 
-_TASKS: dict[str, Task] = {}
-_SYSTEMS = ("wander", "fmri", "llavilo", "cheffusion", "violet")  # subpackages of polymodal.models that register tasks on import
+# ---------------------------------------------------------------------------- plug-in registries
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command a system adds to the CLI: a ``data import --format`` source format, a ``data``
+    subcommand or an ``eval`` benchmark.
+
+    ``add_arguments(parser)`` declares its options (``--help`` shows only these);
+    ``run(args)`` does the work and prints what it wrote.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+    #: longer text for ``--help`` (default: ``help``)
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """A system's part of ``make demo``: ``run(demo)`` gets a :class:`polymodal.demo.Demo` (the
+    embedded S3, the Ray cluster, the output folder, a Serve helper) and returns the lines it adds
+    to the closing summary, e.g. ``[("fMRI report", "demo_out/fmri-glove/report/report.md")]``."""
+
+    name: str
+    help: str
+    run: Callable[[Any], list[tuple[str, str]]]
+    #: steps run in ascending order (ties by name)
+    order: int = 100
+
+
+@dataclass(frozen=True)
+class ServeApp:
+    """A Serve application a system ships: ``config`` (a YAML under the repo's ``serve/``) holds an
+    application named ``name`` whose ``import_path`` is ``import_path``."""
+
+    name: str
+    config: str
+    import_path: str
+
+
+class Registry:
+    """Everything the systems plug in, by kind and name. Names are unique per kind: a second
+    registration of a name is refused naming both modules."""
+
+    KINDS = ("task", "import format", "data command", "eval command", "demo step", "serve app")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Any]] = {kind: {} for kind in self.KINDS}
+        self._owners: dict[tuple[str, str], str] = {}
+        self._loaded: set[str] = set()  # entry points already run
+
+    def add(self, kind: str, name: str, entry: Any, owner: str) -> Any:
+        if kind not in self._entries:
+            raise ValueError(f"unknown registry kind {kind!r}; one of {', '.join(self.KINDS)}")
+        if name in self._entries[kind]:
+            raise PolymodalError(
+                f"{kind} {name!r} is already registered by {self._owners[kind, name]}; {owner} registers it "
+                "again. Give one of them another name")
+        self._entries[kind][name] = entry
+        self._owners[kind, name] = owner
+        return entry
+
+    def get(self, kind: str, name: str) -> Any:
+        return self._entries[kind][name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def items(self, kind: str) -> dict[str, Any]:
+        return dict(self._entries[kind])
+
+    def owner(self, kind: str, name: str) -> str:
+        return self._owners[kind, name]
+
+    # one method per kind: what a system's register(registry) calls
+
+    def add_task(self, task: Task) -> Task:
+        """Add a task instance; it must define the ``tiny`` and ``paper`` presets."""
+        for preset in ("tiny", "paper"):
+            if preset not in task.presets:
+                raise ValueError(f"task {task.name!r} must define a {preset!r} preset")
+        return self.add("task", task.name, task, type(task).__module__)
+
+    def add_import_format(self, command: Command) -> Command:
+        return self.add("import format", command.name, command, _module_of(command.run))
+
+    def add_data_command(self, command: Command) -> Command:
+        return self.add("data command", command.name, command, _module_of(command.run))
+
+    def add_eval_command(self, command: Command) -> Command:
+        return self.add("eval command", command.name, command, _module_of(command.run))
+
+    def add_demo_step(self, step: DemoStep) -> DemoStep:
+        return self.add("demo step", step.name, step, _module_of(step.run))
+
+    def add_serve_app(self, app: ServeApp, owner: str) -> ServeApp:
+        return self.add("serve app", app.name, app, owner)
+
+    def discover(self) -> None:
+        """Run the ``register(registry)`` function of every ``polymodal.systems`` entry point not run
+        yet. The five built-in systems are entry points too (pyproject.toml); a separate package adds
+        its own line under ``[project.entry-points."polymodal.systems"]``."""
+        from importlib.metadata import entry_points
+
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in self._loaded:
+                continue
+            self._loaded.add(ep.name)  # first: a failing plug-in is reported once, not on every lookup
+            register = ep.load()
+            if not callable(register):
+                raise PolymodalError(f"entry point {ep.name} = {ep.value} of group {ENTRY_POINT_GROUP} is not a "
+                                     "callable register(registry)")
+            register(self)
+        if not self._loaded:
+            raise PolymodalError(f"no polymodal systems are installed (entry-point group {ENTRY_POINT_GROUP} is "
+                                 "empty): reinstall polymodal (pip install -e .) so its metadata is current")
+
+
+ENTRY_POINT_GROUP = "polymodal.systems"
+
+
+def _module_of(fn: Any) -> str:
+    """The module that defined ``fn`` (through ``functools.partial`` too)."""
+    while hasattr(fn, "func"):  # functools.partial says it comes from functools
+        fn = fn.func
+    return getattr(fn, "__module__", None) or repr(fn)
+
+#: the one registry of this process; systems fill it through :meth:`Registry.discover`
+REGISTRY = Registry()
+
+
+def registry() -> Registry:
+    """The process's registry with every installed system loaded."""
+    if not REGISTRY._loaded:
+        REGISTRY.discover()
+    return REGISTRY
 
 
 def register_task(task: Task) -> Task:
-    """Add a task instance to the registry; a duplicate name is an error."""
-    if task.name in _TASKS:
-        raise ValueError(
-            f"task {task.name!r} is already registered by {type(_TASKS[task.name]).__module__}; "
-            "give the new task a different name")
-    for preset in ("tiny", "paper"):
-        if preset not in task.presets:
-            raise ValueError(f"task {task.name!r} must define a {preset!r} preset")
-    _TASKS[task.name] = task
-    return task
-
-
-def _load_systems() -> None:
-    for system in _SYSTEMS:
-        importlib.import_module(f"polymodal.models.{system}")
+    """Add ``task`` to the process's registry (what a system's ``register`` does through
+    :meth:`Registry.add_task`)."""
+    return REGISTRY.add_task(task)
 
 
 def get_task(name: str) -> Task:
-    _load_systems()
-    if name not in _TASKS:
+    tasks = registry().items("task")
+    if name not in tasks:
         raise KeyError(name)
-    return _TASKS[name]
+    return tasks[name]
 
 
 def task_names() -> list[str]:
-    _load_systems()
-    return sorted(_TASKS)
+    return registry().names("task")

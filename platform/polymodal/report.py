@@ -8,22 +8,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from polymodal import storage
+from polymodal import runs, storage
 from polymodal.config import ExperimentConfig
-
-
-def _table(rows: list[dict[str, str]], keys: list[str]) -> str:
-    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
-    body = "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows)
-    return head + body
-
-
-def _fmt(v) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return str(int(f)) if f.is_integer() and abs(f) < 1e12 else f"{f:.4g}"
 
 
 def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
@@ -55,17 +41,18 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
 
 
 def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str:
-    """Write ``<run>/report/report.md`` and ``curves.png``; return the report URI.
+    """The run's report, written by its task (:meth:`Task.write_report`); return its URI.
 
-    ``compare``: other runs of the same task shown beside this one, for tasks that report
-    themselves (:attr:`Task.trains_itself`)."""
+    ``compare``: other runs of the same task shown beside this one, where the task supports it."""
     from polymodal.registry import get_task
 
-    task = get_task(cfg.task)
-    if task.trains_itself:
-        return task.write_report(cfg, compare=compare)
-    if compare:
-        raise ValueError(f"--compare is not supported for {cfg.task} reports")
+    return get_task(cfg.task).write_report(cfg, compare=compare)
+
+
+def write_training_report(task, cfg: ExperimentConfig) -> str:
+    """Write ``<run>/report/report.md`` and ``curves.png`` of a run of the shared train loop (the
+    per-epoch ``logs/metrics.csv``, the ``eval/`` results, the task's own sections); return the
+    report URI."""
     opts = cfg.storage
     csv_uri = storage.join(cfg.run_uri, "logs", "metrics.csv")
     rows = list(csv.DictReader(io.StringIO(storage.read_text(csv_uri, opts))))
@@ -79,16 +66,16 @@ def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str
              f"- DeepSpeed ZeRO stage {cfg.deepspeed.zero_stage}, {cfg.scaling.num_workers} worker(s), "
              f"GPU: {cfg.scaling.use_gpu}", "", "## Training", "", "![training curves](curves.png)", ""]
     keys = [k for k in rows[0] if k in ("epoch", "global_step", "train_loss") or k.startswith("val_")]
-    lines += [_table(rows, keys), ""]
+    lines += [runs.markdown_table(rows, keys), ""]
     evals = []
     for split in ("val", "test"):
-        uri = storage.join(cfg.run_uri, "eval", f"{split}.json")
+        uri = runs.eval_uri(cfg.run_uri, split)
         if storage.exists(uri, opts):
             evals.append(json.loads(storage.read_text(uri, opts)))
     if evals:
         lines += ["## Evaluation", ""]
         metric_keys = sorted({k for e in evals for k in e["metrics"]})
-        lines += [_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys]), ""]
+        lines += [runs.markdown_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys]), ""]
         lines += [f"Checkpoint: `{evals[0]['checkpoint']}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
         lines += task.report_sections(cfg, Path(tmp))

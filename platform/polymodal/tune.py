@@ -180,20 +180,14 @@ def resolve_objective(cfg: ExperimentConfig, space: SearchSpace) -> tuple[str, s
 
 
 def _check_metric(cfg: ExperimentConfig, space: SearchSpace) -> list[tuple[str, str]]:
-    """Trials report the task's primary metric by its plain name; the others of a Train-loop
-    task as ``val_<name>`` (plus ``train_loss``), so a space naming a bare non-primary metric
-    would fail mid-sweep."""
+    """A metric the trials never report would fail mid-sweep: the task says which it reports
+    (:meth:`Task.tune_metric_problem`)."""
     from polymodal.registry import get_task
 
-    task = get_task(cfg.task)
-    metric = space.metric
-    if metric is None or metric == task.primary_metric or task.trains_itself:
+    if space.metric is None:
         return []
-    if metric.startswith("val_") or metric == "train_loss":
-        return [] if cfg.data.val or metric == "train_loss" else [
-            ("metric", f"{metric!r} needs data.val in the config (trials report validation metrics)")]
-    return [("metric", f"trials report {task.primary_metric!r} and the validation metrics as 'val_<name>'; "
-                       f"use 'val_{metric}' instead of {metric!r}")]
+    problem = get_task(cfg.task).tune_metric_problem(cfg, space.metric)
+    return [("metric", problem)] if problem else []
 
 
 def _max_t(cfg: ExperimentConfig, space: SearchSpace) -> int:
@@ -368,10 +362,9 @@ def _make_trial_fn(setup: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 
     def polymodal_trial(config: dict[str, Any]) -> None:
         from ray import tune
-        from ray.tune.integration.ray_train import TuneReportCallback
 
         from polymodal import shards
-        from polymodal.train.loop import build_trainer, summarize_result
+        from polymodal.registry import get_task
 
         trial_id = tune.get_context().get_trial_id()
         raw = trial_raw_config(setup["base"], config)
@@ -381,17 +374,10 @@ def _make_trial_fn(setup: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         # one marker per start: shows whether a trial ever ran twice (resume checks, debugging)
         marker = storage.join(trial_cfg.run_uri, "starts", f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json")
         storage.write_text(marker, json.dumps({k: _plain(v) for k, v in config.items()}), trial_cfg.storage)
-        from polymodal.registry import get_task
-
-        task = get_task(trial_cfg.task)
-        if task.trains_itself:  # one fit, one report: the trial's only iteration (its one "epoch")
-            tune.report({**task.fit(trial_cfg, progress=False)["metrics"], "epoch": 0})
-            return
         manifests = None
         if setup["manifests"] is not None:
             manifests = {k: shards.Manifest.model_validate(v) for k, v in setup["manifests"].items()}
-        trainer = build_trainer(trial_cfg, progress=False, callbacks=[TuneReportCallback()], manifests=manifests)
-        summarize_result(trial_cfg, trainer.fit())
+        get_task(trial_cfg.task).tune_trial(trial_cfg, manifests)
 
     return polymodal_trial
 
@@ -484,8 +470,6 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from polymodal.train.loop import open_splits
-
     validate_space(cfg, space)
     metric, mode = resolve_objective(cfg, space)
     base = _base_raw(cfg, space)
@@ -495,23 +479,17 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     swept_data = any(k.startswith("data.") for k in space.params)
     from polymodal.registry import get_task
 
-    own_data = get_task(base_cfg.task).trains_itself  # its data.train is not a shard dataset
-    manifests = None if swept_data or own_data else {k: m.model_dump(mode="json") for k, m in open_splits(base_cfg).items()}
+    task = get_task(base_cfg.task)
+    opened = None if swept_data else task.open_data(base_cfg)
+    manifests = None if opened is None else {k: m.model_dump(mode="json") for k, m in opened.items()}
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=progress)
     concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)))
     _check_state_api(space)
 
     setup = {"base": base, "trials_uri": storage.join(uri, "trials"), "manifests": manifests}
-    resources: Any = {"cpu": space.resources_per_trial.cpu, "gpu": space.resources_per_trial.gpu}
-    if own_data:
-        # a self-fitting task's Ray tasks must fit inside the trial's placement group: one bundle
-        # for the driver, one per scaling worker (that many tasks run at once per trial)
-        worker = {"CPU": base_cfg.scaling.resources_per_worker.get("CPU", 1.0),
-                  "GPU": 1.0 if base_cfg.scaling.use_gpu else 0.0}
-        resources = tune.PlacementGroupFactory(
-            [{"CPU": space.resources_per_trial.cpu, "GPU": space.resources_per_trial.gpu}]
-            + [worker] * base_cfg.scaling.num_workers)
+    resources = task.tune_resources(base_cfg, {"cpu": space.resources_per_trial.cpu,
+                                               "gpu": space.resources_per_trial.gpu})
     trainable = tune.with_resources(_make_trial_fn(setup), resources)
     path, fs = _tune_location(uri, cfg)
     snapshot_uri = storage.join(uri, "sweep.json")

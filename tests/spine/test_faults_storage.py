@@ -431,7 +431,7 @@ def test_half_written_checkpoint_without_marker_is_ignored(tmp_path, tiny_cfg):
 
 def test_local_run_keeps_latest_loadable_when_a_checkpoint_write_crashes(tiny_cfg, tmp_path, monkeypatch):
     """The local harness end to end: summary.json and resume point stay on the last whole checkpoint."""
-    from polymodal.evaluate import find_checkpoint
+    from polymodal.runs import find_checkpoint
     from polymodal.train.loop import LocalReporter
 
     reporter = LocalReporter(tiny_cfg)

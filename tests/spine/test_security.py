@@ -320,7 +320,7 @@ def test_secrets_from_env_never_reach_run_files_or_logs(tmp_path, monkeypatch, c
     from polymodal.report import write_report
     from polymodal.serving.app import parse_args, read_token
     from polymodal.train.checkpoint import load_export, write_export
-    from polymodal.train.loop import write_summary
+    from polymodal.runs import write_summary
     from polymodal.train.metrics_log import MetricsLog
 
     fake = _fake_secrets()

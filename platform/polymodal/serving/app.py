@@ -31,7 +31,6 @@ The routes are built by :func:`build_api`, which the deployment calls from its r
 import asyncio
 import copy
 import hmac
-import json
 import logging
 import os
 import re
@@ -45,12 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ray import serve
 from torch import nn
 
-from polymodal import storage
-from polymodal.config import ExperimentConfig, validate_config
+from polymodal.config import ExperimentConfig
 from polymodal.errors import PolymodalError
 from polymodal.registry import ServeInputError, Task, get_task
 from polymodal.serving.proxy import send_json
-from polymodal.train.checkpoint import export_uri, load_trainable, read_export
+from polymodal.runs import resolve_checkpoint
+from polymodal.train.checkpoint import load_trainable, read_config, read_export
 
 logger = logging.getLogger("ray.serve")
 
@@ -129,29 +128,6 @@ def read_token(token_env: str | None) -> bytes | None:
 
 
 # --------------------------------------------------------------------------- models
-
-
-def resolve_checkpoint(uri: str) -> str:
-    """A run folder (holding summary.json) -> its best checkpoint; anything else passes through."""
-    uri = uri.rstrip("/")
-    summary = storage.join(uri, "summary.json")
-    if storage.exists(summary):
-        data = json.loads(storage.read_text(summary))
-        ckpt = data.get("best_checkpoint") or data.get("latest_checkpoint")
-        if not ckpt:
-            raise PolymodalError(f"{summary} names no checkpoint; train the run first")
-        return ckpt.rstrip("/")
-    return uri
-
-
-def read_config(checkpoint: str) -> ExperimentConfig:
-    """Only the config of an export (one small file): enough to check an adapter at startup."""
-    import yaml
-
-    uri = storage.join(export_uri(checkpoint), "config.yaml")
-    if not storage.exists(uri):
-        raise PolymodalError(f"{checkpoint} is not a polymodal checkpoint: {uri} is missing")
-    return validate_config(yaml.safe_load(storage.read_text(uri)), uri)
 
 
 def task_adapter_key(task: Task, model_cfg: BaseModel) -> str | None:
@@ -256,12 +232,7 @@ class ModelStore:
         self.args = args
         ckpt = resolve_checkpoint(args.checkpoint)
         task = get_task(read_config(ckpt).task)
-        if task.trains_itself:
-            cfg, model = task.load_checkpoint(ckpt)
-        else:
-            cfg, weights, _ = read_export(ckpt)
-            model = task.build_model(cfg.model)
-            load_trainable(model, weights)
+        cfg, model = task.load_checkpoint(ckpt)
         self.base = LoadedModel(DEFAULT_MODEL_ID, ckpt, cfg, task, model.eval(),
                                 task_adapter_key(task, cfg.model))
         self.task = task

@@ -162,6 +162,18 @@ def export_uri(checkpoint: str, opts: StorageOptions | None = None) -> str:
     return checkpoint
 
 
+def read_config(checkpoint: str, opts: StorageOptions | None = None) -> ExperimentConfig:
+    """Only the config of a checkpoint (one small file): enough to know its task, or to check an
+    adapter at start-up. ``checkpoint``: a ``checkpoint_*`` folder, its ``model/`` export, or a
+    run folder of a task that keeps its config there."""
+    import yaml
+
+    uri = storage.join(export_uri(checkpoint, opts), "config.yaml")
+    if not storage.exists(uri, opts):
+        raise PolymodalError(f"{checkpoint} is not a polymodal checkpoint: {uri} is missing")
+    return validate_config(yaml.safe_load(storage.read_text(uri, opts)), uri)
+
+
 def read_export(checkpoint: str, opts: StorageOptions | None = None
                 ) -> tuple[ExperimentConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """:func:`load_export` of a checkpoint folder or its export, local or S3 (copied to a temp

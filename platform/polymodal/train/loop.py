@@ -2,9 +2,9 @@
 
 ``train_worker`` is the whole per-worker program. It runs unchanged in two harnesses:
 
-* Ray Train (``fit``): Ray owns the process group, the data split (``get_dataset_shard``),
+* Ray Train (``train_ray``, behind ``fit``): Ray owns the process group, the data split (``get_dataset_shard``),
   checkpoint upload (``ray.train.report``) and restarts (``FailureConfig``);
-* ``--local`` (``fit_local``): one process, a gloo/nccl group of one, shards read with plain
+* ``--local`` (``train_local``, behind ``fit_local``): one process, a gloo/nccl group of one, shards read with plain
   pyarrow, checkpoints written straight into the run folder. GPU paths can be checked on a
   machine without Ray this way.
 
@@ -29,7 +29,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
-from polymodal import shards, storage
+from polymodal import runs, shards, storage
 from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.registry import Task, get_task
@@ -194,7 +194,7 @@ class LocalReporter:
             if self.best is None or signed > self.best[0]:
                 self.best = (signed, uri)
         # the summary names the new checkpoint before any old one goes, so it never names a deleted one
-        write_summary(self.cfg, latest=uri, best=self.best[1] if self.best else uri, metrics=metrics)
+        runs.write_summary(self.cfg, latest=uri, best=self.best[1] if self.best else uri, metrics=metrics)
         for old in self._complete()[:-self.cfg.checkpoint.num_to_keep]:
             if not (self.best and self.best[1].endswith(old)):
                 storage.remove(storage.join(self.root, old), recursive=True, opts=self.opts)
@@ -456,32 +456,30 @@ def summarize_result(cfg: ExperimentConfig, result) -> dict[str, Any]:
     if scored:
         pick = max(scored, key=lambda t: t[0]) if task.mode == "max" else min(scored, key=lambda t: t[0])
         best = prefix + pick[1].path
-    return write_summary(cfg, latest=latest, best=best, metrics=dict(result.metrics or {}))
+    return runs.write_summary(cfg, latest=latest, best=best, metrics=dict(result.metrics or {}))
 
 
 def fit(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes.
+    """Fit ``cfg`` on the Ray cluster the way its task does (:meth:`Task.fit`; by default
+    :func:`train_ray`). Re-running the same ``name``/``storage_path`` resumes."""
+    return get_task(cfg.task).fit(cfg, progress=progress)
 
-    A task with ``trains_itself`` (closed-form fits) runs its own :meth:`Task.fit` instead."""
+
+def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Fit ``cfg`` in this process, without Ray (:meth:`Task.fit` with ``local``; by default
+    :func:`train_local`)."""
+    return get_task(cfg.task).fit(cfg, progress=progress, local=True)
+
+
+def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
     import ray
 
-    task = get_task(cfg.task)
-    if task.trains_itself:
-        return task.fit(cfg, progress=progress)
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
     return summarize_result(cfg, result)
-
-
-def write_summary(cfg: ExperimentConfig, *, latest: str | None, best: str | None,
-                  metrics: dict[str, Any]) -> dict[str, Any]:
-    """``<run>/summary.json``: where the checkpoints are; evaluate/serve start from it."""
-    summary = {"task": cfg.task, "run": cfg.run_uri, "latest_checkpoint": latest, "best_checkpoint": best,
-               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
-    storage.write_text(storage.join(cfg.run_uri, "summary.json"), json.dumps(summary, indent=2), cfg.storage)
-    return summary
 
 
 # --------------------------------------------------------------------------- local harness
@@ -493,12 +491,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Single-process training without Ray (same worker code; CUDA when available)."""
     import deepspeed
 
-    if get_task(cfg.task).trains_itself:
-        return get_task(cfg.task).fit(cfg, progress=progress, local=True)
     manifests = open_splits(cfg)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
@@ -515,6 +511,4 @@ def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     reporter = LocalReporter(cfg)
     metrics = train_worker(cfg, WorkerInfo(0, 1, device), sources, reporter,
                            _steps_per_epoch(cfg, manifests["train"].num_rows, 1), progress=progress)
-    summary_uri = storage.join(cfg.run_uri, "summary.json")
-    return json.loads(storage.read_text(summary_uri, cfg.storage)) if storage.exists(summary_uri, cfg.storage) \
-        else {"metrics": metrics}
+    return runs.read_summary(cfg.run_uri, cfg.storage) or {"metrics": metrics}

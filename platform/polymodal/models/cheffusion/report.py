@@ -41,7 +41,8 @@ def image_grid(rows: list[dict[str, Any]], path: Path, cell: int = 128) -> None:
 def report_sections(cfg, out_dir: Path, n: int = 6) -> list[str]:
     """Generate for the first ``n`` rows of the test split (or val) with the run's best
     checkpoint; write the grid into ``out_dir``; return the Markdown section."""
-    from polymodal.evaluate import find_checkpoint, load_model
+    from polymodal.evaluate import load_model
+    from polymodal.runs import find_checkpoint
 
     from .backbones import decode_image
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polymodal.registry import Batch, Task, register_task
+from polymodal.registry import Batch, Task
 
 from .config import PRESETS, CheffusionConfig
 from .data import TASK
@@ -140,5 +140,3 @@ class RecipeTask(Task):
 
         return write_synthetic(out_uri, seed=seed, scale=scale, opts=storage, progress=progress)
 
-
-register_task(RecipeTask())

@@ -1,10 +1,27 @@
 """fMRI language encoding models (Huth-lab story listening): text features on the TR clock,
-delays, and voxelwise ridge with per-voxel alphas chosen by cross-validation over stories."""
+delays, and voxelwise ridge with per-voxel alphas chosen by cross-validation over stories.
+
+Tasks: ``fmri.encoding`` (closed-form ridge; :mod:`.task`) and ``fmri.mlm`` (the masked-LM text
+encoder; :mod:`.mlm`). :func:`register` adds them, the ``huth`` and ``fmri-plain`` import formats,
+``data mlm``, the demo step and the Serve app.
+"""
 
 from polymodal.models.fmri.features import lanczos_interp, make_delayed
 from polymodal.models.fmri.ridge import RidgeCV
 
-# importing the task modules registers fmri.encoding and fmri.mlm
-from polymodal.models.fmri import mlm, task  # noqa: E402,F401
+__all__ = ["RidgeCV", "lanczos_interp", "make_delayed", "register"]
 
-__all__ = ["RidgeCV", "lanczos_interp", "make_delayed"]
+
+def register(registry) -> None:
+    """Entry point ``polymodal.systems: fmri``."""
+    from polymodal.registry import ServeApp
+
+    from . import commands, demo, mlm, task
+
+    registry.add_task(task.EncodingTask())
+    registry.add_task(mlm.MlmTask())
+    registry.add_import_format(commands.HUTH)
+    registry.add_import_format(commands.PLAIN)
+    registry.add_data_command(commands.MLM)
+    registry.add_demo_step(demo.STEP)
+    registry.add_serve_app(ServeApp("fmri", "fmri.yaml", "serve.fmri_app:app_builder"), __name__)

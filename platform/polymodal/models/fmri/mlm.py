@@ -43,7 +43,7 @@ from polymodal import storage as st
 from polymodal.cache import local_copy
 from polymodal.config import StorageOptions, StrictModel
 from polymodal.errors import PolymodalError
-from polymodal.registry import Batch, Task, register_task
+from polymodal.registry import Batch, Task
 from polymodal.shards import Manifest, ShardWriter, iter_local_batches
 
 TASK = "fmri.mlm"
@@ -483,5 +483,3 @@ class MlmTask(Task):
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True):
         return write_synthetic(out_uri, seed=seed, scale=scale, opts=storage, progress=progress)
 
-
-register_task(MlmTask())

@@ -147,7 +147,7 @@ def build_featurizer(mcfg: FmriConfig, train_words: list[list[str]] | None = Non
     if mcfg.feature == "encoder":
         return Featurizer(mcfg, embed=TransformerFeatures(
             mcfg.encoder, layer=mcfg.layer, context_words=mcfg.context_words, opts=opts))
-    from polymodal.serving.app import resolve_checkpoint
+    from polymodal.runs import resolve_checkpoint
 
     return Featurizer(mcfg, embed=TransformerFeatures.from_checkpoint(
         resolve_checkpoint(mcfg.encoder), opts=opts, layer=mcfg.layer, context_words=mcfg.context_words))
@@ -233,7 +233,7 @@ def fit(cfg: ExperimentConfig, *, progress: bool = True, use_ray: bool = True) -
                       num_cpus_per_task=_chunk_cpus(cfg), use_ray=use_ray, progress=progress)
     _write_export(cfg, prep)
     result = evaluate(cfg, prep, progress=progress, use_ray=use_ray)
-    from polymodal.train.loop import write_summary
+    from polymodal.runs import write_summary
 
     return write_summary(cfg, latest=cfg.run_uri, best=cfg.run_uri, metrics=result["metrics"])
 

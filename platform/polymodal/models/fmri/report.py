@@ -22,7 +22,7 @@ import numpy as np
 from polymodal import storage
 from polymodal.config import ExperimentConfig
 from polymodal.errors import PolymodalError
-from polymodal.report import _table
+from polymodal.runs import markdown_table
 
 from .pipeline import load_subject_eval
 
@@ -144,18 +144,18 @@ def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str
              "## Held-out correlation per subject", "",
              "top1 / top5: mean r of the best 1% / 5% of voxels; cv_score: mean over voxels of the "
              "cross-validated score at each voxel's chosen alpha.", "",
-             _table([{"subject": s, **ev["subjects"][s]} for s in subjects],
+             markdown_table([{"subject": s, **ev["subjects"][s]} for s in subjects],
                     ["subject", "voxels", "mean", "median", "top1", "top5", "cv_score", "median_alpha"]),
              "![held-out r per voxel](hist.png)", "", "## Subject versus subject", "", "![subjects](subjects.png)", ""]
     if compared:
         lines += ["## Compared runs", "",
-                  _table([{"run": cfg.run_uri, "feature": ev["feature"], **ev["metrics"]}, *compared],
+                  markdown_table([{"run": cfg.run_uri, "feature": ev["feature"], **ev["metrics"]}, *compared],
                          ["run", "feature", "cv_score", "test_mean_r", "test_median_r", "test_top1_r",
                           "test_top5_r"]), ""]
     lines += ["## Per held-out story", "",
               "Each story's per-voxel r, computed within that story only: a result carried by one story "
               "shows up here.", "",
-              _table(ev["stories"], ["subject", "story", "mean", "median", "top1", "top5"]),
+              markdown_table(ev["stories"], ["subject", "story", "mean", "median", "top1", "top5"]),
               "![best and worst story](stories.png)", "", "## Ridge penalties", "", "![alphas](alphas.png)", ""]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

@@ -1,8 +1,9 @@
 """``fmri.encoding``: the fMRI pipeline plugged into the spine.
 
-It is fitted in closed form (voxelwise ridge), so it sets ``trains_itself`` and supplies its own
-fit, evaluation, report and checkpoint loading; `polymodal train/evaluate/report`, jobs, Tune
-trials and Serve reach it through the same commands as every other task.
+It is fitted in closed form (voxelwise ridge as Ray tasks), so it overrides the run lifecycle of
+:class:`~polymodal.registry.Task`: fit, evaluation, report, checkpoint loading and Tune trials;
+`polymodal train/evaluate/report`, jobs, Tune and Serve reach it through the same methods as
+every other task.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from polymodal.errors import PolymodalError
-from polymodal.registry import Task, register_task
+from polymodal.registry import Task
 
 from .config import PRESETS, FmriConfig
 
@@ -25,16 +26,16 @@ class EncodingTask(Task):
     #: feature spaces and grids by it, so the held-out stories stay untouched by the search
     primary_metric = "cv_score"
     mode = "max"
-    trains_itself = True
 
-    # ---- spine hooks
+    # ---- run lifecycle: a closed-form fit instead of the shared train loop
     def fit(self, cfg, *, progress=True, local=False):
         from . import pipeline
 
         return pipeline.fit(cfg, progress=progress, use_ray=not local)
 
-    def evaluate_run(self, cfg, split="test", progress=True):
-        from polymodal import storage
+    def evaluate_run(self, cfg, split="test", which="best", progress=True):
+        """The held-out stories (``which`` is moot: a run has one fit)."""
+        from polymodal import runs
 
         from . import pipeline
 
@@ -42,7 +43,7 @@ class EncodingTask(Task):
             raise PolymodalError(f"fmri.encoding evaluates on its held-out stories (--split test), not {split!r}; "
                                  "choose them with model.test_stories")
         out = pipeline.evaluate(cfg, progress=progress, use_ray=True)
-        return out, storage.join(cfg.run_uri, "eval", "test.json")
+        return out, runs.eval_uri(cfg.run_uri, "test")
 
     def write_report(self, cfg, compare=None):
         from .report import write_report
@@ -53,6 +54,27 @@ class EncodingTask(Task):
         from .serving import load_model
 
         return load_model(checkpoint_uri, opts)
+
+    # ---- Tune: one fit per trial, reported once (the trial's only iteration)
+    def open_data(self, cfg):
+        return None  # data.train is the dataset root the pipeline reads itself, not a shard dataset
+
+    def tune_metric_problem(self, cfg, metric):
+        return None  # a trial reports every metric of the fit by its plain name
+
+    def tune_resources(self, cfg, driver):
+        """The ridge's Ray tasks run inside the trial's placement group: one bundle for the
+        driver, one per scaling worker (that many voxel chunks are fitted at once per trial)."""
+        from ray import tune
+
+        worker = {"CPU": cfg.scaling.resources_per_worker.get("CPU", 1.0), "GPU": 1.0 if cfg.scaling.use_gpu else 0.0}
+        return tune.PlacementGroupFactory([{"CPU": driver["cpu"], "GPU": driver["gpu"]}]
+                                          + [worker] * cfg.scaling.num_workers)
+
+    def tune_trial(self, cfg, manifests):
+        from ray import tune
+
+        tune.report({**self.fit(cfg, progress=False)["metrics"], "epoch": 0})
 
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
         """Two subjects who heard the same stories, known SNR per voxel (``synth.subjects_for_task``)."""
@@ -90,5 +112,3 @@ class EncodingTask(Task):
 
         return serve_predict(model, requests)
 
-
-register_task(EncodingTask())

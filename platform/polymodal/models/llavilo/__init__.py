@@ -4,8 +4,18 @@ Retrieval via Adapter-Based Multimodal Modeling', ICCV-W 2023).
 Modules: ``qvh_eval`` (the official QVHighlights protocol), ``spans`` (span formats, temporal
 (g)IoU, Hungarian matcher, set-prediction losses), ``injection`` (gated prefix injection into a
 frozen LLaMA), ``data`` / ``importers`` / ``synth`` (shards), ``config`` / ``model`` / ``task``
-(the ``llavilo.moment_retrieval`` task). Importing the package registers the task; transformers
-loads lazily, on ``build_model`` / ``synth``.
+(the ``llavilo.moment_retrieval`` task), ``commands`` (``eval qvhighlights``), ``demo``.
+:func:`register` adds them; transformers loads lazily, on ``build_model`` / ``synth``.
 """
 
-from . import task  # noqa: F401  (registers llavilo.moment_retrieval)
+
+def register(registry) -> None:
+    """Entry point ``polymodal.systems: llavilo``."""
+    from polymodal.registry import ServeApp
+
+    from . import commands, demo, task
+
+    registry.add_task(task.MomentRetrievalTask())
+    registry.add_eval_command(commands.QVHIGHLIGHTS)
+    registry.add_demo_step(demo.STEP)
+    registry.add_serve_app(ServeApp("llavilo", "llavilo.yaml", "serve.llavilo_app:app_builder"), __name__)

@@ -18,7 +18,7 @@ from torch import nn
 
 from polymodal import storage as st
 from polymodal.cache import load_causal_lm
-from polymodal.registry import Batch, Task, register_task
+from polymodal.registry import Batch, Task
 
 from .config import PRESETS, LlavLoConfig
 from .data import TASK
@@ -278,5 +278,3 @@ def write_tiny_llm(out_uri: str, *, seed: int = 0, hidden: int = 64, layers: int
         st.upload_dir(tmp, out_uri, opts)
     return out_uri
 
-
-register_task(MomentRetrievalTask())

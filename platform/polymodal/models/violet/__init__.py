@@ -1,8 +1,8 @@
 """VIOLET: end-to-end video-language transformer (Fu et al., 'VIOLET: End-to-End Video-Language
 Transformers with Masked Visual-token Modeling').
 
-Modules (the tasks ``violet.pretrain``, ``violet.retrieval``, ``violet.oeqa`` and ``violet.mcqa``
-register on import):
+Modules (:func:`register` adds the tasks ``violet.pretrain``, ``violet.retrieval``, ``violet.oeqa``
+and ``violet.mcqa``, the import formats of ``commands``, the ``demo`` step and two Serve apps):
 
 * ``swin``: the Video Swin Transformer visual backbone, 3D shifted-window attention over
   T x H x W patches with learnable spatial + temporal position embeddings ``p_v = p_s + p_t``;
@@ -24,4 +24,17 @@ register on import):
 * ``metrics``: text-to-video R@K, median and mean rank over a full N texts x V videos matrix.
 """
 
-from . import task  # noqa: F401,E402  (registers violet.pretrain, violet.retrieval, violet.oeqa and violet.mcqa)
+
+def register(registry) -> None:
+    """Entry point ``polymodal.systems: violet``."""
+    from polymodal.registry import ServeApp
+
+    from . import commands, demo, task
+
+    for t in (task.PretrainTask(), task.RetrievalTask(), task.OpenEndedQATask(), task.MultipleChoiceQATask()):
+        registry.add_task(t)
+    for command in commands.import_formats():
+        registry.add_import_format(command)
+    registry.add_demo_step(demo.STEP)
+    for app in ("violet-retrieval", "violet-qa"):
+        registry.add_serve_app(ServeApp(app, "violet.yaml", "serve.violet_app:app_builder"), __name__)

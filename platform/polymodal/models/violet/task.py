@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from polymodal import storage as st
 from polymodal.errors import PolymodalError
-from polymodal.registry import Batch, Task, register_task
+from polymodal.registry import Batch, Task
 
 from . import masking
 from .config import PRESETS, VioletConfig
@@ -670,8 +670,3 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
         st.upload_dir(vqgan, uris["vqgan"], opts)
     return uris
 
-
-register_task(PretrainTask())
-register_task(RetrievalTask())
-register_task(OpenEndedQATask())
-register_task(MultipleChoiceQATask())

@@ -8,7 +8,20 @@ from polymodal.models.wander.config import PRESETS, WanderConfig
 from polymodal.models.wander.fusion import SequenceFusion
 from polymodal.models.wander.model import WanderModel
 
-# importing the task module registers wander.classification / .regression / .retrieval
-from polymodal.models.wander import task  # noqa: E402,F401
+__all__ = ["SequenceFusion", "WanderConfig", "WanderModel", "PRESETS", "load_backbone", "register",
+           "save_tiny_backbone"]
 
-__all__ = ["SequenceFusion", "WanderConfig", "WanderModel", "PRESETS", "load_backbone", "save_tiny_backbone"]
+
+def register(registry) -> None:
+    """Entry point ``polymodal.systems: wander``: the classification, regression and retrieval
+    tasks, the ``mmsa`` and ``food101`` import formats, the demo step and the Serve app."""
+    from polymodal.registry import ServeApp
+
+    from . import commands, demo, task
+
+    for t in (task.ClassificationTask(), task.RegressionTask(), task.RetrievalTask()):
+        registry.add_task(t)
+    registry.add_import_format(commands.MMSA)
+    registry.add_import_format(commands.FOOD101)
+    registry.add_demo_step(demo.STEP)
+    registry.add_serve_app(ServeApp("wander", "config.yaml", "serve.wander_app:app_builder"), __name__)

@@ -11,7 +11,7 @@ from torch import nn
 
 from polymodal import metrics as M
 from polymodal.cache import local_copy
-from polymodal.registry import Batch, Task, register_task
+from polymodal.registry import Batch, Task
 
 from .backbone import load_backbone
 from .config import PRESETS, WanderConfig
@@ -132,6 +132,3 @@ class RetrievalTask(_WanderTask):
     def metrics(self, outputs):
         return M.retrieval_metrics(outputs["text_emb"] @ outputs["video_emb"].T)
 
-
-for _task in (ClassificationTask(), RegressionTask(), RetrievalTask()):
-    register_task(_task)

@@ -1,0 +1,96 @@
+"""What ``make demo`` (``jobs/demo.py``) hands each system's demo step: one embedded S3, one local
+Ray cluster, the output folder, the repo's configs and a way to put a Serve app up and down.
+
+A system registers a :class:`polymodal.registry.DemoStep` whose ``run(demo)`` trains, evaluates
+and serves it on embedded defaults and returns the lines it adds to the closing summary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Demo:
+    """The demo's shared settings and helpers."""
+
+    #: the repository root (``jobs/configs``, ``serve``, ``tune_spaces`` live here)
+    root: Path
+    #: local folder that receives copies of the run folders
+    out: Path
+    #: Ray Train workers of the main training runs
+    workers: int = 2
+    #: epochs of the main training runs (steps may use their configs' own)
+    epochs: int = 4
+    #: synthetic dataset size multiplier
+    scale: float = 1.0
+    #: trials of a demo sweep (0: skip Tune)
+    tune_samples: int = 3
+    #: deploy Serve apps and send them requests
+    serve: bool = True
+    #: where synthetic data goes in the embedded S3
+    data_prefix: str = "s3://polymodal/demo"
+
+    def say(self, message: str) -> None:
+        print(f"[demo] {message}", flush=True)
+
+    def config(self, name: str, *overrides: str) -> Any:
+        """``jobs/configs/<name>`` with ``overrides`` applied."""
+        from polymodal.config import load_config
+
+        return load_config(str(self.root / "jobs" / "configs" / name), list(overrides))
+
+    def keep(self, cfg: Any, name: str | None = None) -> Path:
+        """Copy the run folder of ``cfg`` from the embedded S3 to ``out/<name>``; return the copy."""
+        from polymodal import storage
+
+        local = self.out / (name or cfg.name)
+        storage.download_dir(cfg.run_uri, str(local), cfg.storage)
+        return local
+
+    @contextmanager
+    def deployed(self, app: str, **args: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """Deploy the registered Serve app ``app`` (its application in ``serve/<config>``) with
+        ``args`` overriding its serve args, on a free port; yield its URL and the bearer-token
+        header; shut Serve down on the way out, always.
+
+        ``deploy`` starts every application of its file, so the file is copied with ``app`` alone
+        (a file may hold apps whose checkpoints the demo never trains).
+        """
+        import yaml
+        from ray import serve
+
+        from polymodal.config import read_yaml
+        from polymodal.registry import registry
+        from polymodal.serving.deploy import deploy
+
+        config = registry().get("serve app", app).config
+        raw = read_yaml(str(self.root / "serve" / config), "serve config")
+        raw["applications"] = [spec for spec in raw["applications"] if spec["name"] == app]
+        if not raw["applications"]:
+            raise ValueError(f"serve/{config} has no application {app!r}")
+        port = free_port()
+        overrides = [f"{app}.args.{key}={value}" for key, value in args.items()] + [f"http_options.port={port}"]
+        self.say(f"  serve: deploying {app} of serve/{config} on 127.0.0.1:{port}")
+        with tempfile.TemporaryDirectory(prefix="polymodal-demo-serve-") as tmp:
+            path = Path(tmp) / config
+            path.write_text(yaml.safe_dump(raw))
+            try:
+                (url,) = deploy(str(path), overrides)
+                # the replicas read the same token from the environment they inherited from this process
+                yield url, {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
+            finally:
+                serve.shutdown()

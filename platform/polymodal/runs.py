@@ -1,0 +1,78 @@
+"""Run folders: what a fitted run leaves behind and how to find it again.
+
+A run folder (``<storage_path>/<name>``) holds ``summary.json`` (the task, the latest and best
+checkpoints, the final metrics), ``eval/<split>.json`` per evaluation and ``report/``. Every task
+writes and reads these through this module, whichever way it is fitted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from polymodal import storage
+from polymodal.errors import PolymodalError
+
+
+def summary_uri(run_uri: str) -> str:
+    return storage.join(run_uri, "summary.json")
+
+
+def write_summary(cfg: Any, *, latest: str | None, best: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``<run>/summary.json``: where the checkpoints are; evaluate and serve start from it. Metrics
+    keep only plain values (numbers and strings)."""
+    summary = {"task": cfg.task, "run": cfg.run_uri, "latest_checkpoint": latest, "best_checkpoint": best,
+               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+    storage.write_text(summary_uri(cfg.run_uri), json.dumps(summary, indent=2), cfg.storage)
+    return summary
+
+
+def read_summary(run_uri: str, opts: Any = None) -> dict[str, Any] | None:
+    """The run's ``summary.json``, or None before its first checkpoint."""
+    uri = summary_uri(run_uri)
+    if not storage.exists(uri, opts):
+        return None
+    return json.loads(storage.read_text(uri, opts))
+
+
+def find_checkpoint(cfg: Any, which: str = "best") -> str:
+    """URI of the run's ``best`` or ``latest`` checkpoint, from ``<run>/summary.json``."""
+    summary = read_summary(cfg.run_uri, cfg.storage)
+    if summary is None:
+        raise PolymodalError(f"no summary.json in {cfg.run_uri}: train the run first (polymodal train)")
+    ckpt = summary.get(f"{which}_checkpoint") or summary.get("latest_checkpoint")
+    if not ckpt:
+        raise PolymodalError(f"{summary_uri(cfg.run_uri)} names no checkpoint")
+    return ckpt
+
+
+def resolve_checkpoint(uri: str, opts: Any = None) -> str:
+    """A run folder (holding summary.json) -> its best checkpoint; anything else passes through."""
+    uri = uri.rstrip("/")
+    summary = read_summary(uri, opts)
+    if summary is None:
+        return uri
+    ckpt = summary.get("best_checkpoint") or summary.get("latest_checkpoint")
+    if not ckpt:
+        raise PolymodalError(f"{summary_uri(uri)} names no checkpoint; train the run first")
+    return ckpt.rstrip("/")
+
+
+def eval_uri(run_uri: str, split: str, suffix: str = ".json") -> str:
+    """``<run>/eval/<split><suffix>``: where an evaluation of ``split`` is written."""
+    return storage.join(run_uri, "eval", f"{split}{suffix}")
+
+
+def markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """A Markdown table of ``rows`` with columns ``keys``; numbers to 4 significant digits."""
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+    body = "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+    return head + body
+
+
+def _fmt(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() and abs(f) < 1e12 else f"{f:.4g}"
