@@ -1,4 +1,7 @@
-"""A Markdown report with metric tables and a PNG training curve for one run."""
+"""A Markdown report with metric tables and a PNG training curve for one run.
+
+Metrics are logged as fractions in [0, 1] (see :mod:`polymodal.metrics`); the tables print the
+task's ``fraction_metrics`` as percentages, each cell labelled ``%``, for the human reader."""
 
 from __future__ import annotations
 
@@ -12,17 +15,22 @@ from polymodal import storage
 from polymodal.config import ExperimentConfig
 
 
-def _table(rows: list[dict[str, str]], keys: list[str]) -> str:
+def _table(rows: list[dict[str, str]], keys: list[str], percent: frozenset[str] = frozenset()) -> str:
+    """A Markdown table of ``keys``; a key in ``percent`` (or ``val_`` + one) is a fraction printed as %."""
     head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
-    body = "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+    as_percent = [k in percent or (k.startswith("val_") and k[4:] in percent) for k in keys]
+    body = "".join("| " + " | ".join(_fmt(r.get(k, ""), p) for k, p in zip(keys, as_percent)) + " |\n"
+                   for r in rows)
     return head + body
 
 
-def _fmt(v) -> str:
+def _fmt(v, percent: bool = False) -> str:
     try:
         f = float(v)
     except (TypeError, ValueError):
         return str(v)
+    if percent:
+        return f"{100 * f:.4g} %"
     return str(int(f)) if f.is_integer() and abs(f) < 1e12 else f"{f:.4g}"
 
 
@@ -79,7 +87,12 @@ def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str
              f"- DeepSpeed ZeRO stage {cfg.deepspeed.zero_stage}, {cfg.scaling.num_workers} worker(s), "
              f"GPU: {cfg.scaling.use_gpu}", "", "## Training", "", "![training curves](curves.png)", ""]
     keys = [k for k in rows[0] if k in ("epoch", "global_step", "train_loss") or k.startswith("val_")]
-    lines += [_table(rows, keys), ""]
+    # a task without the declaration prints every metric in its logged units
+    percent = frozenset(getattr(task, "fraction_metrics", ()))
+    if percent:
+        lines += ["Accuracies, recalls and other shares are shown in percent (%); `logs/metrics.csv` and "
+                  "`eval/<split>.json` hold them as fractions in [0, 1].", ""]
+    lines += [_table(rows, keys, percent), ""]
     evals = []
     for split in ("val", "test"):
         uri = storage.join(cfg.run_uri, "eval", f"{split}.json")
@@ -88,7 +101,8 @@ def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str
     if evals:
         lines += ["## Evaluation", ""]
         metric_keys = sorted({k for e in evals for k in e["metrics"]})
-        lines += [_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys]), ""]
+        lines += [_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys], percent),
+                  ""]
         lines += [f"Checkpoint: `{evals[0]['checkpoint']}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
         lines += task.report_sections(cfg, Path(tmp))

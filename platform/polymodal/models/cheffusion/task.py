@@ -31,6 +31,8 @@ class RecipeTask(Task):
     presets = PRESETS
     primary_metric = "bleu"
     mode = "max"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics = frozenset({"bleu", "rouge2"})
 
     def build_model(self, cfg: CheffusionConfig) -> nn.Module:
         from .backbones import load_lm

@@ -26,6 +26,8 @@ class EncodingTask(Task):
     primary_metric = "cv_score"
     mode = "max"
     trains_itself = True
+    #: none: correlations are r values, not shares
+    fraction_metrics = frozenset()
 
     # ---- spine hooks
     def fit(self, cfg, *, progress=True, local=False):

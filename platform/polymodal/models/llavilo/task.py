@@ -92,6 +92,8 @@ class MomentRetrievalTask(Task):
     presets = PRESETS
     primary_metric = "r1_05"
     mode = "max"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics = frozenset({*_OFFICIAL, "gen_valid", "gen_r1_05", "gen_r1_07"})
 
     def build_model(self, cfg: LlavLoConfig) -> nn.Module:
         from .model import LlavLoModel

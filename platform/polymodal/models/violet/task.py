@@ -181,6 +181,8 @@ class _VioletTask(Task):
     #: the data kind (:data:`.data.KINDS`) and the ``head`` the model is built with
     kind: ClassVar[str]
     primary_metric = "acc"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics: ClassVar[frozenset[str]] = frozenset({"acc"})
     mode = "max"
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -274,6 +276,7 @@ class PretrainTask(_VioletTask):
 
     kind = "pretrain"
     primary_metric = "vtm_acc"
+    fraction_metrics = frozenset({"vtm_acc", "mlm_acc", "mvm_acc"})
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         return {**_collate_common(columns),
@@ -418,6 +421,7 @@ class RetrievalTask(_VioletTask):
 
     kind = "retrieval"
     primary_metric = "r1"
+    fraction_metrics = frozenset({"r1", "r5", "r10"})
     #: (text, video) pairs per pass through BERT when scoring the full matrix
     score_chunk: ClassVar[int] = 128
 
