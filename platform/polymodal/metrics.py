@@ -5,7 +5,9 @@ workers) and returns a flat ``dict[str, float]`` that the train loop logs and Tu
 
 Conventions
 -----------
-* Accuracies, F1 scores and recall@K are fractions in ``[0, 1]``, never percentages.
+* Accuracies, F1 scores, recall@K and every other share are fractions in ``[0, 1]``, never
+  percentages, in every system's metrics (what train, evaluate and Tune record); a Markdown
+  report may print them as percentages, labelled ``%``. Ranks are 1-based ranks.
 * F1 scores follow :func:`sklearn.metrics.f1_score`: the classes scored are the union of the
   classes present in the labels and in the predictions; ``f1_macro`` is their unweighted mean,
   ``f1_weighted`` their mean weighted by support (count in ``labels``).
@@ -22,6 +24,8 @@ import numpy as np
 
 __all__ = [
     "classification_metrics",
+    "ranking_metrics",
+    "ranking_ranks",
     "regression_metrics",
     "retrieval_metrics",
     "retrieval_ranks",
@@ -218,24 +222,111 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
     }
 
 
-def _rank_summary(prefix: str, ranks: np.ndarray) -> dict[str, float]:
-    """R@1/5/10 (fractions), median and mean rank from 1-based ranks of shape (N,)."""
-    return {
-        f"{prefix}_r1": float(np.mean(ranks <= 1)),
-        f"{prefix}_r5": float(np.mean(ranks <= 5)),
-        f"{prefix}_r10": float(np.mean(ranks <= 10)),
-        f"{prefix}_medr": float(np.median(ranks)),
-        f"{prefix}_meanr": float(np.mean(ranks)),
-    }
+def ranking_ranks(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's positive candidate among all candidates, ties counted against.
+
+    The rank is ``1 + #(other candidates scoring higher than or equal to the positive)``: a tie
+    always counts against the model, so a degenerate model that scores every candidate alike
+    ranks the positive last (``C``), never first, and the rank does not depend on the order of
+    the candidates. This is the stricter of the two usual conventions (an ``argsort`` that finds
+    the positive first among equal scores is the flattering one).
+
+    Parameters
+    ----------
+    scores : numpy.ndarray, shape (N, C)
+        ``scores[n, c]`` is query ``n``'s score for candidate ``c``; higher is better.
+    positives : numpy.ndarray of int, shape (N,)
+        Index in ``0..C-1`` of query ``n``'s positive candidate. Several queries may share one
+        candidate (several captions of one video).
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (N,)
+        Ranks in ``1..C``.
+
+    Raises
+    ------
+    ValueError
+        ``scores`` not a non-empty real (N, C) matrix or holding NaN/inf; ``positives`` of the
+        wrong shape, not integers, or outside ``0..C-1``.
+    """
+    s = np.asarray(scores)
+    t = np.asarray(positives)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError(
+            f"scores must be a non-empty 2-D (N queries, C candidates) matrix, got shape {s.shape}"
+        )
+    if s.dtype.kind not in "iuf":
+        raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+    if not np.isfinite(s).all():
+        raise ValueError(
+            f"scores hold {int((~np.isfinite(s)).sum())} NaN or infinite value(s); a metric over "
+            "them would rank at random (check the model's outputs)"
+        )
+    if t.shape != (s.shape[0],):
+        raise ValueError(
+            f"positives must be (N,) = ({s.shape[0]},), one candidate index per query, "
+            f"got shape {t.shape}"
+        )
+    if t.dtype.kind not in "iu":
+        raise ValueError(f"positives must hold integer candidate indices, got dtype {t.dtype}")
+    bad = (t < 0) | (t >= s.shape[1])
+    if bad.any():
+        raise ValueError(
+            f"positives index {int(t[bad][0])} is outside 0..{s.shape[1] - 1} "
+            f"(C = {s.shape[1]} candidates)"
+        )
+    positive = s[np.arange(len(t)), t]  # (N,)
+    # ">=" counts the positive itself (hence 1-based) and every tie (hence pessimistic).
+    return (s >= positive[:, None]).sum(axis=1, dtype=np.int64)
+
+
+def ranking_metrics(
+    scores: np.ndarray, positives: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """Recall@K, median and mean rank of each query's positive candidate.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray, shape (N, C)
+        Query ``n``'s score for candidate ``c``; higher is better.
+    positives : numpy.ndarray of int, shape (N,)
+        Index of query ``n``'s positive candidate.
+    ks : tuple of int
+        The cut-offs K of ``r{K}``.
+
+    Returns
+    -------
+    dict[str, float]
+        ``r{K}`` for each K in ``ks``: the fraction in ``[0, 1]`` of queries whose positive ranks
+        within K; ``medr`` and ``meanr``: the median and mean 1-based rank (see
+        :func:`ranking_ranks`: ties count against the model).
+
+    Raises
+    ------
+    ValueError
+        Bad ``scores`` or ``positives`` (see :func:`ranking_ranks`), or a K below 1.
+    """
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"every K in ks must be >= 1 (recall within the top K), got {tuple(ks)}")
+    ranks = ranking_ranks(scores, positives)
+    out = {f"r{int(k)}": float(np.mean(ranks <= k)) for k in ks}
+    out["medr"] = float(np.median(ranks))
+    out["meanr"] = float(np.mean(ranks))
+    return out
+
+
+def _check_square(sim: np.ndarray) -> np.ndarray:
+    s = _as_finite("sim", sim, (2,))
+    if s.shape[0] != s.shape[1]:
+        raise ValueError(
+            f"sim must be square (N_text == N_video, text i matches video i), got {s.shape}"
+        )
+    return s
 
 
 def retrieval_ranks(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks of the matching item for each query, ties broken pessimistically.
-
-    The rank of the match is ``1 + #(candidates scoring strictly higher) + #(other candidates
-    scoring equal)``: a tie always counts against the model. This keeps a degenerate model
-    (for example one that outputs a constant similarity) at rank ``N`` instead of a flattering
-    rank 1, and it does not depend on the order of the candidates.
+    """1-based ranks of the matching item for each query in both directions of a square matrix.
 
     Parameters
     ----------
@@ -246,25 +337,17 @@ def retrieval_ranks(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     t2v_ranks : numpy.ndarray of int64, shape (N,)
-        Rank of video ``i`` among all videos for text ``i``.
+        Rank of video ``i`` among all videos for text ``i`` (:func:`ranking_ranks`).
     v2t_ranks : numpy.ndarray of int64, shape (N,)
         Rank of text ``j`` among all texts for video ``j``.
     """
-    s = _as_finite("sim", sim, (2,))
-    if s.shape[0] != s.shape[1]:
-        raise ValueError(
-            f"sim must be square (N_text == N_video, text i matches video i), got {s.shape}"
-        )
-    diag = np.diagonal(s)
-    # Counting every entry >= the match's score includes the match itself (hence 1-based)
-    # and every tie (hence pessimistic), in one vectorised comparison per direction.
-    t2v = (s >= diag[:, None]).sum(axis=1, dtype=np.int64)
-    v2t = (s >= diag[None, :]).sum(axis=0, dtype=np.int64)
-    return t2v, v2t
+    s = _check_square(sim)
+    diagonal = np.arange(s.shape[0])
+    return ranking_ranks(s, diagonal), ranking_ranks(s.T, diagonal)
 
 
 def retrieval_metrics(sim: np.ndarray) -> dict[str, float]:
-    """Text-to-video and video-to-text recall@K and rank statistics.
+    """Text-to-video and video-to-text recall@K and rank statistics of a square matrix.
 
     Parameters
     ----------
@@ -275,14 +358,18 @@ def retrieval_metrics(sim: np.ndarray) -> dict[str, float]:
     -------
     dict[str, float]
         For each direction ``d`` in ``t2v`` (rank videos for each text, row-wise) and ``v2t``
-        (rank texts for each video, column-wise): ``{d}_r1``, ``{d}_r5``, ``{d}_r10`` (fraction
-        of queries whose match ranks within K), ``{d}_medr`` and ``{d}_meanr`` (median and mean
-        1-based rank). Ties are broken pessimistically, see :func:`retrieval_ranks`.
+        (rank texts for each video, column-wise) the keys of :func:`ranking_metrics` prefixed
+        with ``{d}_``: ``{d}_r1``, ``{d}_r5``, ``{d}_r10`` (fractions), ``{d}_medr`` and
+        ``{d}_meanr`` (1-based ranks; ties count against the model).
 
     Raises
     ------
     ValueError
         Non-square or empty matrix, or NaN/inf similarities.
     """
-    t2v, v2t = retrieval_ranks(sim)
-    return {**_rank_summary("t2v", t2v), **_rank_summary("v2t", v2t)}
+    s = _check_square(sim)
+    diagonal = np.arange(s.shape[0])
+    out = {}
+    for prefix, matrix in (("t2v", s), ("v2t", s.T)):
+        out.update({f"{prefix}_{k}": v for k, v in ranking_metrics(matrix, diagonal).items()})
+    return out

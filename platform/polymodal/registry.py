@@ -54,6 +54,9 @@ class Task(ABC):
     #: the metric that picks the best checkpoint and that Tune optimises
     primary_metric: ClassVar[str]
     mode: ClassVar[Literal["max", "min"]] = "max"
+    #: metrics that are shares (accuracy, recall, BLEU, ...): stored as fractions in [0, 1] in every
+    #: JSON, CSV and Tune result; reports print them as percentages, labelled
+    fraction_metrics: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def build_model(self, cfg: BaseModel) -> nn.Module:

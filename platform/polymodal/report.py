@@ -1,4 +1,7 @@
-"""A Markdown report with metric tables and a PNG training curve for one run."""
+"""A Markdown report with metric tables and a PNG training curve for one run.
+
+Metrics are logged as fractions in [0, 1] (see :mod:`polymodal.metrics`); the tables print the
+task's ``fraction_metrics`` as percentages, each cell labelled ``%``, for the human reader."""
 
 from __future__ import annotations
 
@@ -66,7 +69,12 @@ def write_training_report(task, cfg: ExperimentConfig) -> str:
              f"- DeepSpeed ZeRO stage {cfg.deepspeed.zero_stage}, {cfg.scaling.num_workers} worker(s), "
              f"GPU: {cfg.scaling.use_gpu}", "", "## Training", "", "![training curves](curves.png)", ""]
     keys = [k for k in rows[0] if k in ("epoch", "global_step", "train_loss") or k.startswith("val_")]
-    lines += [runs.markdown_table(rows, keys), ""]
+    # a task without the declaration prints every metric in its logged units
+    percent = task.fraction_metrics
+    if percent:
+        lines += ["Accuracies, recalls and other shares are shown in percent (%); `logs/metrics.csv` and "
+                  "`eval/<split>.json` hold them as fractions in [0, 1].", ""]
+    lines += [runs.markdown_table(rows, keys, percent), ""]
     evals = []
     for split in ("val", "test"):
         uri = runs.eval_uri(cfg.run_uri, split)
@@ -75,7 +83,8 @@ def write_training_report(task, cfg: ExperimentConfig) -> str:
     if evals:
         lines += ["## Evaluation", ""]
         metric_keys = sorted({k for e in evals for k in e["metrics"]})
-        lines += [runs.markdown_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys]), ""]
+        lines += [runs.markdown_table([{"split": e["split"], **e["metrics"]} for e in evals], ["split", *metric_keys],
+                                      percent), ""]
         lines += [f"Checkpoint: `{evals[0]['checkpoint']}`", ""]
     with tempfile.TemporaryDirectory() as tmp:
         lines += task.report_sections(cfg, Path(tmp))

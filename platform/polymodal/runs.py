@@ -8,7 +8,7 @@ writes and reads these through this module, whichever way it is fitted.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Collection
 
 from polymodal import storage
 from polymodal.errors import PolymodalError
@@ -63,16 +63,21 @@ def eval_uri(run_uri: str, split: str, suffix: str = ".json") -> str:
     return storage.join(run_uri, "eval", f"{split}{suffix}")
 
 
-def markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """A Markdown table of ``rows`` with columns ``keys``; numbers to 4 significant digits."""
+def markdown_table(rows: list[dict[str, Any]], keys: list[str], percent: Collection[str] = ()) -> str:
+    """A Markdown table of ``rows`` with columns ``keys``; numbers to 4 significant digits. A key in
+    ``percent`` (or ``val_`` + one) holds fractions, printed as percentages labelled ``%``."""
     head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
-    body = "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+    as_percent = [k in percent or (k.startswith("val_") and k[4:] in percent) for k in keys]
+    body = "".join("| " + " | ".join(_fmt(r.get(k, ""), p) for k, p in zip(keys, as_percent)) + " |\n"
+                   for r in rows)
     return head + body
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, percent: bool = False) -> str:
     try:
         f = float(v)
     except (TypeError, ValueError):
         return str(v)
+    if percent:
+        return f"{100 * f:.4g} %"
     return str(int(f)) if f.is_integer() and abs(f) < 1e12 else f"{f:.4g}"

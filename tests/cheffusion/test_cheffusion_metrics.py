@@ -19,7 +19,7 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
 
 
 def _reference_bleu(hypotheses: list[str], references: list[str], clip: bool = True) -> float:
-    """Corpus BLEU-4 (Papineni et al. 2002) of whitespace-tokenised text, 0-100: matched and total
+    """Corpus BLEU-4 (Papineni et al. 2002) of whitespace-tokenised text, 0-1: matched and total
     n-gram counts summed over sentences, each hypothesis n-gram count clipped to its count in the
     reference, geometric mean of the four precisions, brevity penalty exp(1 - r/c) when c < r."""
     matched, total = [0] * 4, [0] * 4
@@ -35,11 +35,11 @@ def _reference_bleu(hypotheses: list[str], references: list[str], clip: bool = T
         return 0.0
     log_precision = sum(math.log(m / t) for m, t in zip(matched, total)) / 4
     brevity = 1.0 if c >= r else math.exp(1 - r / c)
-    return 100.0 * brevity * math.exp(log_precision)
+    return brevity * math.exp(log_precision)
 
 
 def _reference_rouge2(hypotheses: list[str], references: list[str]) -> float:
-    """Mean over rows of the bigram-overlap F1 (lowercased, split on non-alphanumerics), 0-100."""
+    """Mean over rows of the bigram-overlap F1 (lowercased, split on non-alphanumerics), 0-1."""
     def bigrams(text: str) -> Counter:
         return _ngrams(re.findall(r"[a-z0-9]+", text.lower()), 2)
 
@@ -52,7 +52,7 @@ def _reference_rouge2(hypotheses: list[str], references: list[str]) -> float:
             continue
         p, rec = overlap / sum(h.values()), overlap / sum(t.values())
         scores.append(2 * p * rec / (p + rec))
-    return 100.0 * float(np.mean(scores))
+    return float(np.mean(scores))
 
 
 # Lowercase words and single spaces only, so sacrebleu's 13a tokenizer leaves the text as split()
@@ -74,21 +74,21 @@ BLEU_CASES = {
 def test_bleu_equals_corpus_bleu4_from_its_definition(case: str) -> None:
     hyps, refs = BLEU_CASES[case]
     expected = _reference_bleu(hyps, refs)
-    assert 0.0 < expected < 100.0
-    assert metrics.bleu(hyps, refs) == pytest.approx(expected, abs=1e-9)
+    assert 0.0 < expected < 1.0
+    assert metrics.bleu(hyps, refs) == pytest.approx(expected, abs=1e-11)
 
 
 def test_bleu_cases_discriminate_corpus_counts_and_clipping() -> None:
     """The cases above would catch a sentence-averaged BLEU and a BLEU without clipping."""
     hyps, refs = BLEU_CASES["repeated words (clipping)"]
     score = metrics.bleu(hyps, refs)
-    assert abs(np.mean([_reference_bleu([h], [r]) for h, r in zip(hyps, refs)]) - score) > 1.0
-    assert abs(_reference_bleu(hyps, refs, clip=False) - score) > 1.0
+    assert abs(np.mean([_reference_bleu([h], [r]) for h, r in zip(hyps, refs)]) - score) > 0.01
+    assert abs(_reference_bleu(hyps, refs, clip=False) - score) > 0.01
 
 
-def test_bleu_identical_is_100_and_disjoint_is_0() -> None:
+def test_bleu_identical_is_1_and_disjoint_is_0() -> None:
     refs = ["slice the carrot and toss with oil", "chop the spinach then boil it with water"]
-    assert metrics.bleu(refs, refs) == pytest.approx(100.0)
+    assert metrics.bleu(refs, refs) == pytest.approx(1.0)
     assert metrics.bleu(["one two three four five", "six seven eight nine"], refs) == 0.0
 
 
@@ -104,21 +104,21 @@ def test_rouge2_equals_mean_bigram_f1() -> None:
             "beet pie",
             "soup"]
     expected = _reference_rouge2(hyps, refs)
-    assert 0.0 < expected < 100.0
-    assert metrics.rouge2(hyps, refs) == pytest.approx(expected, abs=1e-9)
-    assert metrics.rouge2(refs[:3], refs[:3]) == pytest.approx(100.0)
+    assert 0.0 < expected < 1.0
+    assert metrics.rouge2(hyps, refs) == pytest.approx(expected, abs=1e-11)
+    assert metrics.rouge2(refs[:3], refs[:3]) == pytest.approx(1.0)
 
 
-def test_clip_similarity_is_the_cosine_diagonal_in_percent() -> None:
+def test_clip_similarity_is_the_cosine_diagonal() -> None:
     rng = np.random.default_rng(0)
     gen, real = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
-    real[1] = 3.0 * gen[1]    # same direction: 100
-    real[2] = -gen[2]         # opposite: -100
+    real[1] = 3.0 * gen[1]    # same direction: 1
+    real[2] = -gen[2]         # opposite: -1
     gen[3] = 0.0              # a zero feature: 0, as sklearn
     got = metrics.clip_similarity(gen.astype(np.float32), real)
     assert got.shape == (6,)
-    np.testing.assert_allclose(got, 100.0 * np.diag(cosine_similarity(gen, real)), atol=1e-5)
-    np.testing.assert_allclose(got[[1, 2, 3]], [100.0, -100.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(got, np.diag(cosine_similarity(gen, real)), atol=1e-7)
+    np.testing.assert_allclose(got[[1, 2, 3]], [1.0, -1.0, 0.0], atol=1e-7)
 
 
 @pytest.mark.parametrize("shapes", [((4, 3), (4, 2)), ((4, 3), (5, 3)), ((3,), (3,))])

@@ -129,7 +129,7 @@ def test_predict_snaps_applies_nms_and_reports_generations(tiny):
             assert inter / ((x[1] - x[0]) + (y[1] - y[0]) - inter) <= 0.5 + 1e-6
     metrics = task.metrics(out)
     assert {"r1_05", "map", "gen_valid", "gen_r1_05"} <= set(metrics)
-    assert 0.0 <= metrics["gen_valid"] <= 100.0
+    assert 0.0 <= metrics["gen_valid"] <= 1.0
     rows = submission_rows(out)
     assert [r["qid"] for r in rows] == batch["qid"].tolist()
     assert all("generated_text" in r and len(r["pred_relevant_windows"]) == int(out["keep"][i].sum())

@@ -120,7 +120,7 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
     """1 CPU worker, ZeRO-2, S3 shards, jobs/configs/llavilo_tiny.yaml as shipped (38 epochs of
     512 synthetic queries, ~600 steps): the run logs every epoch, checkpoints to S3, and the
     best-on-val checkpoint beats random windows on the held-out test split by 20 points of
-    R1@0.5 or more (`slow`: ~4 minutes)."""
+    R1@0.5 (0.20 as a fraction) or more (`slow`: ~4 minutes)."""
 
     from polymodal.evaluate import evaluate_run
     from polymodal.models.llavilo import qvh_eval, synth
@@ -144,10 +144,11 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
     reached = out["metrics"]["r1_05"]
     rows = read_all(data["test"], cfg.storage)
     baseline = qvh_eval.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
-    print(f"test R1@0.5: LLaViLo {reached:.2f} (mAP {out['metrics']['map']:.2f}) vs random windows "
-          f"{baseline['MR-full-R1@0.5']:.2f}; val R1@0.5 per epoch {[r['val_r1_05'] for r in logged]} "
+    print(f"test R1@0.5 (%): LLaViLo {100 * reached:.2f} (mAP {100 * out['metrics']['map']:.2f}) vs random windows "
+          f"{baseline['MR-full-R1@0.5']:.2f}; val R1@0.5 (fraction) per epoch {[r['val_r1_05'] for r in logged]} "
           f"({time.perf_counter() - t0:.0f} s)")
-    assert reached >= baseline["MR-full-R1@0.5"] + 20.0
+    # the official brief is in percent, the task's metrics in fractions: 20 points = 0.20
+    assert reached >= baseline["MR-full-R1@0.5"] / 100 + 0.20
 
 
 @pytest.mark.slow

@@ -105,7 +105,9 @@ def test_evaluate_writes_a_submission_the_official_protocol_scores_alike(trained
     assert cli.main(["eval", "qvhighlights", "--submission", str(sub), "--gt", str(gt),
                      "--out", str(tmp_path / "m.json")]) == 0
     brief = json.loads((tmp_path / "m.json").read_text())["brief"]
-    assert brief["MR-full-R1@0.5"] == out["metrics"]["r1_05"] and brief["MR-full-mAP"] == out["metrics"]["map"]
+    # the task's metrics are the official percentages as fractions
+    assert out["metrics"]["r1_05"] == brief["MR-full-R1@0.5"] / 100
+    assert out["metrics"]["map"] == brief["MR-full-mAP"] / 100
 
 
 def test_shipped_serve_config_checks():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from polymodal.metrics import (
     classification_metrics,
+    ranking_metrics,
+    ranking_ranks,
     regression_metrics,
     retrieval_metrics,
     retrieval_ranks,
@@ -211,3 +214,84 @@ def test_retrieval_edge_cases() -> None:
         retrieval_metrics(np.array([[1.0, np.nan], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="2-D"):
         retrieval_metrics(np.zeros(3))
+
+
+# ---------------------------------------------------------------- ranking (N queries x C candidates)
+
+
+def _sorted_ranks(scores: np.ndarray, positives: np.ndarray) -> list[int]:
+    """Reference: sort each row's candidates best first, the positive after every candidate tied
+    with it; its 1-based position is the rank."""
+    ranks = []
+    for n, row in enumerate(scores.tolist()):
+        true = int(positives[n])
+        order = sorted(range(len(row)), key=lambda c: (-row[c], c == true))
+        ranks.append(order.index(true) + 1)
+    return ranks
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("n, c", [(1, 1), (1, 7), (9, 1), (12, 12), (23, 5), (17, 40)])
+def test_ranking_matches_a_brute_force_sort(n: int, c: int, ties: bool) -> None:
+    rng = np.random.default_rng(n * 1000 + c * 10 + ties)
+    # few distinct values: many ties, also with the positive
+    scores = rng.integers(0, 4, size=(n, c)).astype(np.float64) if ties else rng.normal(size=(n, c))
+    positives = rng.integers(0, c, size=n)
+    ref = _sorted_ranks(scores, positives)
+    assert ranking_ranks(scores, positives).tolist() == ref
+    ks = (1, 2, 5, 10)
+    got = ranking_metrics(scores, positives, ks=ks)
+    want = {f"r{k}": sum(r <= k for r in ref) / n for k in ks}
+    want.update(medr=float(statistics.median(ref)), meanr=sum(ref) / n)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_ranking_hand_worked_cases() -> None:
+    perfect = ranking_metrics(np.eye(4), np.arange(4))
+    assert perfect == {"r1": 1.0, "r5": 1.0, "r10": 1.0, "medr": 1.0, "meanr": 1.0}
+    # every query prefers the highest-numbered candidate: query n's candidate n ranks 5 - n
+    reversed_ = ranking_metrics(np.tile(np.arange(5.0), (5, 1)), np.arange(5))
+    assert reversed_ == {"r1": 0.2, "r5": 1.0, "r10": 1.0, "medr": 3.0, "meanr": 3.0}
+    # a constant scorer ranks every positive last (ties count against), never first
+    flat = ranking_metrics(np.zeros((3, 12)), np.array([0, 5, 11]))
+    assert flat == {"r1": 0.0, "r5": 0.0, "r10": 0.0, "medr": 12.0, "meanr": 12.0}
+    # one caption of video 0, two of video 1 (N != C): ranks 1, 1, 2
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    assert ranking_ranks(scores, np.array([0, 1, 1])).tolist() == [1, 1, 2]
+    assert ranking_metrics(scores, np.array([0, 1, 1])) == pytest.approx(
+        {"r1": 2 / 3, "r5": 1.0, "r10": 1.0, "medr": 1.0, "meanr": 4 / 3})
+    assert ranking_metrics(scores, np.array([0, 1, 1]), ks=(2,)) == pytest.approx(
+        {"r2": 1.0, "medr": 1.0, "meanr": 4 / 3})
+
+
+def test_square_retrieval_is_ranking_in_both_directions() -> None:
+    rng = np.random.default_rng(3)
+    sim = np.round(rng.normal(size=(15, 15)), 1)
+    got = retrieval_metrics(sim)
+    for prefix, matrix in (("t2v", sim), ("v2t", sim.T)):
+        for key, value in ranking_metrics(matrix, np.arange(15)).items():
+            assert got[f"{prefix}_{key}"] == value
+
+
+@pytest.mark.parametrize("scores, positives, match", [
+    (np.zeros(4), np.zeros(4, int), "matrix"),
+    (np.zeros((0, 3)), np.zeros(0, int), "non-empty"),
+    (np.zeros((2, 0)), np.zeros(2, int), "non-empty"),
+    (np.array([[0.0, np.nan]]), np.array([0]), "NaN"),
+    (np.array([[0.0, np.inf]]), np.array([0]), "NaN or infinite"),
+    (np.zeros((2, 3)), np.zeros(3, int), r"\(N,\) = \(2,\)"),
+    (np.zeros((2, 3)), np.zeros(2), "integer"),
+    (np.zeros((2, 3)), np.array([0, 3]), "outside 0..2"),
+    (np.zeros((2, 3)), np.array([-1, 0]), "outside 0..2"),
+    (np.zeros((2, 3), dtype=bool), np.array([0, 0]), "real numbers"),
+])
+def test_ranking_rejects_bad_input(scores, positives, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        ranking_metrics(scores, positives)
+
+
+def test_ranking_rejects_a_cut_off_below_one() -> None:
+    with pytest.raises(ValueError, match="ks"):
+        ranking_metrics(np.eye(3), np.arange(3), ks=(0, 1))

@@ -104,7 +104,7 @@ def test_fit_pretrain_then_qa_from_its_export(data, tmp_path):
 
     qa_cfg = config("oeqa", data["oeqa"], tmp_path / "runs")
     qa = fit_local(qa_cfg, progress=False)
-    assert 0.0 <= qa["metrics"]["val_acc"] <= 100.0 and np.isfinite(qa["metrics"]["train_loss"])
+    assert 0.0 <= qa["metrics"]["val_acc"] <= 1.0 and np.isfinite(qa["metrics"]["train_loss"])
     assert (Path(qa["best_checkpoint"]) / "model" / "trainable.safetensors").is_file()
 
     # A QA model built with `init` starts from the pre-trained trunk; its new answer head stays fresh.
@@ -127,10 +127,10 @@ def test_mcqa_loss_and_metrics(data):
     net = task.build_model(cfg)
     batch = first_batch(data["mcqa"]["train"], task, n=4)
     loss, extra = task.loss(net, batch)
-    assert torch.isfinite(loss) and 0.0 <= extra["batch_acc"] <= 100.0
+    assert torch.isfinite(loss) and 0.0 <= extra["batch_acc"] <= 1.0
     out = task.predict(net.eval(), batch)
     assert out["pred"].shape == (4,) and set(out["pred"].tolist()) <= {0, 1, 2, 3}
-    assert task.metrics({"pred": np.array([0, 1, 2]), "answer": np.array([0, 1, 3])})["acc"] == pytest.approx(200 / 3)
+    assert task.metrics({"pred": np.array([0, 1, 2]), "answer": np.array([0, 1, 3])})["acc"] == pytest.approx(2 / 3)
 
 
 def test_oeqa_ignores_unknown_answers_in_loss_but_counts_them_wrong(data):
@@ -140,7 +140,7 @@ def test_oeqa_ignores_unknown_answers_in_loss_but_counts_them_wrong(data):
     batch["answer"] = torch.full_like(batch["answer"], -1)
     loss, _ = task.loss(net, batch)
     assert float(loss) == 0.0
-    assert task.metrics({"pred": np.array([0, 1]), "answer": np.array([0, -1])})["acc"] == 50.0
+    assert task.metrics({"pred": np.array([0, 1]), "answer": np.array([0, -1])})["acc"] == 0.5
 
 
 def test_model_head_must_match_the_task(data):

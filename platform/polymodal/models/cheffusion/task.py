@@ -5,7 +5,8 @@ Evaluation writes a recipe for every image (i2t, greedy) and scores it against t
 (``bleu``: SacreBLEU, ``rouge2``: ROUGE-2 F1), draws the first ``eval_images`` recipes of each
 batch (t2i, ``eval_steps`` diffusion steps) and scores them by CLIP cosine similarity to the real
 image (``clip_sim``), and reports the mean validation losses ``l_r``, ``l_p``, ``l_g`` and
-``loss``. Scores are percent (0-100). The primary metric is ``bleu``.
+``loss``. ``bleu`` and ``rouge2`` are fractions in [0, 1] (SacreBLEU's 0-100 score / 100),
+``clip_sim`` the cosine in [-1, 1]. The primary metric is ``bleu``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RecipeTask(Task):
     presets = PRESETS
     primary_metric = "bleu"
     mode = "max"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics = frozenset({"bleu", "rouge2"})
 
     def build_model(self, cfg: CheffusionConfig) -> nn.Module:
         from .backbones import load_lm

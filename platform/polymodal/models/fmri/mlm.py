@@ -423,6 +423,8 @@ class MlmTask(Task):
     presets = PRESETS
     primary_metric = "masked_accuracy"
     mode = "max"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics = frozenset({"masked_accuracy"})
 
     def build_model(self, cfg: MlmConfig) -> nn.Module:
         from transformers import BertConfig, BertForMaskedLM

@@ -55,9 +55,9 @@ def tiny() -> dict[str, Any]:
     write timestamps through a prefix, so the caption gradient is mostly a sample-independent
     push of the video tokens towards one constant direction (that shifts the LM towards digits
     and brackets), which erases the clip-to-clip differences the anchors need. Measured in
-    process on the synthetic set, 600 steps, lr 2e-3 cosine: val R1@0.5 27-31 with
-    ``caption_weight=1`` (clip-token spread collapsing), 42-45 with 0.1, 55 with the caption
-    loss off (jobs/configs/llavilo_tiny.yaml turns it off); random windows: 9.4. A higher
+    process on the synthetic set, 600 steps, lr 2e-3 cosine: val R1@0.5 27-31 % with
+    ``caption_weight=1`` (clip-token spread collapsing), 42-45 % with 0.1, 55 % with the caption
+    loss off (jobs/configs/llavilo_tiny.yaml turns it off); random windows: 9.4 %. A higher
     ``saliency_weight`` (4 instead of 1) keeps the per-clip relevance in the tokens (at 1 their
     spread across clips fell 10x within 300 steps and the anchors never localised)."""
     return {"video_dim": 34, "text_dim": 32, "top_n": 2, "num_anchors": 6, "adapter_hidden": 64, "cross_layers": 1, "encoder_layers": 1,

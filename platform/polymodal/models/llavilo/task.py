@@ -1,9 +1,11 @@
 """LLaViLo's moment-retrieval task, plugged into the spine.
 
 Metrics are the official QVHighlights moment-retrieval numbers (:func:`.qvh_eval.evaluate`,
-"full" bucket), in **percent** (0-100) as the official evaluator writes them:
+"full" bucket) as **fractions** in [0, 1], like every system's metrics: the official evaluator's
+percentages (rounded to 2 decimals) divided by 100, so ``r1_05 == brief["MR-full-R1@0.5"] / 100``.
 ``r1_05`` / ``r1_07`` (R1@0.5 / R1@0.7), ``map`` (mAP averaged over IoU 0.5:0.05:0.95) and
-``map_05`` (mAP@0.5). The primary metric is ``r1_05``.
+``map_05`` (mAP@0.5). The primary metric is ``r1_05``. ``polymodal eval qvhighlights`` prints the
+official percentages unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from .spans import HungarianMatcher, set_prediction_losses, span_cxw_to_xx, span
 
 #: columns the model reads besides the tokenized query
 _DROP = ("vid", "query")
+
+#: metric key -> the official evaluator's ``brief`` key (a percentage; the metric is it / 100)
+_OFFICIAL = {"r1_05": "MR-full-R1@0.5", "r1_07": "MR-full-R1@0.7", "map": "MR-full-mAP",
+             "map_05": "MR-full-mAP@0.5"}
 
 
 def load_llm(uri: str, opts=None):
@@ -86,6 +92,8 @@ class MomentRetrievalTask(Task):
     presets = PRESETS
     primary_metric = "r1_05"
     mode = "max"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics = frozenset({*_OFFICIAL, "gen_valid", "gen_r1_05", "gen_r1_07"})
 
     def build_model(self, cfg: LlavLoConfig) -> nn.Module:
         from .model import LlavLoModel
@@ -159,23 +167,23 @@ class MomentRetrievalTask(Task):
         return submission_rows(outputs)
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        """Official QVHighlights MR numbers (percent) of the anchor windows; with parsed
-        generations also ``gen_valid`` (% of queries whose text holds a valid window) and
-        ``gen_r1_05`` / ``gen_r1_07`` (R1 of the first parsed window; invalid text is a miss)."""
+        """Official QVHighlights MR numbers of the anchor windows as fractions (the evaluator's
+        percentages / 100); with parsed generations also ``gen_valid`` (fraction of queries whose
+        text holds a valid window) and ``gen_r1_05`` / ``gen_r1_07`` (R1 of the first parsed
+        window; invalid text is a miss)."""
         from .qvh_eval import evaluate
 
         gt = ground_truth_rows(outputs)
         brief = evaluate(submission_rows(outputs, with_generated=False), gt)["brief"]
-        out = {"r1_05": brief["MR-full-R1@0.5"], "r1_07": brief["MR-full-R1@0.7"],
-               "map": brief["MR-full-mAP"], "map_05": brief["MR-full-mAP@0.5"]}
+        out = {key: brief[name] / 100.0 for key, name in _OFFICIAL.items()}
         if "generated" in outputs:
             rows = generated_rows(outputs)
-            out["gen_valid"] = 100.0 * float(np.mean([bool(r["pred_relevant_windows"]) for r in rows]))
+            out["gen_valid"] = float(np.mean([bool(r["pred_relevant_windows"]) for r in rows]))
             # an invalid generation is submitted as an empty window at 0: never a hit
             rows = [r if r["pred_relevant_windows"] else {**r, "pred_relevant_windows": [[0.0, 0.0, 0.0]]}
                     for r in rows]
             gen = evaluate(rows, gt)["brief"]
-            out["gen_r1_05"], out["gen_r1_07"] = gen["MR-full-R1@0.5"], gen["MR-full-R1@0.7"]
+            out["gen_r1_05"], out["gen_r1_07"] = gen["MR-full-R1@0.5"] / 100.0, gen["MR-full-R1@0.7"] / 100.0
         return out
 
     # -- serving (see .serving) ------------------------------------------------------------------

@@ -3,18 +3,19 @@ multiple-choice video QA.
 
 * ``violet.pretrain`` minimises VTM + MLM + MVM (:meth:`.model.Violet.pretrain_losses`) with BM+AM
   masking: each sample is masked blockwise or by attention, 50/50 (:func:`build_masks`). Metrics
-  (percent): ``vtm_acc`` over every positive pair and one in-batch negative per video (primary),
+  (fractions in [0, 1]): ``vtm_acc`` over every positive pair and one in-batch negative per video (primary),
   ``mlm_acc`` over the masked text tokens and ``mvm_acc`` over the masked patches (each only while
   its objective is switched on).
 * ``violet.retrieval``: the VTM head as a cross-encoder, fine-tuned on each positive pair plus one
   in-batch negative per row whose text comes from another video (:func:`retrieval_negatives`).
   Evaluation scores every text of the split against every distinct video of it (the full N x V
-  matrix, :meth:`RetrievalTask.finish_eval`); metrics (:func:`.metrics.retrieval_metrics`):
-  text-to-video ``r1`` (primary), ``r5``, ``r10`` in percent, ``medr`` and ``mean_rank``, ties
-  counted against the model. A pre-trained export as ``init`` retrieves zero-shot: its VTM head
+  matrix, :meth:`RetrievalTask.finish_eval`); metrics (:func:`polymodal.metrics.ranking_metrics`):
+  text-to-video ``r1`` (primary), ``r5``, ``r10`` as fractions, ``medr`` and ``meanr`` (1-based
+  ranks), ties counted against the model. A pre-trained export as ``init`` retrieves zero-shot: its VTM head
   carries over.
 * ``violet.oeqa``: cross-entropy over the answer vocabulary; rows whose answer is outside it
-  (``answer == -1``) are left out of the loss but count as wrong in ``acc``.
+  (``answer == -1``) are left out of the loss but count as wrong in ``acc`` (a fraction, as every
+  accuracy here).
 * ``violet.mcqa``: one VTM score per ``question [SEP] option`` pair, cross-entropy over the options.
 
 Collate has no model config, so it keeps frames as uint8 (B, T, S, S, 3) (the loop casts only
@@ -107,8 +108,8 @@ def _step_generator() -> torch.Generator:
 
 
 def _accuracy(pred: np.ndarray, answer: np.ndarray) -> float:
-    """Percent of rows whose prediction equals the answer; ``answer == -1`` never does."""
-    return float(100.0 * np.mean(pred == answer)) if len(answer) else float("nan")
+    """Fraction of rows whose prediction equals the answer; ``answer == -1`` never does."""
+    return float(np.mean(pred == answer)) if len(answer) else float("nan")
 
 
 def _collate_common(columns: dict[str, np.ndarray]) -> Batch:
@@ -180,6 +181,8 @@ class _VioletTask(Task):
     #: the data kind (:data:`.data.KINDS`) and the ``head`` the model is built with
     kind: ClassVar[str]
     primary_metric = "acc"
+    #: metrics that are fractions in [0, 1] (reports print them as %)
+    fraction_metrics: ClassVar[frozenset[str]] = frozenset({"acc"})
     mode = "max"
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -273,6 +276,7 @@ class PretrainTask(_VioletTask):
 
     kind = "pretrain"
     primary_metric = "vtm_acc"
+    fraction_metrics = frozenset({"vtm_acc", "mlm_acc", "mvm_acc"})
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         return {**_collate_common(columns),
@@ -331,12 +335,12 @@ class PretrainTask(_VioletTask):
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         pairs = np.concatenate([outputs["vtm_pos"], outputs["vtm_neg"]])
         pairs = pairs[~np.isnan(pairs)]
-        out = {"vtm_acc": float(100.0 * pairs.mean()) if len(pairs) else float("nan")}
+        out = {"vtm_acc": float(pairs.mean()) if len(pairs) else float("nan")}
         for name in ("mlm", "mvm"):
             if f"{name}_n" not in outputs:  # objective switched off
                 continue
             n = int(outputs[f"{name}_n"].sum())
-            out[f"{name}_acc"] = float(100.0 * outputs[f"{name}_hit"].sum() / n) if n else float("nan")
+            out[f"{name}_acc"] = float(outputs[f"{name}_hit"].sum() / n) if n else float("nan")
         return out
 
 
@@ -417,6 +421,7 @@ class RetrievalTask(_VioletTask):
 
     kind = "retrieval"
     primary_metric = "r1"
+    fraction_metrics = frozenset({"r1", "r5", "r10"})
     #: (text, video) pairs per pass through BERT when scoring the full matrix
     score_chunk: ClassVar[int] = 128
 
@@ -488,12 +493,12 @@ class RetrievalTask(_VioletTask):
         return {"scores": scores.cpu().numpy(), "target": target.reshape(-1).astype(np.int64)}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        from .metrics import retrieval_metrics
+        from polymodal.metrics import ranking_metrics
 
         if "scores" not in outputs:
             raise ValueError(f"violet.retrieval metrics read finish_eval's scores, got the keys {sorted(outputs)}; "
                              "call task.finish_eval(model, outputs) on the gathered predict outputs first")
-        return retrieval_metrics(outputs["scores"], outputs["target"])
+        return ranking_metrics(outputs["scores"], outputs["target"])
 
 
 # ----------------------------------------------------------------------------- QA

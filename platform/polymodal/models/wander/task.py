@@ -74,6 +74,7 @@ class ClassificationTask(_WanderTask):
     name = "wander.classification"
     head = "classification"
     primary_metric = "accuracy"
+    fraction_metrics = frozenset({"accuracy", "f1_macro", "f1_weighted"})
     mode = "max"
 
     def loss(self, model, batch):
@@ -95,6 +96,7 @@ class RegressionTask(_WanderTask):
     name = "wander.regression"
     head = "regression"
     primary_metric = "mae"
+    fraction_metrics = frozenset({"acc2", "acc2_nonzero", "f1", "f1_nonzero", "acc7"})
     mode = "min"
 
     def loss(self, model, batch):
@@ -115,6 +117,7 @@ class RetrievalTask(_WanderTask):
     name = "wander.retrieval"
     head = "retrieval"
     primary_metric = "t2v_r1"
+    fraction_metrics = frozenset(f"{d}_r{k}" for d in ("t2v", "v2t") for k in (1, 5, 10))
     mode = "max"
 
     def loss(self, model, batch):
