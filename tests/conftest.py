@@ -58,18 +58,41 @@ def ray_cluster(s3_server):
     ray.shutdown()
 
 
+class SyntheticData:
+    """Synthetic datasets of any registered task, written once per session into the S3 server
+    (``s3://polymodal/session/<task>-<scale>``) and shared by every test that asks."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[str, float], dict[str, str]] = {}
+
+    def __call__(self, task: str, scale: float | None = None) -> dict[str, str]:
+        """The splits (and backbones) ``synth`` wrote for ``task`` at ``scale``; ``scale=None``:
+        any scale this session already made, else a small one (tests that need only a few rows)."""
+        from polymodal.registry import get_task
+
+        if scale is None:
+            made = [out for (name, _), out in self._made.items() if name == task]
+            if made:
+                return made[0]
+            scale = 0.1
+        if (task, scale) not in self._made:
+            self._made[task, scale] = get_task(task).synth(
+                f"s3://polymodal/session/{task}-{scale:g}", seed=0, scale=scale, progress=False)
+        return self._made[task, scale]
+
+
 @pytest.fixture(scope="session")
-def wander_data(s3_server) -> dict[str, str]:
+def synthetic(s3_server) -> SyntheticData:
+    return SyntheticData()
+
+
+@pytest.fixture(scope="session")
+def wander_data(synthetic) -> dict[str, str]:
     """Synthetic Wander classification splits + tiny backbone in the S3 server (1024 train rows)."""
-    from polymodal.registry import get_task
-
-    return get_task("wander.classification").synth(
-        "s3://polymodal/session/wander", seed=0, scale=0.5, progress=False)
+    return synthetic("wander.classification", 0.5)
 
 
 @pytest.fixture(scope="session")
-def cheffusion_data(s3_server) -> dict[str, str]:
+def cheffusion_data(synthetic) -> dict[str, str]:
     """Synthetic ChefFusion dishes (raw + feature splits, 480 train rows) and tiny backbones in S3."""
-    from polymodal.registry import get_task
-
-    return get_task("cheffusion.recipes").synth("s3://polymodal/session/cheffusion", seed=0, progress=False)
+    return synthetic("cheffusion.recipes", 1.0)

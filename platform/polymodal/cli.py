@@ -28,7 +28,10 @@ def cmd_data_synth(args) -> None:
         task = get_task(task_name)
     except KeyError:
         raise PolymodalError(f"unknown task {task_name!r}; known: {', '.join(task_names())}") from None
-    print_uris(task.synth(args.out, seed=args.seed, scale=args.scale, storage=storage_opts, progress=not args.quiet))
+    out = task.synth(args.out, seed=args.seed, scale=args.scale, storage=storage_opts, progress=not args.quiet)
+    print_uris(out)
+    print(f"train on it: polymodal train --config CONFIG.yaml (task: {task_name}) "
+          + " ".join(f"--set {o}" for o in task.synth_overrides(out)))
 
 
 def cmd_plugin(args) -> None:

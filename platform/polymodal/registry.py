@@ -107,6 +107,12 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name} has no synthetic generator")
 
+    def synth_overrides(self, out: dict[str, str]) -> list[str]:
+        """Config overrides (``dotted.key=value``) that point a run of this task at what
+        :meth:`synth` wrote (``out``, its return value): the splits by default; a task whose model
+        reads synthetic backbones adds their paths. ``polymodal data synth`` prints them."""
+        return [f"data.{split}={out[split]}" for split in ("train", "val", "test") if split in out]
+
     # ------------------------------------------------------------------ run lifecycle
     # `polymodal train/evaluate/report`, jobs, Tune trials and Serve call these four methods for
     # every task. The defaults run the shared Ray Train + DeepSpeed loop and its model export; a
@@ -205,6 +211,13 @@ class Task(ABC):
         :class:`ServeInputError` naming the field (e.g. ``inputs.m0``), never a bare torch error.
         """
         raise NotImplementedError(f"task {self.name} does not support serving (no serve_predict)")
+
+    def example_request(self, cfg: Any, data_uri: str) -> dict[str, Any]:
+        """A valid request body (JSON-ready) about the first example of the dataset at
+        ``data_uri`` (a split of this task), for a server whose ``index``, where the task has one
+        (:meth:`open_index`), is that same dataset. Used by demos, docs and the registry-wide
+        serving test."""
+        raise NotImplementedError(f"task {self.name} does not support serving (no example_request)")
 
     def serve_media(self, response: BaseModel) -> tuple[bytes, str] | None:
         """A binary rendering of ``response`` (bytes, media type), e.g. a generated PNG, which the

@@ -776,6 +776,11 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
 # --------------------------------------------------------------------------- Ray Data
 
 
+def first_rows(uri: str, n: int = 1, opts: StorageOptions | None = None) -> dict[str, np.ndarray]:
+    """The first ``n`` rows of a dataset, in stored order, as numpy columns."""
+    return next(iter_local_batches(uri, n, shuffle=False, shuffle_buffer=0, opts=opts))
+
+
 def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOptions | None = None,
                 seed: int = 0, shuffle: bool = True, retry: st.RetryPolicy | None = None) -> Any:
     """A ``ray.data.Dataset`` over the manifest's shards and columns.

@@ -128,6 +128,14 @@ class RecipeTask(Task):
 
         return serve_predict(model, requests)
 
+    def example_request(self, cfg, data_uri):
+        """The first dish's image, asking for its recipe."""
+        import base64
+
+        from polymodal.shards import first_rows
+
+        return {"image": base64.b64encode(bytes(first_rows(data_uri, 1, cfg.storage)["image"][0])).decode()}
+
     def serve_media(self, response) -> tuple[bytes, str] | None:
         from .serving import media
 
@@ -136,6 +144,9 @@ class RecipeTask(Task):
     def adapter_key(self, cfg: CheffusionConfig) -> str:
         # adapters trained on the same frozen LM share it (and the CLIP / SD loaded for generation)
         return f"cheffusion:{cfg.lm}"
+
+    def synth_overrides(self, out):
+        return [*super().synth_overrides(out), *(f"model.{k}={out[k]}" for k in ("lm", "clip", "sd"))]
 
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
         """Synthetic dishes (see :mod:`.synth`): raw and feature splits plus tiny backbones."""

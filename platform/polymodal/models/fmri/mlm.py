@@ -482,6 +482,9 @@ class MlmTask(Task):
         return {"masked_accuracy": float(outputs["masked_correct"].sum()) / n, "masked_loss": mean_nll,
                 "perplexity": math.exp(min(mean_nll, 700.0)), "masked_tokens": n}
 
+    def synth_overrides(self, out):
+        return [*super().synth_overrides(out), f"model.tokenizer={out['tokenizer']}"]
+
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True):
         return write_synthetic(out_uri, seed=seed, scale=scale, opts=storage, progress=progress)
 

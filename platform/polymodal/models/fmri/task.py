@@ -96,7 +96,20 @@ class EncodingTask(Task):
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         raise PolymodalError("fmri.encoding computes its metrics in pipeline.evaluate")
 
+    def synth_overrides(self, out):
+        return [f"data.train={out['train']}", f"model.vectors={out['vectors']}"]
+
     # ---- serving
+    def example_request(self, cfg, data_uri):
+        """The first 200 words of the dataset's first story, for its first subject."""
+        from .pipeline import list_subjects, load_stories
+
+        name, story = next(iter(load_stories(data_uri, cfg.storage).items()))
+        half = 0.15  # the dataset keeps word midpoints; a request gives each word a short span around it
+        words = [{"word": w, "start": round(max(t - half, 0.0), 3), "end": round(t + half, 3)}
+                 for w, t in zip(story.words[:200], story.times)]
+        return {"subject": list_subjects(data_uri, cfg.storage)[0], "words": words, "top_k": 3}
+
     def request_model(self, cfg):
         from .serving import EncodeRequest
 

@@ -208,9 +208,20 @@ class MomentRetrievalTask(Task):
 
         return open_index(uri, opts)
 
+    def example_request(self, cfg, data_uri):
+        """The first query of the split, its video named by ``vid`` (the server's index)."""
+        from polymodal.shards import first_rows
+
+        row = first_rows(data_uri, 1, cfg.storage)
+        text = row["text"][0][row["text_mask"][0]].round(5).tolist()  # the real tokens, padding dropped
+        return {"query": str(row["query"][0]), "text": text, "vid": str(row["vid"][0]), "top_k": 3}
+
     def adapter_key(self, cfg: LlavLoConfig) -> None:
         # The frozen LLM carries this model's injection hooks, so adapters do not share it.
         return None
+
+    def synth_overrides(self, out):
+        return [*super().synth_overrides(out), f"model.llm={out['llm']}"]
 
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
         """Synthetic splits (see :mod:`.synth`) plus a tiny random LLaMA + tokenizer at ``<out>/llm``."""

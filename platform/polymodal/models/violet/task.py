@@ -219,6 +219,9 @@ class _VioletTask(Task):
             load_pretrained(model, init)
         return model
 
+    def synth_overrides(self, out):
+        return [*super().synth_overrides(out), f"model.bert={out['bert']}"]
+
     def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True) -> dict[str, str]:
         """Synthetic moving shapes (:mod:`.synth`) of this task's kind, plus a tiny BERT and VQ-GAN."""
         return write_synthetic(out_uri, self.kind, seed=seed, scale=scale, opts=storage, progress=progress)
@@ -244,6 +247,19 @@ class _VioletTask(Task):
         from .serving import open_index
 
         return open_index(uri, opts)
+
+    def example_request(self, cfg, data_uri):
+        """Retrieval: the first caption, searched in the index; QA: its question about its video, by
+        ``vid`` (the index), with the options of a multiple-choice row."""
+        from polymodal.shards import first_rows
+
+        row = first_rows(data_uri, 1, cfg.storage)
+        if self.kind in ("pretrain", "retrieval"):
+            return {"text": str(row["text"][0]), "top_k": 3}
+        body = {"question": str(row["text"][0]), "vid": str(row["video"][0])}
+        if self.kind == "mcqa":
+            body["options"] = options_of(str(row["options"][0]))
+        return body
 
 
 def load_pretrained(model: nn.Module, init: str) -> dict[str, list[str]]:

@@ -46,7 +46,16 @@ class _WanderTask(Task):
 
         return write_synthetic(out_uri, self.head, seed=seed, scale=scale, opts=storage, progress=progress)
 
+    def synth_overrides(self, out):
+        return [*super().synth_overrides(out), f"model.backbone={out['backbone']}"]
+
     # serving: see polymodal.models.wander.serving
+    def example_request(self, cfg, data_uri):
+        from polymodal.shards import first_rows
+
+        row = first_rows(data_uri, 1, cfg.storage)
+        return {"inputs": {name: values[0].tolist() for name, values in row.items() if name != LABEL}}
+
     def request_model(self, cfg: WanderConfig):
         from . import serving
 
@@ -119,6 +128,10 @@ class RetrievalTask(_WanderTask):
     primary_metric = "t2v_r1"
     fraction_metrics = frozenset(f"{d}_r{k}" for d in ("t2v", "v2t") for k in (1, 5, 10))
     mode = "max"
+
+    def synth_overrides(self, out):
+        # the synthetic text side is the modality named "text" (synth.write_synthetic)
+        return [*super().synth_overrides(out), "model.query_modality=text"]
 
     def loss(self, model, batch):
         out = model(self.inputs(batch))
