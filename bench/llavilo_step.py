@@ -60,7 +60,7 @@ def build_llm(size: str, dtype: torch.dtype, device: torch.device):
 def build_tokenizer(tmp: str):
     from transformers import AutoTokenizer
 
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.text import train_tokenizer
 
     words = [f"w{i}" for i in range(200)]
     train_tokenizer([" ".join(words), "[[0, 1], [2, 3]] 0 1 2 3 4 5 6 7 8 9"], tmp, vocab_size=256, lowercase=True)

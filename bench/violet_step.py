@@ -79,7 +79,7 @@ def write_bert(size: str, out_dir: str, max_text_tokens: int) -> str:
     """
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.text import train_tokenizer
 
     hidden, layers, heads, inter, vocab = SIZES[size][0]
     train_tokenizer([" ".join(WORDS)] * 2, out_dir, vocab_size=len(WORDS) + 100)

@@ -251,30 +251,22 @@ def ground_truth_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def write_tiny_llm(out_uri: str, *, seed: int = 0, hidden: int = 64, layers: int = 3, heads: int = 4,
                    init_std: float = 0.1, opts=None) -> str:
-    """A random ``LlamaForCausalLM`` (hidden 64, 3 layers) + WordPiece tokenizer, saved with
-    ``save_pretrained`` at ``out_uri``; the vocabulary covers the caption prompt, digits and
-    brackets. Returns ``out_uri``.
+    """A random ``LlamaForCausalLM`` (hidden 64, 3 layers) + WordPiece tokenizer
+    (:func:`polymodal.testing.tiny.write_tiny_llama`) at ``out_uri``; the vocabulary covers the
+    caption prompt, digits and brackets. Returns ``out_uri``.
 
     ``init_std`` is larger than the usual 0.02: with 0.02 the frozen ``q/k_proj`` of a 64-wide
     model give near-zero attention scores, so the anchors could only average the video prefix
     uniformly; trained LLMs have far sharper attention."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.testing.tiny import write_tiny_llama
 
     from .config import DEFAULT_INSTRUCTION
 
     texts = [DEFAULT_INSTRUCTION + " query: synthetic query", "[[0, 1], [2, 3]]"]
     texts += [f"[[{i}, {i + 1}]] {i}" for i in range(0, 400)]
     with tempfile.TemporaryDirectory(prefix="polymodal-llm-") as tmp:
-        train_tokenizer(texts, tmp, vocab_size=256, lowercase=True)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-        torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                             max_position_embeddings=256, initializer_range=init_std, pad_token_id=tokenizer.pad_token_id,
-                             bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-        LlamaForCausalLM(config).save_pretrained(tmp)
+        write_tiny_llama(tmp, texts, seed=seed, hidden=hidden, layers=layers, heads=heads, init_std=init_std,
+                         vocab_size=256)
         st.upload_dir(tmp, out_uri, opts)
     return out_uri
 

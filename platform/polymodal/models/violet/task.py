@@ -607,29 +607,6 @@ def synthetic_corpus() -> list[str]:
     return out + list(synth.DIRECTIONS)
 
 
-def write_tiny_bert(out_dir: str, *, seed: int = 0) -> str:
-    """A WordPiece tokenizer over :func:`synthetic_corpus` and a random 32-wide 2-layer BERT, saved
-    with ``save_pretrained`` at the local folder ``out_dir``.
-
-    The weights start at std 0.25 (BERT's own 0.02 suits 768 wide, pre-trained weights) and without
-    dropout. At 0.02 a random 32-wide encoder's attention is flat and its [CLS] state hardly depends
-    on the other tokens; the query-key products that must learn to pick out frames and places then
-    start at a saddle, and the direction QA stayed at chance for 4000 steps. At 0.25 it passes 90 %
-    within about 1000 steps. The model's new heads take the same std (``initializer_range``).
-    """
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from polymodal.models.fmri.mlm import train_tokenizer
-
-    train_tokenizer(synthetic_corpus(), out_dir, vocab_size=200)
-    vocab = len(AutoTokenizer.from_pretrained(out_dir, local_files_only=True))
-    torch.manual_seed(seed)
-    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                               vocab_size=vocab, max_position_embeddings=64, initializer_range=0.25,
-                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(out_dir)
-    return out_dir
-
-
 def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.0, opts=None,
                     progress: bool = True) -> dict[str, str]:
     """``train`` / ``val`` / ``test`` datasets of ``kind`` at ``out_uri`` plus ``bert`` and ``vqgan``
@@ -641,7 +618,7 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
     """
     from .importers import read_mcqa, read_msrvtt_json, read_oeqa, read_webvid_csv, write_synthetic_videos
     from .ingest import ingest
-    from .tokenizer import write_tiny_vqgan
+    from polymodal.testing.tiny import write_tiny_bert, write_tiny_vqgan
 
     # kind -> (reader, the source file of write_synthetic_videos it reads)
     readers = {"pretrain": (read_webvid_csv, "webvid"), "retrieval": (read_msrvtt_json, "msrvtt"),
@@ -654,7 +631,9 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
     uris = {split: st.join(out_uri, split) for split in counts}
     uris.update(bert=st.join(out_uri, "backbones", "bert"), vqgan=st.join(out_uri, "backbones", "vqgan"))
     with tempfile.TemporaryDirectory(prefix="polymodal-violet-synth-") as tmp:
-        bert, vqgan = write_tiny_bert(os.path.join(tmp, "bert"), seed=seed), os.path.join(tmp, "vqgan")
+        # init std 0.25, not BERT's 0.02: at 0.02 the direction QA stayed at chance (see write_tiny_bert)
+        bert = write_tiny_bert(os.path.join(tmp, "bert"), synthetic_corpus(), seed=seed, init_std=0.25)
+        vqgan = os.path.join(tmp, "vqgan")
         write_tiny_vqgan(vqgan, seed=seed, codes=PRESETS["tiny"]()["visual_vocab"], factor=8)
         sources = write_synthetic_videos(os.path.join(tmp, "sources"), sum(counts.values()), seed=seed, size=64)
         records = reader(sources[source], sources["videos"]).records
