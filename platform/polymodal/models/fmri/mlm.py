@@ -44,7 +44,8 @@ from polymodal.registry import Batch, Task, register_task
 from polymodal.shards import Manifest, ShardWriter, iter_local_batches
 from polymodal.text import load_tokenizer, train_tokenizer
 
-TASK = "fmri.mlm"
+from .data import MLM_TASK as TASK
+
 IGNORE = -100  # label of tokens that are not predicted (torch cross_entropy's ignore_index)
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # of the chosen tokens; the remaining 10 % stay as they are
 Masked = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels), both (B, T)
