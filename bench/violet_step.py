@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                 "allocates AdamW's state)")
 
     from polymodal.models.violet.config import VioletConfig
+    from polymodal.models.violet.encode import channels_first, normalise_frames, tokenize
     from polymodal.models.violet.model import Violet
-    from polymodal.models.violet.task import PretrainTask, channels_first, normalise_frames, tokenize
+    from polymodal.models.violet.task import PretrainTask
     from polymodal.text import decode_texts
 
     if args.threads:
