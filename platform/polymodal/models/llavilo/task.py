@@ -20,7 +20,7 @@ from polymodal import storage as st
 from polymodal.cache import load_causal_lm
 from polymodal.registry import Batch, Task, register_task
 
-from .config import PRESETS, LlavLoConfig
+from .config import PRESETS, LLaViLoConfig
 from .data import TASK
 from .spans import HungarianMatcher, set_prediction_losses, span_cxw_to_xx, span_xx_to_cxw
 
@@ -43,7 +43,7 @@ def normalised_targets(batch: Batch) -> list[torch.Tensor]:
     return out
 
 
-def moment_loss(out: dict[str, Any], targets: list[torch.Tensor], cfg: LlavLoConfig) -> dict[str, torch.Tensor]:
+def moment_loss(out: dict[str, Any], targets: list[torch.Tensor], cfg: LLaViLoConfig) -> dict[str, torch.Tensor]:
     """Matched set-prediction losses of the final layer plus (``aux_loss``) every aux layer,
     each layer matched on its own (DETR). Returns the weighted terms and their sum, ``loss_moment``."""
     matcher = HungarianMatcher(cfg.w_span, cfg.w_giou, cfg.w_class)
@@ -82,16 +82,16 @@ class MomentRetrievalTask(Task):
     """Video moment retrieval (QVHighlights / Charades-STA style) with LLaViLo."""
 
     name = TASK
-    model_config_cls = LlavLoConfig
+    model_config_cls = LLaViLoConfig
     presets = PRESETS
     primary_metric = "r1_05"
     mode = "max"
 
-    def build_model(self, cfg: LlavLoConfig) -> nn.Module:
-        from .model import LlavLoModel
+    def build_model(self, cfg: LLaViLoConfig) -> nn.Module:
+        from .model import LLaViLoModel
 
         llm, tokenizer = load_llm(cfg.llm)
-        return LlavLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
+        return LLaViLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         if "text" not in columns:
@@ -106,7 +106,7 @@ class MomentRetrievalTask(Task):
         return out
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg: LlavLoConfig = model.cfg
+        cfg: LLaViLoConfig = model.cfg
         out = model(batch, with_target=cfg.use_caption)
         terms = moment_loss(out, normalised_targets(batch), cfg)
         loss = cfg.moment_weight * terms["loss_moment"]
@@ -130,7 +130,7 @@ class MomentRetrievalTask(Task):
         from .inference import greedy_generate, snap_to_clips, temporal_nms
 
         net = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-        cfg: LlavLoConfig = net.cfg
+        cfg: LLaViLoConfig = net.cfg
         out = model(batch, with_target=False)
         scores = out["pred_logits"].float().softmax(-1)[..., 0]  # (B, J)
         xx = span_cxw_to_xx(out["pred_spans"].float()).clamp(0.0, 1.0)  # (B, J, 2)
@@ -180,12 +180,12 @@ class MomentRetrievalTask(Task):
 
     # -- serving (see .serving) ------------------------------------------------------------------
 
-    def request_model(self, cfg: LlavLoConfig):
+    def request_model(self, cfg: LLaViLoConfig):
         from .serving import MomentRequest
 
         return MomentRequest
 
-    def response_model(self, cfg: LlavLoConfig):
+    def response_model(self, cfg: LLaViLoConfig):
         from .serving import MomentResponse
 
         return MomentResponse
@@ -200,7 +200,7 @@ class MomentRetrievalTask(Task):
 
         return open_index(uri, opts)
 
-    def adapter_key(self, cfg: LlavLoConfig) -> None:
+    def adapter_key(self, cfg: LLaViLoConfig) -> None:
         # The frozen LLM carries this model's injection hooks, so adapters do not share it.
         return None
 
