@@ -115,11 +115,12 @@ def write_tiny_clip_vision(out_dir: PathLike, *, seed: int = 0, width: int = 32,
     # initializer_factor 5: at the default scale a random ViT's pooled [CLS] barely depends on the
     # image (feature spread across images 0.17 of its mean magnitude, 0.66 at 5), so a layer on top
     # would get a near-constant input; a trained CLIP's pooled feature is very image-specific.
-    config = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=image_size, patch_size=image_size // 4, projection_dim=width,
-                              initializer_factor=5.0)
+    config = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=image_size, patch_size=image_size // 4,
+                              projection_dim=width, initializer_factor=5.0)
     CLIPVisionModel(config).save_pretrained(out_dir)
-    Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out_dir)
+    processor = Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor.save_pretrained(out_dir)
     return str(out_dir)
 
 
