@@ -2,7 +2,7 @@
 
 Both run on the same random-init frozen ``LlamaForCausalLM`` (any size), batch and sequence:
 
-* ``llavilo``: :class:`~polymodal.models.llavilo.model.LlavLoModel` (video adapter -> gated
+* ``llavilo``: :class:`~polymodal.models.llavilo.model.LLaViLoModel` (video adapter -> gated
   prefix attention in the top N layers via transformers' ``AttentionInterface`` -> J anchors ->
   moment head), full loss (set prediction + aux + saliency + caption), backward, AdamW step.
 * ``anchor``: the plain reference the issue names: the same frozen model with trainable
@@ -60,7 +60,7 @@ def build_llm(size: str, dtype: torch.dtype, device: torch.device):
 def build_tokenizer(tmp: str):
     from transformers import AutoTokenizer
 
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.text import train_tokenizer
 
     words = [f"w{i}" for i in range(200)]
     train_tokenizer([" ".join(words), "[[0, 1], [2, 3]] 0 1 2 3 4 5 6 7 8 9"], tmp, vocab_size=256, lowercase=True)
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import tempfile
 
-    from polymodal.models.llavilo.config import LlavLoConfig
-    from polymodal.models.llavilo.model import LlavLoModel
+    from polymodal.models.llavilo.config import LLaViLoConfig
+    from polymodal.models.llavilo.model import LLaViLoModel
     from polymodal.models.llavilo.task import MomentRetrievalTask
 
     device = torch.device("meta" if args.count_only else args.device)
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     llm = build_llm(args.size, dtype, device)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(tmp)
-    cfg = LlavLoConfig(llm="(in memory)", video_dim=args.video_dim, text_dim=args.text_dim, top_n=args.top_n,
+    cfg = LLaViLoConfig(llm="(in memory)", video_dim=args.video_dim, text_dim=args.text_dim, top_n=args.top_n,
                        num_anchors=args.anchors, max_text_tokens=args.text_tokens + 40,
                        gradient_checkpointing=args.gradient_checkpointing, dropout=0.0)
-    model = LlavLoModel(llm, tokenizer, args.video_dim, args.text_dim, cfg)
+    model = LLaViLoModel(llm, tokenizer, args.video_dim, args.text_dim, cfg)
     if args.count_only:
         from polymodal.models.llavilo.injection import format_trainable_share
 

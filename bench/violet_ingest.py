@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         records = reader(src[name], src["videos"]).records
         tokenizer_path = None
         if args.kind == "pretrain":
-            from polymodal.models.violet.tokenizer import write_tiny_vqgan
+            from polymodal.testing.tiny import write_tiny_vqgan
 
             tokenizer_path = write_tiny_vqgan(os.path.join(tmp, "vq"))
         answers = None

@@ -79,7 +79,7 @@ def write_bert(size: str, out_dir: str, max_text_tokens: int) -> str:
     """
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.text import train_tokenizer
 
     hidden, layers, heads, inter, vocab = SIZES[size][0]
     train_tokenizer([" ".join(WORDS)] * 2, out_dir, vocab_size=len(WORDS) + 100)
@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                 "allocates AdamW's state)")
 
     from polymodal.models.violet.config import VioletConfig
+    from polymodal.models.violet.encode import channels_first, normalise_frames, tokenize
     from polymodal.models.violet.model import Violet
-    from polymodal.models.violet.task import PretrainTask, channels_first, normalise_frames, tokenize
+    from polymodal.models.violet.task import PretrainTask
     from polymodal.text import decode_texts
 
     if args.threads:

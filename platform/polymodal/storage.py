@@ -41,8 +41,8 @@ import fsspec
 import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
-from polymodal.config import StorageOptions
 from polymodal.errors import PolymodalError, StorageError
+from polymodal.schema import StorageOptions
 
 __all__ = [
     "NotFoundError", "StorageUnavailableError", "RetryPolicy", "is_transient", "call_with_retry",

@@ -15,6 +15,7 @@ from polymodal.config import load_config
 from polymodal.errors import PolymodalError
 from polymodal.models.fmri.encoders import TransformerFeatures, minilm_path
 from polymodal.shards import ShardWriter, iter_local_batches, open_dataset
+from polymodal.text import load_tokenizer, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = ("the old lighthouse keeper watched the grey sea every night while unremarkable ships passed "
@@ -26,7 +27,7 @@ N_LAYERS, HIDDEN = 2, 16
 def tokenizer_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("tok"))
     # a small vocabulary, so longer words split into several word pieces
-    return mlm.train_tokenizer([TEXT] * 4, out, vocab_size=80)
+    return train_tokenizer([TEXT] * 4, out, vocab_size=80)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def encoder_dir(tokenizer_dir, tmp_path_factory) -> str:
     """A seeded 2-layer BertModel (hidden 16) saved with its tokenizer, as save_pretrained lays it out."""
     from transformers import BertConfig, BertModel
 
-    tok = mlm.load_tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=N_LAYERS,
                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
@@ -242,7 +243,7 @@ def test_write_mlm_dataset_windows_cover_the_story_in_order(tmp_path, tokenizer_
     manifest = mlm.write_mlm_dataset(root, out, tokenizer_dir=tokenizer_dir, stories=["alpha"], max_length=12,
                                      progress=False)
     assert manifest.task == "fmri.mlm" and open_dataset(out).num_rows == manifest.num_rows > 1
-    tok = mlm.load_tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     (batch,) = list(iter_local_batches(out, 1000, shuffle=False))
     assert set(batch["story"]) == {"alpha"}
     ids, attn = batch["input_ids"], batch["attention_mask"]
@@ -269,7 +270,7 @@ def test_mlm_trains_above_chance_and_its_encoder_embeds_words(tmp_path):
     from polymodal.train.loop import fit_local
 
     data = mlm.MlmTask().synth(str(tmp_path / "data"), seed=0, scale=0.5, progress=False)
-    tok = mlm.load_tokenizer(data["tokenizer"])
+    tok = load_tokenizer(data["tokenizer"])
     vocab = mlm.synth_vocabulary(np.random.default_rng(0))
     assert all(len(tok(w, add_special_tokens=False)["input_ids"]) == 1 for w in vocab)  # one token per word
     cfg = load_config(str(ROOT / "jobs" / "configs" / "fmri_mlm_tiny.yaml"), [

@@ -178,7 +178,7 @@ def test_encoder_features_from_a_saved_transformer(fitted, synth, tmp_path):
     """feature: encoder with a tiny random BERT saved like a real checkpoint (config + tokenizer)."""
     from transformers import BertConfig, BertModel
 
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.text import train_tokenizer
 
     root, _, _ = fitted
     folder = tmp_path / "tiny-bert"

@@ -10,8 +10,8 @@ import pytest
 from polymodal.cli import main
 from polymodal.models.violet import importers as imp
 from polymodal.models.violet.data import TASKS, columns
-from polymodal.models.violet.tokenizer import write_tiny_vqgan
 from polymodal.shards import open_dataset
+from polymodal.testing.tiny import write_tiny_vqgan
 
 SIZE = 64
 

@@ -13,9 +13,10 @@ from polymodal.errors import ImportDataError
 from polymodal.models.violet import importers as imp
 from polymodal.models.violet.data import FINETUNE_FRAMES, PRETRAIN_FRAMES, TASKS, answer_vocab, frames_of, options_of
 from polymodal.models.violet.ingest import ingest
-from polymodal.models.violet.tokenizer import VQGANTokenizer, write_tiny_vqgan
+from polymodal.models.violet.tokenizer import VQGANTokenizer
 from polymodal.models.violet.video import decode_frames, pack_jpegs, unpack_jpegs
 from polymodal.shards import iter_local_batches, open_dataset
+from polymodal.testing.tiny import write_tiny_vqgan
 
 SIZE = 64
 

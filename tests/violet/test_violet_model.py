@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polymodal.models.fmri.mlm import train_tokenizer
 from polymodal.models.violet import masking
 from polymodal.models.violet.config import PRESETS, VioletConfig, tiny
 from polymodal.models.violet.model import (Violet, combine_losses, derangement, masked_head_loss, mlm_loss, mvm_loss,
                                            vtm_loss, vtm_pairs)
+from polymodal.text import train_tokenizer
 
 CAPTIONS = ["a red square moves left", "a blue circle moves right", "the green triangle goes up",
             "a yellow star falls down slowly", "two shapes cross the frame", "nothing moves at all"]

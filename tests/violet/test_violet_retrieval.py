@@ -17,6 +17,7 @@ import torch
 import polymodal.models.violet.task as violet_task  # registers the violet.* tasks
 from polymodal import shards
 from polymodal.config import load_config
+from polymodal.models.violet import encode
 from polymodal.registry import Task, get_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
@@ -102,8 +103,8 @@ def test_full_matrix_equals_retrieval_scores(data, net):
     names = violet_task._texts(rows, "video_bytes")
     order = np.argsort(names)  # finish_eval orders the videos by id
     assert target.tolist() == np.argsort(order).tolist()
-    frames = violet_task.normalise_frames(violet_task.channels_first(rows["frames"]), torch.float32)
-    ids, attn = violet_task.tokenize(net, violet_task._texts(rows))
+    frames = encode.normalise_frames(encode.channels_first(rows["frames"]), torch.float32)
+    ids, attn = encode.tokenize(net, violet_task._texts(rows))
     with torch.no_grad():
         ref = net.retrieval_scores(frames[torch.from_numpy(order)], ids, attn, chunk=5).numpy()
     np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-5)

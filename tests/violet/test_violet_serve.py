@@ -24,7 +24,7 @@ from polymodal import shards
 from polymodal.config import load_config
 from polymodal.models.violet import serving
 from polymodal.models.violet.data import frames_of
-from polymodal.models.violet.task import channels_first, normalise_frames, tokenize
+from polymodal.models.violet.encode import channels_first, normalise_frames, tokenize
 from polymodal.models.violet.video import encode_video
 from polymodal.registry import ServeInputError, get_task
 from polymodal.serving.app import ModelStore, build_deployment, parse_args

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from polymodal.models.violet.synth import sample_clip
-from polymodal.models.violet.tokenizer import VQGANTokenizer, write_tiny_vqgan
+from polymodal.models.violet.tokenizer import VQGANTokenizer
+from polymodal.testing.tiny import write_tiny_vqgan
 
 
 @pytest.fixture(scope="module")

@@ -99,100 +99,25 @@ def sd_text_targets(tokenizer, text_encoder, texts: Sequence[str]) -> torch.Tens
 # --------------------------------------------------------------------------- tiny random backbones
 
 
-def _tiny_lm(texts: Sequence[str], out_dir: Path, *, seed: int, hidden: int, layers: int, pretrain_steps: int) -> None:
-    """A small OPT with a WordPiece vocabulary of ``texts``, briefly trained as a causal LM on
-    them (a real frozen LM knows recipe language; a random one would only know noise)."""
-    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
-
-    from polymodal.models.fmri.mlm import train_tokenizer
-
-    train_tokenizer(texts, str(out_dir), vocab_size=400, lowercase=True)
-    tok = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
-    tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token  # a sequence is [CLS] text [SEP]
-    tok.save_pretrained(out_dir)
-    torch.manual_seed(seed)
-    config = OPTConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, ffn_dim=2 * hidden,
-                       num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=hidden,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
-                       dropout=0.0, attention_dropout=0.0)
-    lm = OPTForCausalLM(config)
-    if pretrain_steps:
-        enc = tok(list(texts), padding=True, truncation=True, max_length=96, return_tensors="pt")
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
-        gen = torch.Generator().manual_seed(seed)
-        lm.train()
-        for _ in range(pretrain_steps):
-            idx = torch.randint(0, len(labels), (32,), generator=gen)
-            loss = lm(input_ids=enc.input_ids[idx], attention_mask=enc.attention_mask[idx], labels=labels[idx]).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    lm.eval().save_pretrained(out_dir)
-
-
-def _tiny_clip(out_dir: Path, *, seed: int, width: int, image_size: int) -> None:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    try:  # transformers >= 5 without torchvision: the PIL backend, same numbers
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # pragma: no cover
-        from transformers import CLIPImageProcessor as Processor
-    torch.manual_seed(seed)
-    # initializer_factor 5: at the default scale a random ViT's pooled [CLS] barely depends on the
-    # image (feature spread across images 0.17 of its mean magnitude, 0.66 at 5), so W_recipe
-    # would get a near-constant input; a trained CLIP's pooled feature is very image-specific.
-    config = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=image_size, patch_size=image_size // 4, projection_dim=width,
-                              initializer_factor=5.0)
-    CLIPVisionModel(config).save_pretrained(out_dir)
-    Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out_dir)
-
-
-def _tiny_sd(texts: Sequence[str], out_dir: Path, *, seed: int, width: int, tokens: int, image_size: int) -> None:
-    """SD-shaped pipeline: WordPiece tokenizer (``tokens`` long), CLIP text encoder, 2-level UNet
-    and VAE (block widths 32/64, as diffusers' own pipeline tests), PNDM scheduler."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
-
-    from polymodal.models.fmri.mlm import train_tokenizer
-
-    tok_dir = out_dir / "_tokenizer"
-    train_tokenizer(texts, str(tok_dir), vocab_size=300, lowercase=True, model_max_length=tokens)
-    tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=tokens, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id))
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=image_size // 2, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=width, norm_num_groups=32)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        sample_size=image_size)
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                              steps_offset=1, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(out_dir)
-
-
 def write_tiny_backbones(out_uri: str, texts: Sequence[str], *, seed: int = 0, lm_hidden: int = 64, lm_layers: int = 2,
                          pretrain_steps: int = 300, clip_width: int = 32, sd_width: int = 32, sd_tokens: int = 16,
                          image_size: int = 32, opts: StorageOptions | None = None) -> dict[str, str]:
-    """Write ``lm/``, ``clip/`` and ``sd/`` under ``out_uri``: a small OPT trained for
-    ``pretrain_steps`` on ``texts``, a random CLIP vision encoder (pooled width ``clip_width``) and a
-    random SD pipeline (text width ``sd_width``, ``sd_tokens`` tokens, ``image_size`` px images).
+    """Write ``lm/``, ``clip/`` and ``sd/`` under ``out_uri`` (writers of :mod:`polymodal.testing.tiny`):
+    a small OPT trained for ``pretrain_steps`` on ``texts`` (a frozen LM that knows recipe language),
+    a random CLIP vision encoder (pooled width ``clip_width``) and a random SD pipeline (text width
+    ``sd_width``, ``sd_tokens`` tokens, ``image_size`` px images).
     Returns ``{"lm": uri, "clip": uri, "sd": uri}``."""
+    from polymodal.testing import tiny
+
     texts = [str(t) for t in texts]
     out = {}
     with tempfile.TemporaryDirectory(prefix="polymodal-backbones-") as tmp:
         root = Path(tmp)
-        _tiny_lm(texts, root / "lm", seed=seed, hidden=lm_hidden, layers=lm_layers, pretrain_steps=pretrain_steps)
-        _tiny_clip(root / "clip", seed=seed + 1, width=clip_width, image_size=image_size)
-        _tiny_sd(texts, root / "sd", seed=seed + 2, width=sd_width, tokens=sd_tokens, image_size=image_size)
+        tiny.write_tiny_opt(root / "lm", texts, seed=seed, hidden=lm_hidden, layers=lm_layers,
+                            pretrain_steps=pretrain_steps, vocab_size=400)
+        tiny.write_tiny_clip_vision(root / "clip", seed=seed + 1, width=clip_width, image_size=image_size)
+        tiny.write_tiny_stable_diffusion(root / "sd", texts, seed=seed + 2, width=sd_width, tokens=sd_tokens,
+                                         image_size=image_size, vocab_size=300)
         for name in ("lm", "clip", "sd"):
             out[name] = st.join(out_uri, name)
             st.upload_dir(str(root / name), out[name], opts)

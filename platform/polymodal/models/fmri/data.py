@@ -24,6 +24,9 @@ from polymodal.shards import ShardWriter, iter_local_batches, open_dataset
 from polymodal.storage import StorageOptions
 
 TASK = "fmri.encoding"
+#: the encoder-pretraining task (:mod:`.mlm`); named here so that :mod:`.encoders` can check a
+#: checkpoint's task without importing the task module (which reads stories through the pipeline)
+MLM_TASK = "fmri.mlm"
 
 
 class ChunkInfo(BaseModel):

@@ -131,14 +131,18 @@ class TransformerFeatures:
         ``best_checkpoint`` of the run's ``summary.json``. Other keywords go to :meth:`from_model`.
         """
         from polymodal.evaluate import load_model
+        from polymodal.text import load_tokenizer
 
-        from . import mlm  # registers fmri.mlm, which load_model looks up by name
+        from .data import MLM_TASK
 
+        # load_model finds fmri.mlm registered: importing this module ran the package's
+        # __init__, which imports the task module; importing it here would close a loop
+        # (mlm reads stories through the pipeline, which builds these features).
         cfg, _, model = load_model(checkpoint_uri, opts)
-        if cfg.task != mlm.TASK:
+        if cfg.task != MLM_TASK:
             raise PolymodalError(f"{checkpoint_uri} is a {cfg.task!r} checkpoint; from_checkpoint needs one "
-                                 f"trained with task {mlm.TASK!r}")
-        tokenizer = mlm.load_tokenizer(cfg.model.tokenizer, opts or cfg.storage)
+                                 f"trained with task {MLM_TASK!r}")
+        tokenizer = load_tokenizer(cfg.model.tokenizer, opts or cfg.storage)
         return cls.from_model(model.bert, tokenizer, layer=layer, context_words=context_words, **kwargs)
 
     def _setup(self, model, tokenizer, *, source: str, layer: int, context_words: int, batch_size: int,

@@ -13,7 +13,7 @@ This module is that task for the spine::
 Datasets hold fixed-length rows ``input_ids`` / ``attention_mask`` (int32 / uint8, padded to
 the row length). They come from :func:`write_mlm_dataset` (contiguous windows of the words of
 an fMRI dataset's stories) or :meth:`MlmTask.synth` (text with a planted bigram signal). The
-tokenizer is a WordPiece vocabulary from :func:`train_tokenizer`.
+tokenizer is a WordPiece vocabulary from :func:`polymodal.text.train_tokenizer`.
 
 Masking (BERT): 15 % of the tokens that are neither special nor padding are chosen; a chosen
 token becomes ``[MASK]`` 80 % of the time, a random vocabulary id 10 %, and stays itself 10 %;
@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -40,14 +38,14 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from polymodal import storage as st
-from polymodal.cache import local_copy
 from polymodal.config import StorageOptions, StrictModel
 from polymodal.errors import PolymodalError
 from polymodal.registry import Batch, Task
 from polymodal.shards import Manifest, ShardWriter, iter_local_batches
+from polymodal.text import load_tokenizer, train_tokenizer
 
-TASK = "fmri.mlm"
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+from .data import MLM_TASK as TASK
+
 IGNORE = -100  # label of tokens that are not predicted (torch cross_entropy's ignore_index)
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # of the chosen tokens; the remaining 10 % stay as they are
 Masked = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels), both (B, T)
@@ -93,59 +91,6 @@ def paper() -> dict[str, Any]:
 
 
 PRESETS = {"tiny": tiny, "paper": paper}
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 8000, *, min_frequency: int = 1,
-                    lowercase: bool = True, model_max_length: int = 512,
-                    opts: StorageOptions | None = None) -> str:
-    """Train a BERT-style WordPiece tokenizer on ``texts``; save it as a
-    ``PreTrainedTokenizerFast`` folder at ``out_dir`` (local or ``s3://``). Returns ``out_dir``.
-
-    Special tokens are BERT's (``[PAD] [UNK] [CLS] [SEP] [MASK]``, ids 0-4); a sequence is
-    encoded as ``[CLS] tokens [SEP]``. Everything runs offline with the ``tokenizers`` library.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [t for t in texts if t and t.strip()]
-    if not texts:
-        raise PolymodalError("train_tokenizer: no text to learn a vocabulary from")
-    if vocab_size <= len(SPECIAL_TOKENS):
-        raise PolymodalError(f"vocab_size {vocab_size} leaves no room beside the {len(SPECIAL_TOKENS)} special tokens")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS)))
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
-    with tempfile.TemporaryDirectory(prefix="polymodal-tokenizer-") as tmp:
-        fast.save_pretrained(tmp)
-        st.upload_dir(tmp, out_dir, opts)
-    return out_dir
-
-
-def load_tokenizer(uri: str, opts: StorageOptions | None = None):
-    """A fast tokenizer with ``[PAD]`` and ``[MASK]`` from a local folder or URI (no hub look-up)."""
-    from transformers import AutoTokenizer
-
-    path = Path(local_copy(uri, opts))
-    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
-        raise PolymodalError(f"tokenizer {uri!r}: {path} holds no tokenizer.json; make one with "
-                             "polymodal.models.fmri.mlm.train_tokenizer or `polymodal data synth --task fmri.mlm`")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if not getattr(tok, "is_fast", False) or tok.mask_token_id is None or tok.pad_token_id is None:
-        raise PolymodalError(f"tokenizer {uri!r}: masked language modelling needs a fast tokenizer with "
-                             "[PAD] and [MASK] tokens")
-    return tok
 
 
 def encode_windows(tokenizer, windows: Sequence[Sequence[str]], max_length: int) -> dict[str, np.ndarray]:

@@ -12,8 +12,8 @@ from polymodal.config import StrictModel
 DEFAULT_INSTRUCTION = "find the moment in the video that matches the query and give its start and end in seconds"
 
 
-class LlavLoConfig(StrictModel):
-    """Hyper-parameters of a :class:`~polymodal.models.llavilo.model.LlavLoModel`."""
+class LLaViLoConfig(StrictModel):
+    """Hyper-parameters of a :class:`~polymodal.models.llavilo.model.LLaViLoModel`."""
 
     llm: str = Field(..., description="folder or URI of a LlamaForCausalLM save_pretrained folder with its "
                                       "tokenizer (the paper: LLaMA-7B; `polymodal data synth` writes a tiny one)")

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from polymodal.text import decode_texts, encode_texts
 
-from .config import LlavLoConfig
+from .config import LLaViLoConfig
 from .injection import InjectedLlama
 
 
@@ -134,7 +134,7 @@ class VideoAdapter(nn.Module):
     video (B, Lv, Dv), text (B, Lt, Dt) -> (B, Lv, llm_hidden).
     """
 
-    def __init__(self, video_dim: int, text_dim: int, llm_hidden: int, cfg: LlavLoConfig):
+    def __init__(self, video_dim: int, text_dim: int, llm_hidden: int, cfg: LLaViLoConfig):
         super().__init__()
         h = cfg.adapter_hidden
         if h % cfg.heads:
@@ -180,7 +180,7 @@ class MomentHead(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
-class LlavLoModel(nn.Module):
+class LLaViLoModel(nn.Module):
     """The whole LLaViLo model; only adapter, gates, anchors and head train.
 
     Parameters
@@ -191,7 +191,7 @@ class LlavLoModel(nn.Module):
     cfg : the ``model:`` section
     """
 
-    def __init__(self, llm, tokenizer, video_dim: int, text_dim: int, cfg: LlavLoConfig):
+    def __init__(self, llm, tokenizer, video_dim: int, text_dim: int, cfg: LLaViLoConfig):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer

@@ -28,7 +28,7 @@ from torch import nn
 from polymodal.config import StorageOptions
 from polymodal.registry import ServeInputError
 
-from .config import LlavLoConfig
+from .config import LLaViLoConfig
 
 #: longest video a request may carry, in clips (QVHighlights: 75)
 MAX_CLIPS = 1024
@@ -105,7 +105,7 @@ def _matrix(value: list[list[float]], field: str, width: int, what: str, max_row
     return arr
 
 
-def _video_of(req: MomentRequest, cfg: LlavLoConfig, index: VideoIndex | None) -> tuple[np.ndarray, float]:
+def _video_of(req: MomentRequest, cfg: LLaViLoConfig, index: VideoIndex | None) -> tuple[np.ndarray, float]:
     if (req.video is None) == (req.vid is None):
         raise ServeInputError("video", "give exactly one of `video` (with `duration`) or `vid`")
     if req.vid is not None:
@@ -134,7 +134,7 @@ def serve_predict(task, model: nn.Module, requests: list[MomentRequest]) -> list
     """Check, pad and batch the requests, run :meth:`MomentRetrievalTask.predict`, keep ``top_k``."""
     from .model import encode_queries
 
-    cfg: LlavLoConfig = model.cfg
+    cfg: LLaViLoConfig = model.cfg
     index = getattr(model, "serve_index", None)
     videos, durations, texts = [], [], []
     for req in requests:

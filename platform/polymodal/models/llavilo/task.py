@@ -22,7 +22,7 @@ from polymodal import storage as st
 from polymodal.cache import load_causal_lm
 from polymodal.registry import Batch, Task
 
-from .config import PRESETS, LlavLoConfig
+from .config import PRESETS, LLaViLoConfig
 from .data import TASK
 from .spans import HungarianMatcher, set_prediction_losses, span_cxw_to_xx, span_xx_to_cxw
 
@@ -49,7 +49,7 @@ def normalised_targets(batch: Batch) -> list[torch.Tensor]:
     return out
 
 
-def moment_loss(out: dict[str, Any], targets: list[torch.Tensor], cfg: LlavLoConfig) -> dict[str, torch.Tensor]:
+def moment_loss(out: dict[str, Any], targets: list[torch.Tensor], cfg: LLaViLoConfig) -> dict[str, torch.Tensor]:
     """Matched set-prediction losses of the final layer plus (``aux_loss``) every aux layer,
     each layer matched on its own (DETR). Returns the weighted terms and their sum, ``loss_moment``."""
     matcher = HungarianMatcher(cfg.w_span, cfg.w_giou, cfg.w_class)
@@ -88,18 +88,18 @@ class MomentRetrievalTask(Task):
     """Video moment retrieval (QVHighlights / Charades-STA style) with LLaViLo."""
 
     name = TASK
-    model_config_cls = LlavLoConfig
+    model_config_cls = LLaViLoConfig
     presets = PRESETS
     primary_metric = "r1_05"
     mode = "max"
     #: metrics that are fractions in [0, 1] (reports print them as %)
     fraction_metrics = frozenset({*_OFFICIAL, "gen_valid", "gen_r1_05", "gen_r1_07"})
 
-    def build_model(self, cfg: LlavLoConfig) -> nn.Module:
-        from .model import LlavLoModel
+    def build_model(self, cfg: LLaViLoConfig) -> nn.Module:
+        from .model import LLaViLoModel
 
         llm, tokenizer = load_llm(cfg.llm)
-        return LlavLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
+        return LLaViLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         if "text" not in columns:
@@ -114,7 +114,7 @@ class MomentRetrievalTask(Task):
         return out
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg: LlavLoConfig = model.cfg
+        cfg: LLaViLoConfig = model.cfg
         out = model(batch, with_target=cfg.use_caption)
         terms = moment_loss(out, normalised_targets(batch), cfg)
         loss = cfg.moment_weight * terms["loss_moment"]
@@ -138,7 +138,7 @@ class MomentRetrievalTask(Task):
         from .inference import greedy_generate, snap_to_clips, temporal_nms
 
         net = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-        cfg: LlavLoConfig = net.cfg
+        cfg: LLaViLoConfig = net.cfg
         out = model(batch, with_target=False)
         scores = out["pred_logits"].float().softmax(-1)[..., 0]  # (B, J)
         xx = span_cxw_to_xx(out["pred_spans"].float()).clamp(0.0, 1.0)  # (B, J, 2)
@@ -188,12 +188,12 @@ class MomentRetrievalTask(Task):
 
     # -- serving (see .serving) ------------------------------------------------------------------
 
-    def request_model(self, cfg: LlavLoConfig):
+    def request_model(self, cfg: LLaViLoConfig):
         from .serving import MomentRequest
 
         return MomentRequest
 
-    def response_model(self, cfg: LlavLoConfig):
+    def response_model(self, cfg: LLaViLoConfig):
         from .serving import MomentResponse
 
         return MomentResponse
@@ -216,7 +216,7 @@ class MomentRetrievalTask(Task):
         text = row["text"][0][row["text_mask"][0]].round(5).tolist()  # the real tokens, padding dropped
         return {"query": str(row["query"][0]), "text": text, "vid": str(row["vid"][0]), "top_k": 3}
 
-    def adapter_key(self, cfg: LlavLoConfig) -> None:
+    def adapter_key(self, cfg: LLaViLoConfig) -> None:
         # The frozen LLM carries this model's injection hooks, so adapters do not share it.
         return None
 
@@ -270,30 +270,22 @@ def ground_truth_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def write_tiny_llm(out_uri: str, *, seed: int = 0, hidden: int = 64, layers: int = 3, heads: int = 4,
                    init_std: float = 0.1, opts=None) -> str:
-    """A random ``LlamaForCausalLM`` (hidden 64, 3 layers) + WordPiece tokenizer, saved with
-    ``save_pretrained`` at ``out_uri``; the vocabulary covers the caption prompt, digits and
-    brackets. Returns ``out_uri``.
+    """A random ``LlamaForCausalLM`` (hidden 64, 3 layers) + WordPiece tokenizer
+    (:func:`polymodal.testing.tiny.write_tiny_llama`) at ``out_uri``; the vocabulary covers the
+    caption prompt, digits and brackets. Returns ``out_uri``.
 
     ``init_std`` is larger than the usual 0.02: with 0.02 the frozen ``q/k_proj`` of a 64-wide
     model give near-zero attention scores, so the anchors could only average the video prefix
     uniformly; trained LLMs have far sharper attention."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from polymodal.models.fmri.mlm import train_tokenizer
+    from polymodal.testing.tiny import write_tiny_llama
 
     from .config import DEFAULT_INSTRUCTION
 
     texts = [DEFAULT_INSTRUCTION + " query: synthetic query", "[[0, 1], [2, 3]]"]
     texts += [f"[[{i}, {i + 1}]] {i}" for i in range(0, 400)]
     with tempfile.TemporaryDirectory(prefix="polymodal-llm-") as tmp:
-        train_tokenizer(texts, tmp, vocab_size=256, lowercase=True)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-        torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                             max_position_embeddings=256, initializer_range=init_std, pad_token_id=tokenizer.pad_token_id,
-                             bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-        LlamaForCausalLM(config).save_pretrained(tmp)
+        write_tiny_llama(tmp, texts, seed=seed, hidden=hidden, layers=layers, heads=heads, init_std=init_std,
+                         vocab_size=256)
         st.upload_dir(tmp, out_uri, opts)
     return out_uri
 

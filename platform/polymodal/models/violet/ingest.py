@@ -147,7 +147,7 @@ def _vq_vocab_size(path: str) -> int:
             return int(json.load(f)["num_vq_embeddings"])
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{config}: not a saved diffusers VQModel ({exc}); pass tokenizer_path=<a folder "
-                         "written by VQModel.save_pretrained, e.g. write_tiny_vqgan>") from None
+                         "written by VQModel.save_pretrained, e.g. polymodal.testing.tiny.write_tiny_vqgan>") from None
 
 
 def ingest(
@@ -230,7 +230,7 @@ def ingest(
     if kind == "pretrain":
         if tokenizer_path is None:
             raise ValueError("kind 'pretrain' stores visual-token targets; pass tokenizer_path=<a saved diffusers "
-                             "VQModel folder> (write_tiny_vqgan writes a random one for tests)")
+                             "VQModel folder> (polymodal.testing.tiny.write_tiny_vqgan writes a random one for tests)")
         base_meta.update(tokenizer=tokenizer_path, vt_vocab_size=_vq_vocab_size(tokenizer_path), vt_grid=list(grid))
     if kind == "oeqa":
         if answers is None:

@@ -11,7 +11,7 @@ What a server answers follows from its checkpoint's task (:data:`MODES`):
   ranks every distinct ``video`` of the server's index (serve args ``index``: a VIOLET dataset of
   any kind). Each index video is encoded once per model, on the first request, and its tokens kept
   (:meth:`VideoIndex.tokens`); a batch's texts are then scored against all of them with
-  :func:`.task.cross_scores`, as evaluation scores a split. ``score`` is the VTM match log-odds.
+  :func:`.encode.cross_scores`, as evaluation scores a split. ``score`` is the VTM match log-odds.
 
 * ``violet.oeqa`` / ``violet.mcqa``: a question about ONE video, given as ``vid`` (a video of the
   index), ``video_b64`` (a video file, base64: decoded and sampled to the model's ``frames`` the
@@ -62,7 +62,7 @@ from polymodal.registry import ServeInputError
 
 from .config import VioletConfig
 from .data import TASKS, frames_of
-from .task import RetrievalTask, _dtype, channels_first, cross_scores, normalise_frames, tokenize
+from .encode import SCORE_CHUNK, channels_first, cross_scores, normalise_frames, param_dtype, tokenize
 from .video import _resize, decode_frames, sample_indices
 
 #: longest text or question a request may carry, in characters (the model reads max_text_tokens)
@@ -222,7 +222,7 @@ def _squashed(frames: np.ndarray, size: int) -> np.ndarray:
 def _pixels(net: nn.Module, clips: np.ndarray) -> Tensor:
     """uint8 (B, T, S, S, 3) -> standardised (B, T, 3, S, S) on the model's device and dtype."""
     frames = torch.from_numpy(np.ascontiguousarray(clips)).to(net.video_proj.weight.device)
-    return normalise_frames(channels_first(frames), _dtype(net))
+    return normalise_frames(channels_first(frames), param_dtype(net))
 
 
 def _b64(data: str, field: str) -> bytes:
@@ -341,7 +341,7 @@ def predict_retrieval(model: nn.Module, requests: list[RetrievalRequest]) -> lis
                                        "`index: <a VIOLET dataset>`")
     video = index.tokens(model)  # (V, Nv, D)
     ids, attn = tokenize(model, [r.text for r in requests])
-    scores = cross_scores(model, video, ids, attn, chunk=RetrievalTask.score_chunk).cpu().numpy()  # (N, V)
+    scores = cross_scores(model, video, ids, attn, chunk=SCORE_CHUNK).cpu().numpy()  # (N, V)
     return [RetrievalResponse(results=[RetrievalHit(video=index.ids[v], score=float(row[v]))
                                        for v in _top(row, req.top_k)])
             for req, row in zip(requests, scores)]

@@ -42,10 +42,8 @@ from polymodal.registry import Batch, Task
 from . import masking
 from .config import PRESETS, VioletConfig
 from .data import FINETUNE_FRAMES, PRETRAIN_FRAMES, TASKS, frames_of, options_of
+from .encode import SCORE_CHUNK, channels_first, cross_scores, normalise_frames, param_dtype, tokenize
 
-# ImageNet statistics: the paper's Video Swin is ImageNet-initialised, so frames are standardised alike.
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
 #: synthetic rows per split at ``scale=1``
 SYNTH_ROWS = {"train": 1024, "val": 256, "test": 256}
 #: eval masks and VTM negatives come from this seed, so val metrics of two epochs are comparable
@@ -60,39 +58,12 @@ def _net(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _dtype(net: nn.Module) -> torch.dtype:
-    return net.video_proj.weight.dtype
-
-
-def normalise_frames(frames: Tensor, dtype: torch.dtype) -> Tensor:
-    """uint8 (B, T, 3, S, S) -> standardised ``dtype`` pixels (B, T, 3, S, S)."""
-    mean = torch.tensor(PIXEL_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=frames.device).view(1, 1, 3, 1, 1)
-    return ((frames.float() / 255.0 - mean) / std).to(dtype)
-
-
-def channels_first(frames: Tensor) -> Tensor:
-    """Collated frames (B, T, S, S, 3) -> (B, T, 3, S, S), still uint8."""
-    if frames.ndim != 5 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (B, T, S, S, 3) as collate gives them, got {tuple(frames.shape)}")
-    return frames.permute(0, 1, 4, 2, 3)
-
-
 def _check_frames(net: nn.Module, frames: Tensor) -> None:
     cfg: VioletConfig = net.cfg
     if frames.shape[-1] != cfg.image_size or frames.shape[1] > cfg.max_frames:
         raise ValueError(f"the dataset's frames are {frames.shape[-1]} px x {frames.shape[1]} frames but the model "
                          f"expects image_size {cfg.image_size} and at most max_frames {cfg.max_frames}; ingest "
                          "with size=image_size or set model.image_size to the dataset's size")
-
-
-def tokenize(net: nn.Module, texts: list[str], pairs: list[str] | None = None) -> tuple[Tensor, Tensor]:
-    """Texts (or ``text [SEP] pair`` pairs) -> input_ids, attention_mask (N, L) on the model's device,
-    ``[CLS] ... [SEP]``, truncated to ``max_text_tokens``."""
-    enc = net.tokenizer(texts, pairs, padding=True, truncation=True, max_length=net.cfg.max_text_tokens,
-                        return_tensors="pt")
-    device = net.video_proj.weight.device
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def _texts(batch: Batch, key: str = "text_bytes") -> list[str]:
@@ -155,7 +126,7 @@ def build_masks(net: nn.Module, frames: Tensor, input_ids: Tensor, attention_mas
     attended = (~use_block).nonzero().flatten()
     if len(attended):
         idx = attended.to(input_ids.device)
-        probs, vs, ts = net.attention_probs(normalise_frames(frames[idx], _dtype(net)), input_ids[idx],
+        probs, vs, ts = net.attention_probs(normalise_frames(frames[idx], param_dtype(net)), input_ids[idx],
                                             attention_mask[idx])
         video_att, text_att = masking.cross_attention_scores(probs, vs, ts, text_valid=eligible[idx])
         video_mask[attended] = masking.attended_video_mask(video_att, ratio=cfg.mask_ratio).view(-1, T, H, W).cpu()
@@ -309,7 +280,7 @@ class PretrainTask(_VioletTask):
         frames, ids, attn = self._inputs(net, batch)
         g = _step_generator()
         m = build_masks(net, frames, ids, attn, batch["vt_codes"], g)
-        dtype = _dtype(net)
+        dtype = param_dtype(net)
         losses = net.pretrain_losses(normalise_frames(frames, dtype), ids, attn, generator=g,
                                      masked_frames=normalise_frames(m["masked_frames"], dtype),
                                      masked_ids=m["masked_ids"], mlm_labels=m["mlm_labels"],
@@ -330,7 +301,7 @@ class PretrainTask(_VioletTask):
         frames, ids, attn = self._inputs(net, batch)
         g = torch.Generator().manual_seed(EVAL_SEED)
         m = build_masks(net, frames, ids, attn, batch["vt_codes"], g)
-        dtype, B = _dtype(net), frames.shape[0]
+        dtype, B = param_dtype(net), frames.shape[0]
         video = net.encode_video(normalise_frames(frames, dtype))  # (B, Nv, D)
         pos = net.vtm_logits(net.fuse(video, ids, attn)["cls"]).argmax(-1) == 1
         neg = torch.full((B,), float("nan"))
@@ -393,35 +364,6 @@ def retrieval_negatives(videos: list[str], texts: list[str], generator: torch.Ge
     return rows, negatives
 
 
-@torch.no_grad()
-def cross_scores(net: nn.Module, video: Tensor, input_ids: Tensor, attention_mask: Tensor,
-                 chunk: int = 64) -> Tensor:
-    """The match log-odds of every (text, video) pair, from already encoded videos.
-
-    :meth:`.model.Violet.retrieval_scores` without the video encoding: evaluation encodes each
-    video once in ``predict`` and scores the whole split here.
-
-    Parameters
-    ----------
-    net : a :class:`~.model.Violet`
-    video : (V, Nv, D) from ``net.encode_video``
-    input_ids, attention_mask : (N, L) texts
-    chunk : pairs per pass through BERT (memory)
-
-    Returns
-    -------
-    (N, V) float32 scores, text-major like ``retrieval_scores``.
-    """
-    N, V = input_ids.shape[0], video.shape[0]
-    out = torch.empty(N * V, dtype=torch.float32, device=video.device)
-    for start in range(0, N * V, chunk):
-        pair = torch.arange(start, min(start + chunk, N * V), device=video.device)
-        t, v = pair // V, pair % V
-        cls = net.fuse(video[v], input_ids[t], attention_mask[t])["cls"]  # (chunk, D)
-        out[start:start + len(pair)] = net.match_score(cls).float()
-    return out.view(N, V)
-
-
 class RetrievalTask(_VioletTask):
     """Text-to-video retrieval with the VTM head as a cross-encoder (a match score per pair).
 
@@ -439,7 +381,7 @@ class RetrievalTask(_VioletTask):
     primary_metric = "r1"
     fraction_metrics = frozenset({"r1", "r5", "r10"})
     #: (text, video) pairs per pass through BERT when scoring the full matrix
-    score_chunk: ClassVar[int] = 128
+    score_chunk: ClassVar[int] = SCORE_CHUNK
 
     @classmethod
     def preset_extra(cls, preset: str) -> dict[str, Any]:
@@ -470,7 +412,7 @@ class RetrievalTask(_VioletTask):
         videos = torch.cat([own, rows.to(device)])  # positives first, then the negatives
         captions = torch.cat([own, negatives.to(device)])
         labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(len(rows), dtype=torch.long)]).to(device)
-        video = net.encode_video(normalise_frames(frames, _dtype(net)))  # (B, Nv, D), each clip encoded once
+        video = net.encode_video(normalise_frames(frames, param_dtype(net)))  # (B, Nv, D), each clip encoded once
         logits = net.vtm_logits(net.fuse(video[videos], ids[captions], attn[captions])["cls"])  # (B + M, 2)
         acc = _accuracy(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
         return vtm_loss(logits, labels), {"batch_acc": acc, "negatives": float(len(rows))}
@@ -485,7 +427,7 @@ class RetrievalTask(_VioletTask):
         pad = net.cfg.max_text_tokens - ids.shape[1]
         ids = F.pad(ids, (0, pad), value=net.tokenizer.pad_token_id or 0)
         attn = F.pad(attn, (0, pad), value=0)
-        video = net.encode_video(normalise_frames(frames, _dtype(net)))  # (B, Nv, D)
+        video = net.encode_video(normalise_frames(frames, param_dtype(net)))  # (B, Nv, D)
         return {"video": np.asarray(_texts(batch, "video_bytes"), dtype=str),
                 "video_tokens": video.float().cpu().numpy(),
                 "input_ids": ids.long().cpu().numpy(), "attention_mask": attn.long().cpu().numpy()}
@@ -499,7 +441,7 @@ class RetrievalTask(_VioletTask):
         and video v, and ``target`` (N,) int64, the index of each text's video, ordered by id.
         """
         net = _net(model)
-        device, dtype = net.video_proj.weight.device, _dtype(net)
+        device, dtype = net.video_proj.weight.device, param_dtype(net)
         _, first, target = np.unique(outputs["video"], return_index=True, return_inverse=True)
         video = torch.from_numpy(outputs["video_tokens"][first]).to(device, dtype)  # (V, Nv, D)
         attn = torch.from_numpy(outputs["attention_mask"])
@@ -539,7 +481,7 @@ class OpenEndedQATask(_VioletTask):
         frames = channels_first(batch["frames"])
         _check_frames(net, frames)
         ids, attn = tokenize(net, _texts(batch))
-        logits = net.oeqa_logits(normalise_frames(frames, _dtype(net)), ids, attn)  # (B, num_answers)
+        logits = net.oeqa_logits(normalise_frames(frames, param_dtype(net)), ids, attn)  # (B, num_answers)
         top = int(batch["answer"].max()) if batch["answer"].numel() else -1
         if top >= logits.shape[1]:
             raise ValueError(f"answer index {top} is outside num_answers {logits.shape[1]}; "
@@ -593,7 +535,7 @@ class MultipleChoiceQATask(_VioletTask):
         padded = [o + [""] * (K - len(o)) for o in options]
         ids, attn = tokenize(net, [q for q in questions for _ in range(K)], [a for o in padded for a in o])
         B = len(questions)
-        scores = net.mcqa_scores(normalise_frames(frames, _dtype(net)), ids.view(B, K, -1), attn.view(B, K, -1))
+        scores = net.mcqa_scores(normalise_frames(frames, param_dtype(net)), ids.view(B, K, -1), attn.view(B, K, -1))
         real = torch.tensor([[k < len(o) for k in range(K)] for o in options], device=scores.device)
         return scores.float().masked_fill(~real, float("-inf"))  # (B, K)
 
@@ -628,29 +570,6 @@ def synthetic_corpus() -> list[str]:
     return out + list(synth.DIRECTIONS)
 
 
-def write_tiny_bert(out_dir: str, *, seed: int = 0) -> str:
-    """A WordPiece tokenizer over :func:`synthetic_corpus` and a random 32-wide 2-layer BERT, saved
-    with ``save_pretrained`` at the local folder ``out_dir``.
-
-    The weights start at std 0.25 (BERT's own 0.02 suits 768 wide, pre-trained weights) and without
-    dropout. At 0.02 a random 32-wide encoder's attention is flat and its [CLS] state hardly depends
-    on the other tokens; the query-key products that must learn to pick out frames and places then
-    start at a saddle, and the direction QA stayed at chance for 4000 steps. At 0.25 it passes 90 %
-    within about 1000 steps. The model's new heads take the same std (``initializer_range``).
-    """
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from polymodal.models.fmri.mlm import train_tokenizer
-
-    train_tokenizer(synthetic_corpus(), out_dir, vocab_size=200)
-    vocab = len(AutoTokenizer.from_pretrained(out_dir, local_files_only=True))
-    torch.manual_seed(seed)
-    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                               vocab_size=vocab, max_position_embeddings=64, initializer_range=0.25,
-                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(out_dir)
-    return out_dir
-
-
 def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.0, opts=None,
                     progress: bool = True) -> dict[str, str]:
     """``train`` / ``val`` / ``test`` datasets of ``kind`` at ``out_uri`` plus ``bert`` and ``vqgan``
@@ -662,7 +581,7 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
     """
     from .importers import read_mcqa, read_msrvtt_json, read_oeqa, read_webvid_csv, write_synthetic_videos
     from .ingest import ingest
-    from .tokenizer import write_tiny_vqgan
+    from polymodal.testing.tiny import write_tiny_bert, write_tiny_vqgan
 
     # kind -> (reader, the source file of write_synthetic_videos it reads)
     readers = {"pretrain": (read_webvid_csv, "webvid"), "retrieval": (read_msrvtt_json, "msrvtt"),
@@ -675,7 +594,9 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
     uris = {split: st.join(out_uri, split) for split in counts}
     uris.update(bert=st.join(out_uri, "backbones", "bert"), vqgan=st.join(out_uri, "backbones", "vqgan"))
     with tempfile.TemporaryDirectory(prefix="polymodal-violet-synth-") as tmp:
-        bert, vqgan = write_tiny_bert(os.path.join(tmp, "bert"), seed=seed), os.path.join(tmp, "vqgan")
+        # init std 0.25, not BERT's 0.02: at 0.02 the direction QA stayed at chance (see write_tiny_bert)
+        bert = write_tiny_bert(os.path.join(tmp, "bert"), synthetic_corpus(), seed=seed, init_std=0.25)
+        vqgan = os.path.join(tmp, "vqgan")
         write_tiny_vqgan(vqgan, seed=seed, codes=PRESETS["tiny"]()["visual_vocab"], factor=8)
         sources = write_synthetic_videos(os.path.join(tmp, "sources"), sum(counts.values()), seed=seed, size=64)
         records = reader(sources[source], sources["videos"]).records

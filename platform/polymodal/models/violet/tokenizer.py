@@ -6,6 +6,7 @@ patch position, the classes the MVM head predicts for masked patches.
 pixels so the latent grid is the patch grid (7 x 7 for 224 px frames with 32 px patches), and
 each latent is replaced by the index of its nearest codebook vector. A DALL-E dVAE would plug in
 behind the same interface (``encode`` + ``vocab_size``). Codes are computed once, at ingestion.
+Tests and the demo use a random one (:func:`polymodal.testing.tiny.write_tiny_vqgan`).
 """
 
 from __future__ import annotations
@@ -56,16 +57,3 @@ class VQGANTokenizer(VisualTokenizer):
             indices = self.model.quantize(latents)[2][2]  # (n * rows * cols,)
             out.append(indices.view(len(x), *self.grid).cpu().numpy().astype(np.int64))
         return np.concatenate(out) if out else np.zeros((0, *self.grid), dtype=np.int64)
-
-
-def write_tiny_vqgan(out_dir: str, *, seed: int = 0, codes: int = 64, factor: int = 8, width: int = 32) -> str:
-    """A random ``VQModel`` (downsampling ``factor``, ``codes`` codebook entries) saved with
-    ``save_pretrained`` at ``out_dir``, for tests and the demo."""
-    from diffusers import VQModel
-
-    levels = int(np.log2(factor)) + 1
-    torch.manual_seed(seed)
-    VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=(width,) * levels, layers_per_block=1,
-            latent_channels=8, num_vq_embeddings=codes, vq_embed_dim=8, norm_num_groups=8).save_pretrained(out_dir)
-    return out_dir
