@@ -1,8 +1,10 @@
 """polymodal: one Ray spine (config, storage, shards, train loop, eval, tune, serve)
 for several multimodal research systems.
 
-Systems live in ``polymodal.models.<system>`` and register their tasks with
-:func:`polymodal.registry.register_task`.
+Systems are plug-ins: each is a package (the built-in five in ``polymodal.models.<system>``)
+whose ``register(registry)`` function, named in the ``polymodal.systems`` entry-point group, adds
+its tasks (:class:`polymodal.task.Task`), commands, demo step and Serve apps to
+:mod:`polymodal.registry`.
 """
 
 __version__ = "0.1.0"

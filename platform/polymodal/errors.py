@@ -44,3 +44,15 @@ class ShardError(PolymodalError, ValueError):
 
 class ImportDataError(PolymodalError, ValueError):
     """A source file fed to an importer is malformed; the message names file and row/line."""
+
+
+class ServeInputError(PolymodalError, ValueError):
+    """A serving request that parsed but does not fit the model (shape, dtype, range).
+
+    ``field`` is the dotted path of the bad value (``inputs.m0``); the serving app answers 422.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")

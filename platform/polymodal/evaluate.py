@@ -16,7 +16,7 @@ from polymodal.registry import get_task
 
 def load_model(checkpoint_uri: str, opts: StorageOptions | None = None, device: str | torch.device = "cpu"):
     """(config, task, eval-mode model) from a checkpoint, local or S3, through its task's
-    :meth:`~polymodal.registry.Task.load_checkpoint`."""
+    :meth:`~polymodal.task.Task.load_checkpoint`."""
     from polymodal.train.checkpoint import read_config
 
     task = get_task(read_config(checkpoint_uri, opts).task)
@@ -29,7 +29,7 @@ def evaluate(checkpoint_uri: str, data_uri: str, *, opts: StorageOptions | None 
              batch_size: int = 64, device: str | None = None, progress: bool = True,
              with_rows: bool = False) -> dict[str, float] | tuple[dict[str, float], list[dict[str, Any]] | None]:
     """Metrics of the checkpoint's model on the dataset at ``data_uri`` (with ``with_rows``,
-    also the task's :meth:`~polymodal.registry.Task.prediction_rows`)."""
+    also the task's :meth:`~polymodal.task.Task.prediction_rows`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, task, model = load_model(checkpoint_uri, opts, dev)
     manifest = shards.open_dataset(data_uri, opts)

@@ -14,7 +14,7 @@ from support import cheffusion_config, served
 from PIL import Image
 
 from polymodal import shards
-from polymodal.registry import ServeInputError
+from polymodal.errors import ServeInputError
 from polymodal.serving.app import ModelStore, parse_args
 from polymodal.serving.config_check import check_serve_config
 

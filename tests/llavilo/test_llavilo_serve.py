@@ -13,7 +13,8 @@ import pytest
 from support import served
 
 from polymodal.config import load_config
-from polymodal.registry import ServeInputError, get_task
+from polymodal.errors import ServeInputError
+from polymodal.registry import get_task
 from polymodal.serving.app import ModelStore, parse_args
 from polymodal.serving.config_check import check_serve_config
 

@@ -376,7 +376,7 @@ def test_sweep_name_cannot_leave_sweeps_folder(tmp_path):
 
 def test_serve_adapter_ids_and_index_ids_are_names_not_paths():
     from polymodal.models.llavilo.serving import MomentRequest, VideoIndex, _video_of
-    from polymodal.registry import ServeInputError
+    from polymodal.errors import ServeInputError
     from polymodal.serving.app import parse_args
 
     with pytest.raises(ValueError, match=r"adapter ids \['\.\./x'\]"):

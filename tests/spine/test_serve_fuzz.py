@@ -602,7 +602,7 @@ def test_fmri_word_times_cannot_ask_for_unbounded_predictions(end, words):
     from pydantic import ValidationError
 
     from polymodal.models.fmri.serving import EncodeRequest, EncodingModel, serve_predict
-    from polymodal.registry import ServeInputError
+    from polymodal.errors import ServeInputError
 
     model = EncodingModel(None, 0.5, {"S01": np.zeros((4, 3))}, {"S01": np.zeros(3)})
     story = [{"word": "a", "start": 0.0, "end": 1.0}, {"word": "b", "start": 1.0, "end": end}]

@@ -18,7 +18,8 @@ import polymodal.models.violet.task as violet_task  # registers the violet.* tas
 from polymodal import shards
 from polymodal.config import load_config
 from polymodal.models.violet import encode
-from polymodal.registry import Task, get_task
+from polymodal.registry import get_task
+from polymodal.task import Task
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
 

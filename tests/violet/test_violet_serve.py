@@ -26,7 +26,8 @@ from polymodal.models.violet import serving
 from polymodal.models.violet.data import frames_of
 from polymodal.models.violet.encode import channels_first, normalise_frames, tokenize
 from polymodal.models.violet.video import encode_video
-from polymodal.registry import ServeInputError, get_task
+from polymodal.errors import ServeInputError
+from polymodal.registry import get_task
 from polymodal.serving.app import ModelStore, build_deployment, parse_args
 from polymodal.serving.config_check import check_serve_config
 

@@ -8,11 +8,11 @@ Routes (relative to the application's route prefix)::
     POST /v1/predict/upload  the same request as multipart form data (files -> base64 fields)
 
 ``Accept: image/png`` (or another binary type) asks for the task's binary rendering of the
-response (:meth:`~polymodal.registry.Task.serve_media`, e.g. ChefFusion's PNG); 406 if it has none.
+response (:meth:`~polymodal.task.Task.serve_media`, e.g. ChefFusion's PNG); 406 if it has none.
 
 The ``serve_multiplexed_model_id`` header picks an adapter (absent = the default model).
 Adapters load on demand through ``@serve.multiplexed``; when an adapter's
-:meth:`~polymodal.registry.Task.adapter_key` equals the default model's, its frozen
+:meth:`~polymodal.task.Task.adapter_key` equals the default model's, its frozen
 parameters are the default model's own tensors, so one backbone sits in memory for all.
 
 Everything but ``/healthz`` needs ``Authorization: Bearer <token>`` when ``token_env`` is set.
@@ -45,8 +45,9 @@ from ray import serve
 from torch import nn
 
 from polymodal.config import ExperimentConfig
-from polymodal.errors import PolymodalError
-from polymodal.registry import ServeInputError, Task, get_task
+from polymodal.errors import PolymodalError, ServeInputError
+from polymodal.registry import get_task
+from polymodal.task import Task
 from polymodal.serving.proxy import send_json
 from polymodal.runs import resolve_checkpoint
 from polymodal.train.checkpoint import load_trainable, read_config, read_export

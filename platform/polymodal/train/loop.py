@@ -32,7 +32,7 @@ import torch
 from polymodal import runs, shards, storage
 from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
-from polymodal.registry import Task, get_task
+from polymodal.registry import get_task
 from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, publish_checkpoint, trainable_state,
                                         write_export)
 from polymodal.train.deepspeed_config import build_deepspeed_config, lr_multiplier, resolve_precision
@@ -51,7 +51,7 @@ class BatchSource(Protocol):
 class RayBatches:
     """This worker's split of a Ray dataset, as arrow batches converted without Python loops."""
 
-    def __init__(self, name: str, task: Task, manifest: shards.Manifest, batch_size: int,
+    def __init__(self, name: str, task: "polymodal.task.Task", manifest: shards.Manifest, batch_size: int,
                  shuffle_buffer: int, seed: int, train: bool):
         self.name, self.task, self.manifest = name, task, manifest
         self.batch_size, self.shuffle_buffer, self.seed, self.train = batch_size, shuffle_buffer, seed, train
@@ -71,7 +71,7 @@ class RayBatches:
 class LocalBatches:
     """Plain pyarrow streaming (no Ray): one shard in memory at a time."""
 
-    def __init__(self, uri: str, task: Task, manifest: shards.Manifest, batch_size: int,
+    def __init__(self, uri: str, task: "polymodal.task.Task", manifest: shards.Manifest, batch_size: int,
                  shuffle_buffer: int, seed: int, train: bool, opts, rank: int = 0, world_size: int = 1):
         self.uri, self.task, self.manifest, self.opts = uri, task, manifest, opts
         self.batch_size, self.shuffle_buffer, self.seed, self.train = batch_size, shuffle_buffer, seed, train
@@ -235,10 +235,10 @@ def _gather(outputs: list[dict[str, np.ndarray]], world_size: int) -> dict[str, 
 
 
 @torch.no_grad()
-def evaluate_split(engine, task: Task, source: BatchSource, info: WorkerInfo,
+def evaluate_split(engine, task: "polymodal.task.Task", source: BatchSource, info: WorkerInfo,
                    float_dtype: torch.dtype) -> dict[str, float]:
     """Run ``task.predict`` over this worker's share, gather every share, let the task finish
-    them with the model (:meth:`~polymodal.registry.Task.finish_eval`), compute metrics."""
+    them with the model (:meth:`~polymodal.task.Task.finish_eval`), compute metrics."""
     engine.eval()
     outputs = [task.predict(engine, _to_device(b, info.device, float_dtype)) for b in source.epoch(0)]
     gathered = _gather(outputs, info.world_size)

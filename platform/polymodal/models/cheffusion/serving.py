@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from polymodal.registry import ServeInputError
+from polymodal.errors import ServeInputError
 
 from .model import MODES
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polymodal.registry import Batch, Task
+from polymodal.task import Batch, Task
 
 from .config import PRESETS, CheffusionConfig
 from .data import TASK

@@ -40,7 +40,7 @@ from torch import nn
 from polymodal import storage as st
 from polymodal.config import StorageOptions, StrictModel
 from polymodal.errors import PolymodalError
-from polymodal.registry import Batch, Task
+from polymodal.task import Batch, Task
 from polymodal.shards import Manifest, ShardWriter, iter_local_batches
 from polymodal.text import load_tokenizer, train_tokenizer
 

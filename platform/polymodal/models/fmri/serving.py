@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polymodal.registry import ServeInputError
+from polymodal.errors import ServeInputError
 
 from .features import make_delayed, zscore
 from .pipeline import Featurizer, Story

@@ -1,7 +1,7 @@
 """``fmri.encoding``: the fMRI pipeline plugged into the spine.
 
 It is fitted in closed form (voxelwise ridge as Ray tasks), so it overrides the run lifecycle of
-:class:`~polymodal.registry.Task`: fit, evaluation, report, checkpoint loading and Tune trials;
+:class:`~polymodal.task.Task`: fit, evaluation, report, checkpoint loading and Tune trials;
 `polymodal train/evaluate/report`, jobs, Tune and Serve reach it through the same methods as
 every other task.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from polymodal.errors import PolymodalError
-from polymodal.registry import Task
+from polymodal.task import Task
 
 from .config import PRESETS, FmriConfig
 

@@ -13,7 +13,7 @@ or, when the server has a video index (``args.index``: a dataset of this task), 
 submission row of that query: ``{"pred_relevant_windows": [[st, ed, score], ...]}``, best first.
 
 Pydantic checks the JSON types; :func:`serve_predict` checks widths, lengths and values against
-the model and raises :class:`~polymodal.registry.ServeInputError` naming the field (HTTP 422).
+the model and raises :class:`~polymodal.errors.ServeInputError` naming the field (HTTP 422).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from polymodal.config import StorageOptions
-from polymodal.registry import ServeInputError
+from polymodal.errors import ServeInputError
 
 from .config import LLaViLoConfig
 

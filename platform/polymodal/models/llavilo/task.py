@@ -20,7 +20,7 @@ from torch import nn
 
 from polymodal import storage as st
 from polymodal.cache import load_causal_lm
-from polymodal.registry import Batch, Task
+from polymodal.task import Batch, Task
 
 from .config import PRESETS, LLaViLoConfig
 from .data import TASK

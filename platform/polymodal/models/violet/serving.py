@@ -35,7 +35,7 @@ Over multipart (``POST /v1/predict/upload``) the files arrive as base64 fields: 
 ``video_b64`` (or one image as ``frames_b64``) and send ``options`` as a JSON list.
 
 Pydantic checks the JSON types and bounds; :data:`MODES`' ``predict`` functions check content and
-raise :class:`~polymodal.registry.ServeInputError` naming the field (HTTP 422): a blank text or
+raise :class:`~polymodal.errors.ServeInputError` naming the field (HTTP 422): a blank text or
 question, an unknown ``vid``, none or several of the video fields, undecodable base64, video or
 image, options the model cannot take.
 """
@@ -57,8 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from polymodal.config import StorageOptions
-from polymodal.errors import PolymodalError
-from polymodal.registry import ServeInputError
+from polymodal.errors import PolymodalError, ServeInputError
 
 from .config import VioletConfig
 from .data import TASKS, frames_of

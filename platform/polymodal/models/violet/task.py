@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from polymodal import storage as st
 from polymodal.errors import PolymodalError
-from polymodal.registry import Batch, Task
+from polymodal.task import Batch, Task
 
 from . import masking
 from .config import PRESETS, VioletConfig

@@ -7,7 +7,7 @@ A request carries ONE example, every modality of the backbone under ``inputs``::
     {"inputs": {"image": [[[...W], ...H], ...C]}}                         # pixel_values: C x H x W floats
 
 Pydantic checks the JSON types; :func:`serve_predict` checks shapes against the model and
-raises :class:`~polymodal.registry.ServeInputError` naming ``inputs.<modality>``.
+raises :class:`~polymodal.errors.ServeInputError` naming ``inputs.<modality>``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
 from polymodal.cache import local_copy
-from polymodal.registry import ServeInputError
+from polymodal.errors import ServeInputError
 
 from .backbone import BackboneSpec, ModalitySpec, encoder_source, read_spec
 from .config import WanderConfig

@@ -11,7 +11,7 @@ from torch import nn
 
 from polymodal import metrics as M
 from polymodal.cache import local_copy
-from polymodal.registry import Batch, Task
+from polymodal.task import Batch, Task
 
 from .backbone import load_backbone
 from .config import PRESETS, WanderConfig
