@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra:  # named by the (sub)command that refused them: "--format cc: ... --frames"
+        if extra:  # named by the (sub)command that refused them: "--format NAME: ... --flag"
             getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse printed the usage error (or the help, which exits 0)
         if exc.code in (0, None):

@@ -3,9 +3,9 @@
 Synthetic data (``Task.synth``, shared per session) -> a tiny-preset config pointed at it
 (``Task.synth_overrides``) -> one epoch fitted in this process (``Task.fit``: collate, loss,
 backward, predict and metrics inside the shared loop, or the task's own closed-form fit) ->
-``Task.evaluate_run`` on the test split -> the checkpoint loaded for serving (``ModelStore``:
-``Task.load_checkpoint``, the index where the task has one) -> one request built from the test
-split (``Task.example_request``) validated by the task's request model, answered by
+``Task.evaluate_run`` on the test split (the session's Ray cluster is up for tasks that evaluate
+with Ray) -> the checkpoint loaded for serving (``ModelStore``: ``Task.load_checkpoint``, the index
+where the task has one) -> one request built from the test split (``Task.example_request``) validated by the task's request model, answered by
 ``serve_predict`` and checked against its response model.
 """
 
@@ -38,7 +38,7 @@ def tiny_config(name: str, data: dict[str, str], storage_path: str):
 
 
 @pytest.mark.parametrize("name", task_names())
-def test_a_task_fits_evaluates_and_serves(name, synthetic, tmp_path):
+def test_a_task_fits_evaluates_and_serves(name, synthetic, ray_cluster, tmp_path):
     from polymodal.serving.app import ModelStore, parse_args
 
     task = get_task(name)
