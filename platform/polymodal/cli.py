@@ -11,7 +11,7 @@ from typing import Sequence
 
 from polymodal.cliargs import add_config, load, print_uris, storage_options
 from polymodal.errors import PolymodalError
-from polymodal.registry import Command, registry
+from polymodal.registry import registry
 
 
 def cmd_data_synth(args) -> None:
@@ -131,14 +131,18 @@ def cmd_s3_serve(args) -> None:
     serve_forever(args.port, tuple(args.bucket))
 
 
-def _add_commands(parent, commands: dict[str, Command], quiet: argparse.ArgumentParser, *, dest: str | None,
-                  metavar: str | None, prog: str | None) -> None:
+def _add_commands(parent, kind: str, quiet: argparse.ArgumentParser, *, dest: str | None, metavar: str | None,
+                  prog: str | None) -> None:
     """One subparser per registered command. With ``dest``, ``parent`` is a parser whose choice of
     command is an option (``--format NAME``): :func:`_format_as_command` turns that option into
     the subcommand before parsing, so ``--format NAME --help`` shows only that command's options."""
+    reg = registry()
     sub = parent if dest is None else parent.add_subparsers(dest=dest, required=True, metavar=metavar,
                                                             title="formats")
-    for name, command in sorted(commands.items()):
+    for name, command in sorted(reg.items(kind).items()):
+        if name in sub.choices:  # e.g. a plug-in's `data inspect`
+            raise PolymodalError(f"{kind} {name!r} of {reg.owner(kind, name)} clashes with polymodal's own command "
+                                 f"{name!r}; register it under another name")
         kwargs = {"prog": f"{prog} {name}"} if prog else {}
         p = sub.add_parser(name, parents=[quiet], help=command.help, description=command.description or command.help,
                            **kwargs)
@@ -195,21 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the default row counts")
     add_config(p, required=False)
     p.set_defaults(func=cmd_data_synth)
-    reg = registry()
     imp = dsub.add_parser("import", parents=[quiet], help="convert a public dataset, as its release lays it out, "
                                                           "to shards (--format NAME; NAME --help for its options)",
                           description="Convert a public dataset, as its release lays it out, to Parquet shards "
                                       "with a manifest. `polymodal data import --format NAME --help` lists the "
                                       "options of one format.")
-    _add_commands(imp, reg.items("import format"), quiet, dest="format", metavar="--format NAME",
+    _add_commands(imp, "import format", quiet, dest="format", metavar="--format NAME",
                   prog="polymodal data import --format")
-    _add_commands(dsub, reg.items("data command"), quiet, dest=None, metavar=None, prog=None)
     p = dsub.add_parser("inspect", parents=[quiet], help="validate a dataset and print its manifest")
     p.add_argument("uri", help="dataset folder or s3:// URI")
     p.add_argument("--verify", choices=["footer", "checksum"], default="checksum",
                    help="footer: sizes and schemas; checksum: also sha256 of every shard (default)")
     add_config(p, required=False)
     p.set_defaults(func=cmd_data_inspect)
+    _add_commands(dsub, "data command", quiet, dest=None, metavar=None, prog=None)  # after the built-in ones
 
     p = sub.add_parser("train", parents=[quiet],
                        help="train with Ray Train + DeepSpeed, or fit a closed-form task its own way (Ray tasks); "
@@ -234,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     ev = sub.add_parser("eval", parents=[quiet], help="score prediction files with a benchmark's official protocol")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
-    _add_commands(esub, reg.items("eval command"), quiet, dest=None, metavar=None, prog=None)
+    _add_commands(esub, "eval command", quiet, dest=None, metavar=None, prog=None)
 
     p = sub.add_parser("report", parents=[quiet], help="write a Markdown report with metric tables and a PNG curve")
     add_config(p)
@@ -269,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = _format_as_command(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PolymodalError as exc:  # a plug-in that does not fit the command line
+        print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # named by the (sub)command that refused them: "--format NAME: ... --flag"

@@ -3,9 +3,10 @@
 A system is a plug-in: a package exposing ``register(registry)`` under the entry-point group
 ``polymodal.systems`` (the five built-in systems in ``polymodal.models.<system>`` too). Its
 ``register`` adds, through :class:`Registry`, everything the system brings: tasks
-(:class:`polymodal.task.Task` subclasses), ``data import`` formats, other ``data`` subcommands and ``eval`` benchmarks
-(:class:`Command`), its ``make demo`` step (:class:`DemoStep`) and its Serve apps
-(:class:`ServeApp`). Shared code asks the registry and never branches on a system's name.
+(:class:`polymodal.task.Task` subclasses), ``data import`` formats, other ``data`` subcommands
+and ``eval`` benchmarks (:class:`Command`), its ``make demo`` step (:class:`DemoStep`) and its
+Serve apps (:class:`ServeApp`). Shared code asks the registry and never branches on a system's
+name.
 """
 
 from __future__ import annotations

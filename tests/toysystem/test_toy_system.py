@@ -89,3 +89,12 @@ def test_a_name_taken_twice_is_refused_naming_both_modules(toy_installed):
     with pytest.raises(reg.PolymodalError) as info:
         registry.add_import_format(reg.Command("mmsa", "again", lambda p: None, polymodal_toy._csv_run))
     assert wander in str(info.value) and "polymodal_toy" in str(info.value)
+
+
+def test_a_command_named_like_a_builtin_one_is_refused(toy_installed, capsys):
+    import polymodal_toy
+
+    reg.registry().add_data_command(reg.Command("inspect", "clashes", lambda p: None, polymodal_toy._csv_run))
+    assert main(["data", "inspect", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "data command 'inspect' of polymodal_toy clashes with polymodal's own command" in err
