@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from polymodal.models.fmri.evaluate import per_story, summarize, voxel_correlations
+from polymodal.models.fmri.metrics import per_story, summarize, voxel_correlations
 
 
 def test_voxel_correlations_match_scipy_and_constant_columns_are_zero():

@@ -13,7 +13,7 @@ import pytest
 
 from polymodal.cli import main
 from polymodal.errors import PolymodalError
-from polymodal.models.llavilo.qvh_eval import (IOU_THRESHOLDS, EvalInputError, QidMismatchError, evaluate,
+from polymodal.models.llavilo.metrics import (IOU_THRESHOLDS, EvalInputError, QidMismatchError, evaluate,
                                                greedy_matches, highlight_average_precision, load_jsonl,
                                                moment_average_precision)
 

@@ -123,7 +123,7 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
     R1@0.5 (0.20 as a fraction) or more (`slow`: ~4 minutes)."""
 
     from polymodal.evaluate import evaluate_run
-    from polymodal.models.llavilo import qvh_eval, synth
+    from polymodal.models.llavilo import metrics, synth
     from polymodal.models.llavilo.data import read_all
     from polymodal.train.loop import fit
 
@@ -143,7 +143,7 @@ def test_tiny_llavilo_trains_through_ray_deepspeed(ray_cluster, s3_bucket_uri):
     out, _ = evaluate_run(cfg, split="test", progress=False)
     reached = out["metrics"]["r1_05"]
     rows = read_all(data["test"], cfg.storage)
-    baseline = qvh_eval.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
+    baseline = metrics.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
     print(f"test R1@0.5 (%): LLaViLo {100 * reached:.2f} (mAP {100 * out['metrics']['map']:.2f}) vs random windows "
           f"{baseline['MR-full-R1@0.5']:.2f}; val R1@0.5 (fraction) per epoch {[r['val_r1_05'] for r in logged]} "
           f"({time.perf_counter() - t0:.0f} s)")

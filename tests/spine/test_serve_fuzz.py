@@ -601,8 +601,9 @@ def test_fmri_word_times_cannot_ask_for_unbounded_predictions(end, words):
     featurizer runs (the stub model has none)."""
     from pydantic import ValidationError
 
-    from polymodal.models.fmri.serving import EncodeRequest, EncodingModel, serve_predict
     from polymodal.errors import ServeInputError
+    from polymodal.models.fmri.model import EncodingModel
+    from polymodal.models.fmri.serving import EncodeRequest, serve_predict
 
     model = EncodingModel(None, 0.5, {"S01": np.zeros((4, 3))}, {"S01": np.zeros(3)})
     story = [{"word": "a", "start": 0.0, "end": 1.0}, {"word": "b", "start": 1.0, "end": end}]

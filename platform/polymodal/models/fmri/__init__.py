@@ -4,6 +4,13 @@ delays, and voxelwise ridge with per-voxel alphas chosen by cross-validation ove
 Tasks: ``fmri.encoding`` (closed-form ridge; :mod:`.task`) and ``fmri.mlm`` (the masked-LM text
 encoder; :mod:`.mlm`). :func:`register` adds them, the ``huth`` and ``fmri-plain`` import formats,
 ``data mlm``, the demo step and the Serve app.
+
+Modules: ``config``, ``features`` (Lanczos resampling, trimming, z-scoring, delays),
+``embeddings`` / ``encoders`` / ``mlm`` (feature spaces), ``ridge`` and ``distributed`` (voxelwise
+ridge, chunk by chunk on Ray), ``pipeline`` (one run), ``model`` (the fitted ``EncodingModel`` and
+``load_model``), ``metrics`` (per-voxel correlations and their summaries), ``data`` /
+``importers`` / ``synth`` (voxel-chunked datasets), ``task``, ``serving``, ``report``,
+``commands`` and ``demo``.
 """
 
 from polymodal.models.fmri.features import lanczos_interp, make_delayed

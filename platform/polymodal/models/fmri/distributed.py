@@ -140,7 +140,7 @@ def evaluate_chunk(X_test: np.ndarray, sel: ResponseSelection, chunk: ChunkInfo,
     """
     from safetensors.numpy import load
 
-    from .evaluate import voxel_correlations
+    from .metrics import voxel_correlations
 
     sol = load(storage.read_bytes(_chunk_uri(sol_uri, chunk), opts))
     raw = read_chunk(sel.root, sel.subject, chunk, sel.stories, opts)

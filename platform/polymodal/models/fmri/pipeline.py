@@ -29,8 +29,8 @@ from polymodal.storage import StorageOptions
 
 from .config import FmriConfig
 from .distributed import ResponseSelection, evaluate_ray, fit_ridge_ray
-from .evaluate import summarize
 from .features import lanczos_interp, story_design, tr_times
+from .metrics import summarize
 
 EXPORT_DIR = "model"
 

@@ -51,7 +51,7 @@ class EncodingTask(Task):
         return write_report(cfg, compare)
 
     def load_checkpoint(self, checkpoint_uri, opts=None):
-        from .serving import load_model
+        from .model import load_model
 
         return load_model(checkpoint_uri, opts)
 

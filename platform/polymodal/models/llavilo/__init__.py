@@ -1,10 +1,11 @@
 """LLaViLo: video moment retrieval with a frozen LLaMA (Ma et al., 'LLaViLo: Boosting Video Moment
 Retrieval via Adapter-Based Multimodal Modeling', ICCV-W 2023).
 
-Modules: ``qvh_eval`` (the official QVHighlights protocol), ``spans`` (span formats, temporal
+Modules: ``metrics`` (the official QVHighlights protocol), ``spans`` (span formats, temporal
 (g)IoU, Hungarian matcher, set-prediction losses), ``injection`` (gated prefix injection into a
 frozen LLaMA), ``data`` / ``importers`` / ``synth`` (shards), ``config`` / ``model`` / ``task``
-(the ``llavilo.moment_retrieval`` task), ``commands`` (``eval qvhighlights``), ``demo``.
+(the ``llavilo.moment_retrieval`` task), ``inference``, ``serving``, ``commands``
+(``eval qvhighlights``), ``demo``.
 :func:`register` adds them; transformers loads lazily, on ``build_model`` / ``synth``.
 """
 

@@ -21,7 +21,7 @@ def _qvh_args(p: argparse.ArgumentParser) -> None:
 def _run_qvh(args: argparse.Namespace) -> None:
     from polymodal import storage
 
-    from .qvh_eval import evaluate_files
+    from .metrics import evaluate_files
 
     text = json.dumps(evaluate_files(args.submission, args.gt), indent=2)
     print(text)

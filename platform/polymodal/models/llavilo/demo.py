@@ -26,7 +26,7 @@ def _serve(demo, cfg, rows) -> None:
 def run(demo) -> list[tuple[str, str]]:
     from polymodal.registry import get_task
 
-    from . import qvh_eval, synth
+    from . import metrics, synth
     from .data import read_all
 
     cfg = demo.config("llavilo_tiny.yaml")
@@ -37,7 +37,7 @@ def run(demo) -> list[tuple[str, str]]:
     result, _ = task.evaluate_run(cfg, "test", progress=False)
     rows = read_all(cfg.data.test, cfg.storage)
     # the official evaluator's numbers are percentages; the task's metrics are fractions
-    chance = qvh_eval.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
+    chance = metrics.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
     m = result["metrics"]
     demo.say(f"  test R1@0.5 {100 * m['r1_05']:.1f} %, R1@0.7 {100 * m['r1_07']:.1f} %, mAP {100 * m['map']:.1f} % "
              f"(random windows: R1@0.5 {chance['MR-full-R1@0.5']:.1f} %, mAP {chance['MR-full-mAP']:.1f} %)")

@@ -156,7 +156,7 @@ def write_synthetic(out_uri: str, *, seed: int = 0, scale: float = 1.0, n_clips:
 def qvh_ground_truth(rows: Mapping[str, np.ndarray], clip_length: float = 2.0) -> list[dict[str, Any]]:
     """QVHighlights-format GT rows (``qid, query, duration, vid, relevant_windows,
     relevant_clip_ids`` [+ ``saliency_scores``]) from dataset columns, for
-    :func:`~.qvh_eval.evaluate`.
+    :func:`~.metrics.evaluate`.
 
     With a ``saliency`` column the relevant clips are those with saliency > 0 and each gets one
     "annotator" score (the stored mean); without one, the clips overlapping a window, and no
@@ -230,7 +230,7 @@ def random_windows(rows: Mapping[str, np.ndarray], *, seed: int = 0, clip_length
 def planted_signal(rows: Mapping[str, np.ndarray], *, feature_dim: int, clip_length: float = 2.0,
                    seed: int = 0) -> dict[str, dict[str, float]]:
     """Brief QVHighlights metrics of :func:`cosine_localiser` and :func:`random_windows` on ``rows``."""
-    from .qvh_eval import evaluate
+    from .metrics import evaluate
 
     gt = qvh_ground_truth(rows, clip_length)
     localiser = cosine_localiser(rows, feature_dim=feature_dim, clip_length=clip_length)

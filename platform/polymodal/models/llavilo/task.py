@@ -1,6 +1,6 @@
 """LLaViLo's moment-retrieval task, plugged into the spine.
 
-Metrics are the official QVHighlights moment-retrieval numbers (:func:`.qvh_eval.evaluate`,
+Metrics are the official QVHighlights moment-retrieval numbers (:func:`.metrics.evaluate`,
 "full" bucket) as **fractions** in [0, 1], like every system's metrics: the official evaluator's
 percentages (rounded to 2 decimals) divided by 100, so ``r1_05 == brief["MR-full-R1@0.5"] / 100``.
 ``r1_05`` / ``r1_07`` (R1@0.5 / R1@0.7), ``map`` (mAP averaged over IoU 0.5:0.05:0.95) and
@@ -171,7 +171,7 @@ class MomentRetrievalTask(Task):
         percentages / 100); with parsed generations also ``gen_valid`` (fraction of queries whose
         text holds a valid window) and ``gen_r1_05`` / ``gen_r1_07`` (R1 of the first parsed
         window; invalid text is a miss)."""
-        from .qvh_eval import evaluate
+        from .metrics import evaluate
 
         gt = ground_truth_rows(outputs)
         brief = evaluate(submission_rows(outputs, with_generated=False), gt)["brief"]

@@ -21,7 +21,12 @@ and ``violet.mcqa``, the import formats of ``commands``, the ``demo`` step and t
 * ``task``: the spine hooks (collate of JPEG frames and text, BM+AM masking in the pre-training loss,
   the retrieval cross-encoder scored over the whole split, accuracies, synthetic splits, fine-tuning
   from a pre-trained export with ``model.init``);
-* ``metrics``: text-to-video R@K, median and mean rank over a full N texts x V videos matrix.
+* ``metrics``: the accuracies (QA ``acc``; pre-training ``vtm_acc``, ``mlm_acc``, ``mvm_acc``);
+  text-to-video R@K, median and mean rank over the full N texts x V videos matrix are the spine's
+  :func:`polymodal.metrics.ranking_metrics`;
+* ``encode`` / ``serving``: the tokenizing, frame and cross-encoder helpers shared by the tasks and
+  the Serve hooks; requests and responses of the two Serve apps;
+* ``commands`` / ``demo``: the import formats and the demo step.
 """
 
 

@@ -3,9 +3,9 @@ multiple-choice video QA.
 
 * ``violet.pretrain`` minimises VTM + MLM + MVM (:meth:`.model.Violet.pretrain_losses`) with BM+AM
   masking: each sample is masked blockwise or by attention, 50/50 (:func:`build_masks`). Metrics
-  (fractions in [0, 1]): ``vtm_acc`` over every positive pair and one in-batch negative per video (primary),
-  ``mlm_acc`` over the masked text tokens and ``mvm_acc`` over the masked patches (each only while
-  its objective is switched on).
+  (fractions in [0, 1], :func:`.metrics.pretrain_metrics`): ``vtm_acc`` over every positive pair
+  and one in-batch negative per video (primary), ``mlm_acc`` over the masked text tokens and
+  ``mvm_acc`` over the masked patches (each only while its objective is switched on).
 * ``violet.retrieval``: the VTM head as a cross-encoder, fine-tuned on each positive pair plus one
   in-batch negative per row whose text comes from another video (:func:`retrieval_negatives`).
   Evaluation scores every text of the split against every distinct video of it (the full N x V
@@ -43,6 +43,7 @@ from . import masking
 from .config import PRESETS, VioletConfig
 from .data import FINETUNE_FRAMES, PRETRAIN_FRAMES, TASKS, frames_of, options_of
 from .encode import SCORE_CHUNK, channels_first, cross_scores, normalise_frames, param_dtype, tokenize
+from .metrics import accuracy, pretrain_metrics
 
 #: synthetic rows per split at ``scale=1``
 SYNTH_ROWS = {"train": 1024, "val": 256, "test": 256}
@@ -76,11 +77,6 @@ def _step_generator() -> torch.Generator:
     """A CPU generator for this step's masks and negatives, seeded from torch's global RNG (which the
     loop seeds), so a run is reproducible and every step draws differently."""
     return torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,))))
-
-
-def _accuracy(pred: np.ndarray, answer: np.ndarray) -> float:
-    """Fraction of rows whose prediction equals the answer; ``answer == -1`` never does."""
-    return float(np.mean(pred == answer)) if len(answer) else float("nan")
 
 
 def _collate_common(columns: dict[str, np.ndarray]) -> Batch:
@@ -320,15 +316,7 @@ class PretrainTask(_VioletTask):
         return rows
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        pairs = np.concatenate([outputs["vtm_pos"], outputs["vtm_neg"]])
-        pairs = pairs[~np.isnan(pairs)]
-        out = {"vtm_acc": float(pairs.mean()) if len(pairs) else float("nan")}
-        for name in ("mlm", "mvm"):
-            if f"{name}_n" not in outputs:  # objective switched off
-                continue
-            n = int(outputs[f"{name}_n"].sum())
-            out[f"{name}_acc"] = float(outputs[f"{name}_hit"].sum() / n) if n else float("nan")
-        return out
+        return pretrain_metrics(outputs)
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -414,7 +402,7 @@ class RetrievalTask(_VioletTask):
         labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(len(rows), dtype=torch.long)]).to(device)
         video = net.encode_video(normalise_frames(frames, param_dtype(net)))  # (B, Nv, D), each clip encoded once
         logits = net.vtm_logits(net.fuse(video[videos], ids[captions], attn[captions])["cls"])  # (B + M, 2)
-        acc = _accuracy(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
+        acc = accuracy(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
         return vtm_loss(logits, labels), {"batch_acc": acc, "negatives": float(len(rows))}
 
     @torch.no_grad()
@@ -493,7 +481,7 @@ class OpenEndedQATask(_VioletTask):
         known = answer >= 0
         # rows outside the vocabulary have no class to learn; an all-unknown batch still keeps the graph
         loss = F.cross_entropy(logits[known].float(), answer[known]) if bool(known.any()) else logits.sum() * 0.0
-        acc = _accuracy(logits.argmax(-1).cpu().numpy(), answer.cpu().numpy())
+        acc = accuracy(logits.argmax(-1).cpu().numpy(), answer.cpu().numpy())
         return loss, {"batch_acc": acc}
 
     @torch.no_grad()
@@ -502,7 +490,7 @@ class OpenEndedQATask(_VioletTask):
         return {"pred": self._logits(model, batch).argmax(-1).cpu().numpy(), "answer": batch["answer"].cpu().numpy()}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"acc": _accuracy(outputs["pred"], outputs["answer"])}
+        return {"acc": accuracy(outputs["pred"], outputs["answer"])}
 
 
 class MultipleChoiceQATask(_VioletTask):
@@ -541,7 +529,7 @@ class MultipleChoiceQATask(_VioletTask):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         scores, answer = self._scores(model, batch), batch["answer"]
-        return F.cross_entropy(scores, answer), {"batch_acc": _accuracy(scores.argmax(-1).cpu().numpy(),
+        return F.cross_entropy(scores, answer), {"batch_acc": accuracy(scores.argmax(-1).cpu().numpy(),
                                                                        answer.cpu().numpy())}
 
     @torch.no_grad()
@@ -550,7 +538,7 @@ class MultipleChoiceQATask(_VioletTask):
         return {"pred": self._scores(model, batch).argmax(-1).cpu().numpy(), "answer": batch["answer"].cpu().numpy()}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"acc": _accuracy(outputs["pred"], outputs["answer"])}
+        return {"acc": accuracy(outputs["pred"], outputs["answer"])}
 
 
 # ----------------------------------------------------------------------------- synthetic data

@@ -1,6 +1,14 @@
 """Wander: low-rank, CP-decomposed, token-level multimodal adapters for frozen backbones.
 
 Seed paper: Guo et al., 'A Wander Through the Multimodal Landscape'.
+
+Modules: ``config`` (``WanderConfig`` and presets), ``backbone`` (frozen per-modality encoders;
+a tiny random one for tests), ``adapter`` / ``fusion`` / ``model`` (the CP-decomposed adapters,
+sequence fusion and ``WanderModel`` with its three heads), ``data`` (the dataset schema: modality
+columns, ``label``, tasks per head), ``importers`` (MMSA, UPMC-Food101) and ``synth`` (planted
+cross-modal targets), ``metrics`` (classification and MOSI regression; retrieval is the spine's),
+``task`` (``wander.classification``, ``wander.regression``, ``wander.retrieval``), ``serving``,
+``commands`` and ``demo``.
 """
 
 from polymodal.models.wander.backbone import load_backbone, save_tiny_backbone

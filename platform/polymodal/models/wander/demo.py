@@ -35,9 +35,11 @@ def _serve(demo, cfg) -> None:
 
     from polymodal.shards import iter_local_batches
 
+    from .data import LABEL
+
     with demo.deployed("wander", checkpoint=cfg.run_uri) as (url, headers):
         row = next(iter_local_batches(cfg.data.test, 1, shuffle=False, opts=cfg.storage))
-        label = int(row.pop("label")[0])
+        label = int(row.pop(LABEL)[0])
         body = {"inputs": {name: values[0].tolist() for name, values in row.items()}}
         reply = httpx.post(f"{url}/v1/predict", json=body, headers=headers, timeout=60)
         reply.raise_for_status()

@@ -29,6 +29,8 @@ from polymodal import storage
 from polymodal.config import StorageOptions
 from polymodal.errors import ImportDataError
 
+from .data import LABEL, LABEL_DTYPES, TASKS, columns, feature_spec
+
 __all__ = ["import_mmsa", "import_food101", "SafeUnpickler"]
 
 logger = logging.getLogger(__name__)
@@ -266,7 +268,7 @@ def import_mmsa(
         Unreadable pickle, missing keys, inconsistent row counts or shapes, or (without
         ``skip_bad``) a NaN/inf row; the message names the file, split and row.
     """
-    from polymodal.shards import ColumnSpec, ShardWriter
+    from polymodal.shards import ShardWriter
 
     path = os.fspath(pickle_path)
     data = _load_pickle(path)
@@ -293,11 +295,7 @@ def import_mmsa(
                     "splits must share (seq_len, dim)"
                 )
 
-    columns = {
-        mod: ColumnSpec(dtype="float32", shape=[int(d) for d in shapes[mod]])
-        for mod in MMSA_MODALITIES
-    }
-    columns["label"] = ColumnSpec(dtype="float32", shape=[])
+    specs = columns("regression", {mod: feature_spec(shapes[mod]) for mod in MMSA_MODALITIES})
     meta = {"head": "regression", "modalities": list(MMSA_MODALITIES), "source": "mmsa"}
     out: dict[str, str] = {}
     for sp in splits:
@@ -305,13 +303,13 @@ def import_mmsa(
         out[split_out] = storage.join(out_uri, split_out)
         rows = np.nonzero(sp.keep)[0]
         with ShardWriter(
-            out[split_out], task="wander.regression", split=split_out, columns=columns,
+            out[split_out], task=TASKS["regression"], split=split_out, columns=specs,
             meta=meta, opts=opts, progress=progress,
         ) as writer:
             for start in range(0, rows.size, _CHUNK):
                 idx = rows[start : start + _CHUNK]
                 batch = {mod: sp.features[mod][idx].astype(np.float32) for mod in MMSA_MODALITIES}
-                batch["label"] = sp.labels[idx].astype(np.float32)
+                batch[LABEL] = sp.labels[idx].astype(LABEL_DTYPES["regression"])
                 writer.write(batch)
     return out
 
@@ -511,11 +509,10 @@ def import_food101(
         checked[split] = _collect_records(root, split, classes, skip_bad)
     class_id = {name: i for i, name in enumerate(classes)}
 
-    columns = {
+    specs = columns("classification", {
         "image": ColumnSpec(dtype="uint8", shape=[3, image_size, image_size]),
         "text": ColumnSpec(dtype="int64", shape=[max_text_len]),
-        "label": ColumnSpec(dtype="int64", shape=[]),
-    }
+    })
     meta = {
         "head": "classification",
         "num_classes": len(classes),
@@ -533,7 +530,7 @@ def import_food101(
             out[split_out] = storage.join(out_uri, split_out)
             written = 0
             with ShardWriter(
-                out[split_out], task="wander.classification", split=split_out, columns=columns,
+                out[split_out], task=TASKS["classification"], split=split_out, columns=specs,
                 meta=meta, opts=opts, progress=progress,
             ) as writer:
                 for chunk in _chunks(records, _CHUNK):
@@ -559,7 +556,8 @@ def import_food101(
                     writer.write({
                         "image": np.stack([img for _, img in good]),
                         "text": ids.astype(np.int64),
-                        "label": np.array([class_id[rec.label] for rec, _ in good], dtype=np.int64),
+                        LABEL: np.array([class_id[rec.label] for rec, _ in good],
+                                        dtype=LABEL_DTYPES["classification"]),
                     })
                     written += len(good)
                 if written == 0:

@@ -17,7 +17,6 @@ everything, ``none`` trains only the head (and input projections): the no-fusion
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,7 @@ from polymodal.models.wander.adapter import HoulsbyAdapter, WanderAdapter
 from polymodal.models.wander.backbone import (BackboneSpec, ModalitySpec, encoder_source, finalize, hidden_size,
                                               is_vit, layers, run_embeddings, run_layer)
 from polymodal.models.wander.config import WanderConfig
-
-HEADS = ("classification", "regression", "retrieval")
-HeadKind = Literal["classification", "regression", "retrieval"]
+from polymodal.models.wander.data import HEADS, HeadKind
 
 
 def _activation(encoder: nn.Module) -> nn.Module:

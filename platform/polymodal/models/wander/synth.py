@@ -50,14 +50,15 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from polymodal import storage
 from polymodal.config import StorageOptions
 
-Head = Literal["classification", "regression", "retrieval"]
+from .data import LABEL, LABEL_DTYPES, SYNTH_QUERY, TASKS, HeadKind, check_head, columns, feature_spec
+
 Arrays = dict[str, np.ndarray]
 
 __all__ = [
@@ -84,17 +85,12 @@ _CHUNK = 1024
 _REGRESSION_NOISE = 0.1
 _DEFAULT_M = {"classification": 2, "regression": 3, "retrieval": 3}
 _MIN_M = {"classification": 2, "regression": 2, "retrieval": 3}
-_TASKS = {
-    "classification": "wander.classification",
-    "regression": "wander.regression",
-    "retrieval": "wander.retrieval",
-}
 #: stream ids that keep direction sampling independent of row sampling for one seed
 _DIRECTION_STREAM = 0
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
 
 
-def default_modalities(head: Head, num_modalities: int | None = None) -> list[str]:
+def default_modalities(head: HeadKind, num_modalities: int | None = None) -> list[str]:
     """Modality names for a head: ``m0, m1, ...``; retrieval ends with the query ``text``.
 
     Parameters
@@ -108,8 +104,7 @@ def default_modalities(head: Head, num_modalities: int | None = None) -> list[st
     -------
     list of str, length M
     """
-    if head not in _TASKS:
-        raise ValueError(f"unknown head {head!r}; choose one of {sorted(_TASKS)}")
+    check_head(head)
     m = _DEFAULT_M[head] if num_modalities is None else int(num_modalities)
     if m < _MIN_M[head]:
         raise ValueError(
@@ -117,7 +112,7 @@ def default_modalities(head: Head, num_modalities: int | None = None) -> list[st
             f"interaction between modalities, got {m}"
         )
     if head == "retrieval":
-        return [f"m{i}" for i in range(m - 1)] + ["text"]
+        return [f"m{i}" for i in range(m - 1)] + [SYNTH_QUERY]
     return [f"m{i}" for i in range(m)]
 
 
@@ -210,7 +205,7 @@ def sample_classification(
         name: _tokens(rng, z[:, i : i + 1], directions[name], seq_len, noise)
         for i, name in enumerate(names)
     }
-    arrays["label"] = (np.prod(z, axis=1) > 0).astype(np.int64)
+    arrays[LABEL] = (np.prod(z, axis=1) > 0).astype(LABEL_DTYPES["classification"])
     return arrays, {"z": z}
 
 
@@ -255,7 +250,7 @@ def sample_regression(
     }
     clean = 3.0 * np.tanh(_interaction(z))
     y = np.clip(clean + _REGRESSION_NOISE * rng.standard_normal(n), -3.0, 3.0)
-    arrays["label"] = y.astype(np.float32)
+    arrays[LABEL] = y.astype(LABEL_DTYPES["regression"])
     return arrays, {"z": z, "clean": clean}
 
 
@@ -266,7 +261,7 @@ def sample_retrieval(
     *,
     seq_len: int = 8,
     noise: float = DEFAULT_NOISE,
-    query: str = "text",
+    query: str = SYNTH_QUERY,
 ) -> tuple[Arrays, Arrays]:
     """Draw ``n`` aligned (video, text) pairs whose match needs the fused video code.
 
@@ -316,7 +311,7 @@ def _split_rows(scale: float) -> dict[str, int]:
 
 def write_synthetic(
     out_uri: str,
-    head: Head,
+    head: HeadKind,
     *,
     seed: int = 0,
     scale: float = 1.0,
@@ -362,7 +357,7 @@ def write_synthetic(
     folder and copied with :func:`polymodal.storage.upload_dir`, so local and S3 outputs take
     the same path.
     """
-    from polymodal.shards import ColumnSpec, ShardWriter
+    from polymodal.shards import ShardWriter
 
     from .backbone import save_tiny_backbone
 
@@ -383,23 +378,21 @@ def write_synthetic(
 
     sampler: Callable[..., tuple[Arrays, Arrays]]
     meta: dict[str, Any] = {"head": head, "modalities": names, "seed": seed}
-    columns = {name: ColumnSpec(dtype="float32", shape=[seq_len, hidden]) for name in names}
+    specs = columns(head, {name: feature_spec([seq_len, hidden]) for name in names})
     if head == "classification":
         k, sampler = 1, sample_classification
         meta.update(num_classes=2, planted="label = [" + "*".join(f"z{i}" for i in range(len(names))) + " > 0]")
-        columns["label"] = ColumnSpec(dtype="int64", shape=[])
     elif head == "regression":
         k, sampler = 1, sample_regression
         terms = " + ".join(
             (f"{0.5 ** i:g}*" if i else "") + f"z{i}*z{i + 1}" for i in range(len(names) - 1)
         )
         meta["planted"] = f"label = clip(3*tanh({terms}) + N(0, {_REGRESSION_NOISE}^2), -3, 3)"
-        columns["label"] = ColumnSpec(dtype="float32", shape=[])
     else:
         k, sampler = min(RETRIEVAL_BITS, hidden), sample_retrieval
         video = "*".join(f"z{i}" for i in range(len(names) - 1))
         meta.update(
-            query_modality="text",
+            query_modality=SYNTH_QUERY,
             planted=f"text code w = {video} (element-wise, sign vectors in {{-1,+1}}^{k})",
         )
     directions = make_directions(seed, names, hidden, k)
@@ -408,9 +401,9 @@ def write_synthetic(
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
         with ShardWriter(
             out[split],
-            task=_TASKS[head],
+            task=TASKS[head],
             split=split,
-            columns=columns,
+            columns=specs,
             meta=meta,
             opts=opts,
             progress=progress,

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal import metrics as M
 from polymodal.cache import local_copy
+from polymodal.metrics import retrieval_metrics
 from polymodal.task import Batch, Task
 
 from .backbone import load_backbone
 from .config import PRESETS, WanderConfig
+from .data import LABEL, SYNTH_QUERY, TASKS
+from .metrics import classification_metrics, regression_metrics
 from .model import WanderModel
-
-LABEL = "label"
 
 
 class _WanderTask(Task):
@@ -80,7 +80,7 @@ class _WanderTask(Task):
 class ClassificationTask(_WanderTask):
     """UPMC-Food101-style: cross-entropy, accuracy and F1."""
 
-    name = "wander.classification"
+    name = TASKS["classification"]
     head = "classification"
     primary_metric = "accuracy"
     fraction_metrics = frozenset({"accuracy", "f1_macro", "f1_weighted"})
@@ -96,13 +96,13 @@ class ClassificationTask(_WanderTask):
         return {"logits": logits.cpu().numpy(), LABEL: batch[LABEL].cpu().numpy()}
 
     def metrics(self, outputs):
-        return M.classification_metrics(outputs["logits"], outputs[LABEL])
+        return classification_metrics(outputs["logits"], outputs[LABEL])
 
 
 class RegressionTask(_WanderTask):
     """CMU-MOSI-style sentiment in [-3, 3]: L1 loss (as MulT/MMSA train it), MAE, r, Acc-2/7."""
 
-    name = "wander.regression"
+    name = TASKS["regression"]
     head = "regression"
     primary_metric = "mae"
     fraction_metrics = frozenset({"acc2", "acc2_nonzero", "f1", "f1_nonzero", "acc7"})
@@ -117,21 +117,20 @@ class RegressionTask(_WanderTask):
         return {"pred": pred.cpu().numpy(), LABEL: batch[LABEL].float().cpu().numpy()}
 
     def metrics(self, outputs):
-        return M.regression_metrics(outputs["pred"], outputs[LABEL])
+        return regression_metrics(outputs["pred"], outputs[LABEL])
 
 
 class RetrievalTask(_WanderTask):
     """MSRVTT-style text-to-video retrieval: symmetric InfoNCE over in-batch pairs."""
 
-    name = "wander.retrieval"
+    name = TASKS["retrieval"]
     head = "retrieval"
     primary_metric = "t2v_r1"
     fraction_metrics = frozenset(f"{d}_r{k}" for d in ("t2v", "v2t") for k in (1, 5, 10))
     mode = "max"
 
     def synth_overrides(self, out):
-        # the synthetic text side is the modality named "text" (synth.write_synthetic)
-        return [*super().synth_overrides(out), "model.query_modality=text"]
+        return [*super().synth_overrides(out), f"model.query_modality={SYNTH_QUERY}"]
 
     def loss(self, model, batch):
         out = model(self.inputs(batch))
@@ -146,5 +145,5 @@ class RetrievalTask(_WanderTask):
                 "text_emb": out["text_emb"].float().cpu().numpy()}
 
     def metrics(self, outputs):
-        return M.retrieval_metrics(outputs["text_emb"] @ outputs["video_emb"].T)
+        return retrieval_metrics(outputs["text_emb"] @ outputs["video_emb"].T)
 
