@@ -40,6 +40,16 @@ def test_every_system_registers_its_tasks_demo_step_and_serve_apps(system):
         assert spec["import_path"] == app.import_path
 
 
+ROOMS = ("config", "model", "task", "data", "importers", "synth", "serving", "metrics", "commands", "demo")
+
+
+@pytest.mark.parametrize("system", [p.parent.name for p in SYSTEMS])
+def test_every_system_has_the_same_rooms(system):
+    folder = ROOT / "platform" / "polymodal" / "models" / system
+    missing = [room for room in ROOMS if not (folder / f"{room}.py").is_file()]
+    assert not missing, f"polymodal.models.{system} lacks {missing} (report.py is optional)"
+
+
 def test_cli_and_demo_name_no_system_task_or_format():
     reg = registry()
     names = {p.parent.name for p in SYSTEMS}
