@@ -16,13 +16,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("POLYMODAL_CACHE", Path.home() / ".cache" / "polymodal"))
 
 
+def _entry(uri: str, opts: StorageOptions | None) -> Path:
+    """The cache folder of ``uri`` as it is now: keyed by the URI and the objects' fingerprint
+    (sizes and ETags, one listing), so an object rewritten under the same URI (a retrained
+    backbone, a fresh S3 server at the same address) is downloaded again, never served stale."""
+    key = hashlib.sha1(f"{uri}\0{storage.fingerprint(uri, opts)}".encode()).hexdigest()[:16]
+    return cache_root() / key
+
+
 def local_copy(uri: str, opts: StorageOptions | None = None) -> str:
     """A local path for ``uri``: local paths and hub ids pass through, ``s3://`` folders are
-    downloaded once. Workers on one node may race here, so each downloads into its own temp
-    folder and renames it into place; the loser discards its copy."""
+    downloaded once per version (:func:`_entry`). Workers on one node may race here, so each
+    downloads into its own temp folder and renames it into place; the loser discards its copy."""
     if not storage.is_s3(uri):
         return uri[len("file://"):] if uri.startswith("file://") else uri
-    dest = cache_root() / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    dest = _entry(uri, opts)
     if dest.is_dir():
         return str(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -37,11 +45,11 @@ def local_copy(uri: str, opts: StorageOptions | None = None) -> str:
 
 def local_file(uri: str, opts: StorageOptions | None = None) -> str:
     """A local path for the single file at ``uri`` (word-vector files, ...): ``s3://`` files are
-    streamed once into the cache under their own name; local paths pass through. The cache is
-    keyed by URI: a file replaced in place under the same URI needs ``POLYMODAL_CACHE`` cleared."""
+    streamed once per version (:func:`_entry`) into the cache under their own name; local paths
+    pass through."""
     if not storage.is_s3(uri):
         return uri[len("file://"):] if uri.startswith("file://") else uri
-    folder = cache_root() / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    folder = _entry(uri, opts)
     dest = folder / uri.rstrip("/").rsplit("/", 1)[-1]
     if dest.is_file():
         return str(dest)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import posixpath
@@ -736,6 +737,27 @@ def download_dir(uri: str, local_dir: str, opts: StorageOptions | None = None) -
         else:
             fs.get([prefix + r for r in rels], [os.path.join(dst, r) for r in rels])
     return rels
+
+
+def fingerprint(uri: str, opts: StorageOptions | None = None) -> str:
+    """A digest of what is at ``uri`` now (a file or every file below a folder): relative paths,
+    sizes and the store's version tags (S3 ETag and LastModified), from one listing, without reading
+    the bytes. Equal fingerprints: the same objects; an object replaced under the same key changes it.
+    A missing source is a :class:`NotFoundError`."""
+    fs, src = get_fs(uri, opts)
+    with _translate(uri, opts):
+        if fs is not _LOCAL_FS:
+            fs.invalidate_cache(src)
+        found = fs.find(src, detail=True) if fs.isdir(src) else {src: fs.info(src)}
+        if not found:
+            raise FileNotFoundError(src)
+    prefix = src.rstrip("/") + "/"
+    digest = hashlib.sha1()
+    for path in sorted(found):
+        info = found[path]
+        tag = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        digest.update(f"{path[len(prefix):] if path.startswith(prefix) else ''}\0{info.get('size')}\0{tag}\n".encode())
+    return digest.hexdigest()
 
 
 def open_uri(uri: str, mode: str = "rb", opts: StorageOptions | None = None) -> IO[Any]:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 8000, 
     ``PreTrainedTokenizerFast`` folder at ``out_dir`` (local or ``s3://``). Returns ``out_dir``.
 
     Special tokens are BERT's (``[PAD] [UNK] [CLS] [SEP] [MASK]``, ids 0-4); a sequence is
-    encoded as ``[CLS] tokens [SEP]``. Everything runs offline with the ``tokenizers`` library.
+    encoded as ``[CLS] tokens [SEP]``. When every distinct word of ``texts`` fits in
+    ``vocab_size`` (with its characters), the vocabulary is those words and characters in a fixed
+    order (``min_frequency`` does not apply): the same texts give the same tokenizer in every
+    process. A larger corpus gets the ``tokenizers`` library's WordPiece merges. Runs offline.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -61,8 +65,24 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 8000, 
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS)))
+    words = Counter(word for text in texts
+                    for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    chars = sorted({c for word in words for c in word})
+    whole = sorted(w for w in words if len(w) > 1)
+    if len(SPECIAL_TOKENS) + 2 * len(chars) + len(whole) <= vocab_size:
+        # Every word fits: the vocabulary is the words themselves plus the characters (alone and as
+        # ##-continuations, for unseen words), in a fixed order. The library's trainer would end at
+        # the same coverage, but breaks ties between equally frequent pieces differently in every
+        # process (its hash maps are randomly seeded), so the same texts would give another
+        # tokenizer, and a seeded model other weights, on every run.
+        vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars), *whole]
+    else:
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS)))
+        # a large corpus: the trainer's merges; ids renumbered in a fixed order all the same
+        vocab = [*SPECIAL_TOKENS, *sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS),
+                                         key=lambda t: (t.startswith("##"), t))]
+    tok.model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
