@@ -81,6 +81,8 @@ def test_each_zero_stage_trains_on_cpu(stage, wander_data, s3_bucket_uri):
                         f"deepspeed.zero_stage={stage}", "scaling.num_workers=1")
     summary = fit_local(cfg, progress=False)
     rows = metrics_rows(cfg)
+    print(f"ZeRO-{stage}: train loss {rows[0]['train_loss']} -> {rows[-1]['train_loss']}, "
+          f"val accuracy {summary['metrics']['accuracy']:.3f}")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert summary["metrics"]["accuracy"] > 0.7
 
