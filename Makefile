@@ -20,19 +20,19 @@ demo: $(STAMP)
 	$(BIN)/python jobs/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu and not faults" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu and not faults" -q --durations=20
 
 # the learning runs that take minutes (LLaViLo, ChefFusion and VIOLET through Ray Train + DeepSpeed, their Tune sweeps)
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow and not gpu and not faults" -q
+	$(BIN)/python -m pytest -m "slow and not gpu and not faults" -q --durations=20
 
 # injected faults that take seconds to minutes each (S3 restarted under a read, a killed Train worker
 # and Tune driver, killed, stalled and unloadable Serve replicas, long Serve fuzzing)
 test-faults: $(STAMP)
-	$(BIN)/python -m pytest -m "faults and not gpu" -q
+	$(BIN)/python -m pytest -m "faults and not gpu" -q --durations=20
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: $(STAMP)
 	$(BIN)/python bench/wander_fusion.py

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,11 +61,17 @@ def head_node(s3_server):
         proc.kill()
         pytest.fail("the Ray head's job server did not come up within 120 s")
     yield address
+    # `ray start --block` spends ~30 s on a graceful SIGTERM; this head served one job and holds
+    # no state worth saving: give it 5 s, then SIGKILL its whole session (gcs, raylet, workers;
+    # start_new_session makes them one process group)
     proc.terminate()
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
