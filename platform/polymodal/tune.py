@@ -528,8 +528,41 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=space.name, storage_path=parent, storage_filesystem=fs,
                                       callbacks=callbacks, verbose=1 if progress else 0))
-    tuner.fit()
+    reserved = _live_placement_groups()
+    try:
+        tuner.fit()
+    finally:
+        _release_leftovers(reserved)
     return write_results(cfg, space, path, fs)
+
+
+def _live_placement_groups() -> set[str]:
+    import ray
+
+    return {pg for pg, info in ray.util.placement_group_table().items() if info["state"] != "REMOVED"}
+
+
+def _release_leftovers(reserved: set[str], grace_s: float = 20.0) -> None:
+    """Remove the placement groups this sweep created that outlive it. In Ray 2.60 an interrupted
+    sweep (Ctrl+C, SIGUSR1) stops its trials without removing the Ray Train worker groups' placement
+    groups, and Train's cleaner frees them only when the driver exits: a driver that goes on (a
+    notebook, a second sweep, the test session) would keep their CPUs. Ray gets ``grace_s`` to free
+    them itself first; whatever is still reserved then belongs to no running trial. Only this job's
+    groups are touched (a placement group id ends with its job's id): other drivers' sweeps on a
+    shared cluster keep theirs."""
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    job = ray.get_runtime_context().get_job_id()
+
+    def leftovers() -> set[str]:
+        return {pg for pg in _live_placement_groups() - reserved if pg.endswith(job)}
+
+    deadline = time.monotonic() + grace_s
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    for pg_id in left:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 # --------------------------------------------------------------------------- results
