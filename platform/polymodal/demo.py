@@ -53,6 +53,25 @@ class Demo:
 
         return load_config(str(self.root / "jobs" / "configs" / name), list(overrides))
 
+    def synthesized(self, config: str, folder: str, message: str) -> tuple[Any, Any]:
+        """(config, task) of ``jobs/configs/<config>``, after saying ``message`` and writing the
+        task's synthetic data to ``<data_prefix>/<folder>`` (where the shipped tiny configs read it)."""
+        from polymodal.registry import get_task
+
+        cfg = self.config(config)
+        task = get_task(cfg.task)
+        self.say(message)
+        task.synth(f"{self.data_prefix}/{folder}", seed=cfg.seed, progress=False)
+        return cfg, task
+
+    def fit_and_report(self, task: Any, cfg: Any) -> tuple[dict[str, Any], Path]:
+        """Fit the run on the Ray cluster, evaluate it on its test split, write its report and copy
+        the run folder here: (the evaluation, the local copy)."""
+        task.fit(cfg, progress=False)
+        result, _ = task.evaluate_run(cfg, "test", progress=False)
+        task.write_report(cfg)
+        return result, self.keep(cfg)
+
     def keep(self, cfg: Any, name: str | None = None) -> Path:
         """Copy the run folder of ``cfg`` from the embedded S3 to ``out/<name>``; return the copy."""
         from polymodal import storage

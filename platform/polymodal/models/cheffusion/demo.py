@@ -40,23 +40,17 @@ def run(demo) -> list[tuple[str, str]]:
     import numpy as np
 
     from polymodal import shards
-    from polymodal.registry import get_task
 
-    cfg = demo.config("cheffusion_tiny.yaml")
-    task = get_task(cfg.task)
-    demo.say("cheffusion: 480/96/96 synthetic dishes, tiny OPT + CLIP + Stable Diffusion")
-    task.synth(f"{demo.data_prefix}/cheffusion", seed=cfg.seed, progress=False)
+    cfg, task = demo.synthesized("cheffusion_tiny.yaml", "cheffusion",
+                                 "cheffusion: 480/96/96 synthetic dishes, tiny OPT + CLIP + Stable Diffusion")
     batches = shards.iter_local_batches(cfg.data.test, 48, shuffle=False, shuffle_buffer=0, opts=cfg.storage)
     model = task.build_model(cfg.model).eval()
     outs = [task.predict(model, task.collate(b)) for b in batches]
     before = task.metrics({k: np.concatenate([o[k] for o in outs]) for k in outs[0]})
-    task.fit(cfg, progress=False)
-    result, _ = task.evaluate_run(cfg, "test", progress=False)
+    result, local = demo.fit_and_report(task, cfg)
     keys = ("bleu", "rouge2", "clip_sim", "l_r", "l_p", "l_g")
     demo.say("  test before -> after training: " + ", ".join(
         f"{k} {before[k]:.3f} -> {result['metrics'][k]:.3f}" for k in keys))
-    task.write_report(cfg)
-    local = demo.keep(cfg)
     if demo.serve:
         _serve(demo, cfg, local)
     return [("ChefFusion", f"{local / 'report' / 'report.md'}  (image grid: {local / 'report' / 'generations.png'})")]

@@ -24,25 +24,18 @@ def _serve(demo, cfg, rows) -> None:
 
 
 def run(demo) -> list[tuple[str, str]]:
-    from polymodal.registry import get_task
-
     from . import metrics, synth
     from .data import read_all
 
-    cfg = demo.config("llavilo_tiny.yaml")
-    task = get_task(cfg.task)
-    demo.say("llavilo: 512/128/128 synthetic queries over 32-clip videos, a tiny random LLaMA")
-    task.synth(f"{demo.data_prefix}/llavilo", seed=cfg.seed, progress=False)
-    task.fit(cfg, progress=False)
-    result, _ = task.evaluate_run(cfg, "test", progress=False)
+    cfg, task = demo.synthesized("llavilo_tiny.yaml", "llavilo",
+                                 "llavilo: 512/128/128 synthetic queries over 32-clip videos, a tiny random LLaMA")
+    result, local = demo.fit_and_report(task, cfg)
     rows = read_all(cfg.data.test, cfg.storage)
     # the official evaluator's numbers are percentages; the task's metrics are fractions
     chance = metrics.evaluate(synth.random_windows(rows, seed=0), synth.qvh_ground_truth(rows))["brief"]
     m = result["metrics"]
     demo.say(f"  test R1@0.5 {100 * m['r1_05']:.1f} %, R1@0.7 {100 * m['r1_07']:.1f} %, mAP {100 * m['map']:.1f} % "
              f"(random windows: R1@0.5 {chance['MR-full-R1@0.5']:.1f} %, mAP {chance['MR-full-mAP']:.1f} %)")
-    task.write_report(cfg)
-    local = demo.keep(cfg)
     if demo.serve:
         _serve(demo, cfg, rows)
     return [("LLaViLo", f"{local / 'report' / 'report.md'}  (evaluation: {local / 'eval'})")]

@@ -33,19 +33,12 @@ def _serve(demo, cfg) -> None:
 
 
 def run(demo) -> list[tuple[str, str]]:
-    from polymodal.registry import get_task
-
-    cfg = demo.config("violet_tiny_qa.yaml")
-    task = get_task(cfg.task)
-    demo.say("violet: 1024/256/256 synthetic clips of a moving shape, 'which way does it move?' "
-             "(no pre-training in the demo)")
-    task.synth(f"{demo.data_prefix}/violet/oeqa", seed=cfg.seed, progress=False)
-    task.fit(cfg, progress=False)
-    result, _ = task.evaluate_run(cfg, "test", progress=False)
+    cfg, task = demo.synthesized("violet_tiny_qa.yaml", "violet/oeqa",
+                                 "violet: 1024/256/256 synthetic clips of a moving shape, 'which way does it move?' "
+                                 "(no pre-training in the demo)")
+    result, local = demo.fit_and_report(task, cfg)
     demo.say(f"  test accuracy {100 * result['metrics']['acc']:.1f} % (chance 25 %; a model blind to frame order "
              "tops out at 50 %)")
-    task.write_report(cfg)
-    local = demo.keep(cfg)
     if demo.serve:
         _serve(demo, cfg)
     return [("VIOLET", f"{local / 'report' / 'report.md'}  (evaluation: {local / 'eval'})")]
