@@ -26,8 +26,9 @@ N_LAYERS, HIDDEN = 2, 16
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("tok"))
-    # a small vocabulary, so longer words split into several word pieces
-    return train_tokenizer([TEXT] * 4, out, vocab_size=80)
+    # a vocabulary smaller than the text's words and characters (75 tokens), so the WordPiece
+    # trainer runs and longer words split into several pieces
+    return train_tokenizer([TEXT] * 4, out, vocab_size=60)
 
 
 @pytest.fixture(scope="module")

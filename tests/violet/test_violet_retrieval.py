@@ -125,7 +125,8 @@ def test_finish_eval_scores_each_video_once(data, net):
     # every row twice: twice the texts, the same four videos
     twice = task.finish_eval(net, {k: np.concatenate([v, v]) for k, v in out.items()})
     assert twice["scores"].shape == (8, 4)
-    np.testing.assert_allclose(twice["scores"], np.concatenate([once["scores"]] * 2), rtol=1e-5, atol=1e-6)
+    # other chunk shapes, other float32 summation order: scores of order 1 agree to ~1e-6
+    np.testing.assert_allclose(twice["scores"], np.concatenate([once["scores"]] * 2), rtol=1e-5, atol=1e-5)
     assert twice["target"].tolist() == once["target"].tolist() * 2
 
 
