@@ -500,10 +500,14 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        # a group of one; an inherited MASTER_PORT may belong to another process's store
+        # A group of one, met through a file store: a TCP store's "free" port can be taken again
+        # before it binds (EADDRINUSE seen right after a killed run), and an inherited MASTER_PORT
+        # may belong to another process's store.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        store = Path(tempfile.mkdtemp(prefix="polymodal-pg-")) / "store"
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                                   init_method=f"file://{store}", rank=0, world_size=1)
     task = get_task(cfg.task)
     sources = {name: LocalBatches(uri, task, manifests[name], cfg.optim.batch_size, cfg.data.shuffle_buffer,
                                   cfg.seed, train=name == "train", opts=cfg.storage)
