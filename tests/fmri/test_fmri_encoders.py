@@ -237,18 +237,36 @@ def fmri_root(tmp_path: Path, stories: dict[str, list[str]]) -> str:
     return str(root)
 
 
+def test_a_word_longer_than_a_window_gets_a_window_of_its_own_and_is_cut(tmp_path):
+    # a vocabulary of the text's words and characters: "keeperkeeper" is keeper ##k ##e ##e ##p ##e ##r
+    tok = load_tokenizer(train_tokenizer([TEXT], str(tmp_path / "tok"), vocab_size=1000))
+    long_word = "keeperkeeper"
+    assert len(tok(long_word, add_special_tokens=False)["input_ids"]) == 7
+    windows = mlm.pack_words(tok, ["the", long_word, "the"], max_length=6)
+    assert windows == [["the"], [long_word], ["the"]]
+    rows = mlm.encode_windows(tok, windows, max_length=6)
+    assert rows["input_ids"].shape == (3, 6) and rows["attention_mask"][1].all()
+    assert rows["input_ids"][1, -1] == tok.sep_token_id    # cut on the right, [SEP] kept
+    with pytest.raises(PolymodalError, match="max_length 2"):
+        mlm.pack_words(tok, ["the"], max_length=2)
+
+
 def test_write_mlm_dataset_windows_cover_the_story_in_order(tmp_path, tokenizer_dir):
     words = TEXT.split()
     root = fmri_root(tmp_path, {"alpha": words, "beta": words[:5]})
     out = str(tmp_path / "mlm")
-    manifest = mlm.write_mlm_dataset(root, out, tokenizer_dir=tokenizer_dir, stories=["alpha"], max_length=12,
+    tok = load_tokenizer(tokenizer_dir)
+    # the trainer's vocabulary differs from run to run: leave room for the longest word's pieces, so
+    # no window is cut (a word longer than a window is cut on purpose, tested below)
+    longest = max(len(ids) for ids in tok(words, add_special_tokens=False)["input_ids"])
+    length = max(12, longest + 2)
+    manifest = mlm.write_mlm_dataset(root, out, tokenizer_dir=tokenizer_dir, stories=["alpha"], max_length=length,
                                      progress=False)
     assert manifest.task == "fmri.mlm" and open_dataset(out).num_rows == manifest.num_rows > 1
-    tok = load_tokenizer(tokenizer_dir)
     (batch,) = list(iter_local_batches(out, 1000, shuffle=False))
     assert set(batch["story"]) == {"alpha"}
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    assert ids.shape == (manifest.num_rows, 12)
+    assert ids.shape == (manifest.num_rows, length)
     body = []
     for row, mask in zip(ids, attn):
         n = int(mask.sum())
