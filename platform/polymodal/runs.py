@@ -58,6 +58,53 @@ def resolve_checkpoint(uri: str, opts: Any = None) -> str:
     return ckpt.rstrip("/")
 
 
+def resolve_weights(uri: str, opts: Any = None, which: str = "best") -> str:
+    """The checkpoint (or export) to load weights from, for anything a run leaves behind.
+
+    ``uri`` may be
+
+    * a run folder with ``summary.json``: its ``best`` (or ``latest``) checkpoint, as the summary names it;
+    * a checkpoint folder (``state.json`` or a ``model/`` export inside; Ray Train's ``checkpoint_*``
+      and ``--local``'s ``checkpoints/epoch_NNNN`` alike) or a ``model/`` export itself: as it is;
+    * a run folder without ``summary.json`` (a run stopped before writing it): its newest complete
+      checkpoint, among ``checkpoint_*`` (Ray Train) and ``checkpoints/epoch_*`` (``--local``).
+
+    Anything else raises a PolymodalError naming ``uri`` and what was looked for.
+    """
+    from polymodal.train.checkpoint import CHECKPOINT_PREFIX, MODEL_DIR, STATE_FILE
+
+    uri = uri.rstrip("/")
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    summary = read_summary(uri, opts)
+    if summary is not None:
+        ckpt = summary.get(f"{which}_checkpoint") or summary.get("latest_checkpoint")
+        if not ckpt:
+            raise PolymodalError(f"{summary_uri(uri)} names no checkpoint; train the run first")
+        return ckpt.rstrip("/")
+    if any(storage.exists(storage.join(uri, name), opts) for name in (STATE_FILE, MODEL_DIR, "config.yaml")):
+        return uri
+    candidates: list[tuple[str, str]] = []  # (sort key, checkpoint URI): Ray's names, then --local's
+    local = storage.join(uri, "checkpoints")
+    candidates += [("0" + n, storage.join(uri, n)) for n in _names(uri, opts) if n.startswith("checkpoint_")]
+    candidates += [("1" + n, storage.join(local, n)) for n in _names(local, opts) if n.startswith(CHECKPOINT_PREFIX)]
+    done = [c for _, c in sorted(candidates) if storage.exists(storage.join(c, STATE_FILE), opts)]
+    if done:
+        return done[-1]
+    what = "does not exist" if not storage.exists(uri, opts) else "holds no checkpoint"
+    raise PolymodalError(f"{uri} {what}: expected a run folder (summary.json, or checkpoint_* / checkpoints/epoch_* "
+                         "folders with state.json), a checkpoint folder (state.json, model/) or a model/ export "
+                         "(config.yaml); point it at the pre-training run's folder, e.g. <storage_path>/<run name>")
+
+
+def _names(uri: str, opts: Any) -> list[str]:
+    """Entries below folder ``uri``; none when it is missing or a file."""
+    try:
+        return storage.listdir(uri, opts) if storage.exists(uri, opts) else []
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def eval_uri(run_uri: str, split: str, suffix: str = ".json") -> str:
     """``<run>/eval/<split><suffix>``: where an evaluation of ``split`` is written."""
     return storage.join(run_uri, "eval", f"{split}{suffix}")

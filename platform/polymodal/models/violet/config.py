@@ -49,9 +49,12 @@ class VioletConfig(StrictModel):
                                 "classification over num_answers answers")
     num_answers: int | None = Field(None, ge=2, description="oeqa: size of the answer vocabulary")
     num_options: int = Field(5, ge=2, description="mcqa: options per question")
-    init: str | None = Field(None, description="fine-tuning: a pre-trained VIOLET export (a checkpoint folder or its "
-                                               "model/ folder); weights whose name and shape match are loaded, the "
-                                               "rest (e.g. a new answer head) start fresh")
+    init: str | None = Field(None, description="fine-tuning: start from a pre-trained VIOLET run: its run folder "
+                                               "(<storage_path>/<name>: the best checkpoint its summary.json names, "
+                                               "else its newest complete one), any checkpoint it wrote (Ray Train's "
+                                               "checkpoint_*, --local's checkpoints/epoch_NNNN) or a model/ export; "
+                                               "weights whose name and shape match are loaded, the rest (e.g. a new "
+                                               "answer head) start fresh")
 
     @model_validator(mode="after")
     def _consistent(self) -> "VioletConfig":

@@ -186,6 +186,15 @@ class _VioletTask(Task):
             load_pretrained(model, init)
         return model
 
+    def fit(self, cfg: Any, *, progress: bool = True, local: bool = False) -> dict[str, Any]:
+        """The shared loop's fit, after checking that ``model.init`` (when set) leads to a checkpoint,
+        so a wrong path fails here, naming it, before any worker starts."""
+        from polymodal.runs import resolve_weights
+
+        if getattr(cfg.model, "init", None):
+            resolve_weights(cfg.model.init, cfg.storage)
+        return super().fit(cfg, progress=progress, local=local)
+
     def synth_overrides(self, out):
         return [*super().synth_overrides(out), f"model.bert={out['bert']}"]
 
@@ -230,16 +239,21 @@ class _VioletTask(Task):
 
 
 def load_pretrained(model: nn.Module, init: str) -> dict[str, list[str]]:
-    """Copy the weights of a pre-trained export (a checkpoint or its ``model/`` folder) into ``model``.
+    """Copy the weights of a pre-trained run into ``model``.
 
-    Weights whose name and shape match are loaded; the rest (e.g. the pre-training-only MVM head, or
-    an answer head the export lacks) keep their fresh initialisation. Returns ``loaded`` and
-    ``skipped`` names; an export sharing no weight with the model is an error.
+    ``init`` is anything :func:`polymodal.runs.resolve_weights` takes: the pre-training run's folder
+    (its best checkpoint), any checkpoint it wrote (Ray Train's ``checkpoint_*``, ``--local``'s
+    ``checkpoints/epoch_NNNN``) or a ``model/`` export. Only the export is fetched, not the
+    DeepSpeed state beside it. Weights whose name and shape match are loaded; the rest (e.g. the
+    pre-training-only MVM head, or an answer head the export lacks) keep their fresh initialisation.
+    Returns ``loaded`` and ``skipped`` names; an export sharing no weight with the model is an error.
     """
     from polymodal.cache import local_copy
-    from polymodal.train.checkpoint import load_export
+    from polymodal.runs import resolve_weights
+    from polymodal.train.checkpoint import export_uri, load_export
 
-    _, weights, _ = load_export(local_copy(init))
+    export = export_uri(resolve_weights(init))
+    _, weights, _ = load_export(local_copy(export), shown_as=export)
     params = dict(model.named_parameters())
     loaded = [n for n, w in weights.items() if n in params and params[n].shape == w.shape]
     if not loaded:
