@@ -19,15 +19,26 @@ import copy
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from polymodal.errors import ConfigError
 # re-exported: every config section builds on these; they live below storage.py, which needs them
 from polymodal.schema import CREDENTIALS_IN_URL, StorageOptions, StrictModel
 
 
+class TrainSource(StrictModel):
+    """One entry of a mixed training set (``data.train`` as a list)."""
+
+    uri: str = Field(..., description="URI of a training dataset folder (manifest.json + shards)")
+    weight: float = Field(1.0, gt=0, description="share of the training batches drawn from this dataset, relative "
+                                                 "to the other entries' weights")
+
+
 class DataConfig(StrictModel):
-    train: str = Field(..., description="URI of the training dataset folder (manifest.json + shards)")
+    train: str | list[TrainSource] = Field(
+        ..., description="URI of the training dataset folder (manifest.json + shards), or a list of {uri, weight} "
+                         "entries to train on several datasets at once: every batch comes from one of them, drawn "
+                         "by weight (seeded), and a dataset that runs out mid-epoch starts over")
     val: str | None = None
     test: str | None = None
     shuffle_buffer: int = Field(256, ge=0, description="rows in the local shuffle buffer; 0 disables")
@@ -36,6 +47,23 @@ class DataConfig(StrictModel):
     cache_below_mb: float = Field(256.0, ge=0, description="Ray Train: a dataset whose shards total less than this is "
                                   "read once into Ray's object store and every epoch iterates it from there (a fresh "
                                   "read costs seconds of start-up per epoch); 0 streams every dataset from storage")
+
+    @field_validator("train")
+    @classmethod
+    def _train_entries(cls, v: str | list[TrainSource]) -> str | list[TrainSource]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list names no training data; give a URI or at least one {uri, weight}")
+            uris = [s.uri for s in v]
+            repeated = sorted({u for u in uris if uris.count(u) > 1})
+            if repeated:
+                raise ValueError(f"dataset {repeated[0]!r} is listed twice; give it one entry with the summed weight")
+        return v
+
+    @property
+    def train_sources(self) -> list[TrainSource]:
+        """The training datasets as ``{uri, weight}`` entries (one, of weight 1, for a plain URI)."""
+        return [TrainSource(uri=self.train)] if isinstance(self.train, str) else list(self.train)
 
 
 class OptimConfig(StrictModel):

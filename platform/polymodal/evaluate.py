@@ -65,6 +65,9 @@ def evaluate_export_run(task, cfg: ExperimentConfig, split: str = "test", which:
     data_uri = getattr(cfg.data, split, None)
     if not data_uri:
         raise PolymodalError(f"data.{split} is not set in the config; set it or pick another --split")
+    if isinstance(data_uri, list):
+        raise PolymodalError(f"data.{split} mixes {len(data_uri)} datasets; evaluate one of them as the test split "
+                             f"(--set data.test=<its uri>) or pick another --split")
     ckpt = runs.find_checkpoint(cfg, which)
     metrics, rows = evaluate(ckpt, data_uri, opts=cfg.storage, batch_size=cfg.optim.batch_size, progress=progress,
                              with_rows=True)

@@ -91,6 +91,23 @@ def test_pretrain_loss_builds_bm_and_am_masks_at_their_ratios(data):
     assert all(p.grad is not None for p in net.video_encoder.parameters())  # MVM and VTM reach the Swin
 
 
+def test_pretrain_loss_takes_image_batches(data):
+    """An image-caption batch is a T = 1 clip (CC3M in the paper's pre-training, fed beside T = 4
+    WebVid batches by a mixed ``data.train``): the same model trains on both, VTM, MLM and MVM
+    included, with gradients reaching the Video Swin."""
+    task = get_task("violet.pretrain")
+    torch.manual_seed(0)
+    net = task.build_model(config("pretrain", data["pretrain"], Path("unused")).model)
+    videos = first_batch(data["pretrain"]["train"], task, n=6)
+    images = {**videos, "frames": videos["frames"][:, :1].contiguous(), "vt_codes": videos["vt_codes"][:, :1]}
+    for batch in (images, videos):
+        net.zero_grad()
+        loss, extra = task.loss(net, batch)
+        loss.backward()
+        assert torch.isfinite(loss) and extra["mvm"] > 0 and extra["mlm"] > 0
+        assert all(p.grad is not None for p in net.video_encoder.parameters())
+
+
 def test_fit_pretrain_then_qa_from_its_export(data, tmp_path):
     from polymodal.train.loop import fit_local
 

@@ -85,6 +85,55 @@ class LocalBatches:
             yield self.task.collate(cols)
 
 
+class MixedBatches:
+    """The batches of several training sources, interleaved by weight: each batch comes whole from
+    one source (so a batch never mixes datasets whose rows differ in shape), the source drawn with
+    probability ``weight / sum(weights)`` from a generator seeded by (seed, epoch), the same draws on
+    every worker. An epoch is ``steps`` batches; a source that runs out restarts, pass ``k`` of epoch
+    ``e`` reading it as its epoch ``e + k * PASS_STRIDE`` (a fresh shuffle no run reaches as a real
+    epoch). Every worker's share of a source has the same number of batches (Ray's equal split, the
+    local reader's row split), so all workers restart a source at the same step."""
+
+    PASS_STRIDE = 100_003
+
+    def __init__(self, sources: list[BatchSource], weights: list[float], steps: int, seed: int):
+        if len(sources) != len(weights) or not sources or min(weights) <= 0:
+            raise ValueError(f"need one positive weight per source, got {len(sources)} sources and weights {weights}")
+        self.sources, self.steps, self.seed = sources, steps, seed
+        self.p = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+
+    def draws(self, epoch: int) -> np.ndarray:
+        """(steps,) the source index of every batch of ``epoch``."""
+        return np.random.default_rng([self.seed, epoch, 0x6D6978]).choice(len(self.p), size=self.steps, p=self.p)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        iters: list[Iterator[Batch] | None] = [None] * len(self.sources)
+        passes = [0] * len(self.sources)
+        try:
+            for i in self.draws(epoch).tolist():
+                for _ in range(2):  # the current pass, else a fresh one
+                    if iters[i] is None:
+                        iters[i] = iter(self.sources[i].epoch(epoch + passes[i] * self.PASS_STRIDE))
+                    batch = next(iters[i], None)
+                    if batch is not None:
+                        break
+                    _close(iters[i])
+                    iters[i], passes[i] = None, passes[i] + 1
+                else:
+                    raise PolymodalError(f"training source {i} (data.train[{i}]) yields no batches")
+                yield batch
+        finally:
+            for it in iters:
+                _close(it)
+
+
+def _close(it: Any) -> None:
+    """Stop a half-read generator now (releases its reader) instead of when it is collected."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
 class Reporter(Protocol):
     def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None: ...
@@ -368,9 +417,36 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     task = get_task(cfg.task)
     manifests = {k: shards.Manifest.model_validate(v) for k, v in loop_config["manifests"].items()}
     sources = {name: RayBatches(name, task, m, cfg.optim.batch_size, cfg.data.shuffle_buffer, cfg.seed,
-                                train=name == "train") for name, m in manifests.items()}
-    train_worker(cfg, info, sources, RayReporter(), loop_config["steps_per_epoch"],
+                                train=name in train_names(cfg)) for name, m in manifests.items()}
+    steps = loop_config["steps_per_epoch"]
+    train_worker(cfg, info, mix_train(cfg, sources, steps), RayReporter(), steps,
                  progress=loop_config.get("progress", True))
+
+
+def train_names(cfg: ExperimentConfig) -> list[str]:
+    """Dataset names of the training sources: ``train``, then ``train_1``, ``train_2``, ... for
+    the further entries of a ``data.train`` list."""
+    return ["train"] + [f"train_{i}" for i in range(1, len(cfg.data.train_sources))]
+
+
+def split_uris(cfg: ExperimentConfig) -> dict[str, str]:
+    """Every dataset a run reads, by name: the training sources (:func:`train_names`) and ``val``."""
+    out = {name: src.uri for name, src in zip(train_names(cfg), cfg.data.train_sources)}
+    if cfg.data.val:
+        out["val"] = cfg.data.val
+    return out
+
+
+def mix_train(cfg: ExperimentConfig, sources: dict[str, BatchSource], steps: int) -> dict[str, BatchSource]:
+    """``sources`` with the training sources replaced by one ``train`` source: itself for a single
+    dataset, :class:`MixedBatches` of ``steps`` batches per epoch for several."""
+    names = train_names(cfg)
+    if len(names) == 1:
+        return sources
+    out = {k: v for k, v in sources.items() if k not in names}
+    out["train"] = MixedBatches([sources[n] for n in names], [s.weight for s in cfg.data.train_sources], steps,
+                                cfg.seed)
+    return out
 
 
 def _steps_per_epoch(cfg: ExperimentConfig, rows: int, world_size: int) -> int:
@@ -380,11 +456,36 @@ def _steps_per_epoch(cfg: ExperimentConfig, rows: int, world_size: int) -> int:
     return max(1, steps)
 
 
+def _train_steps(cfg: ExperimentConfig, manifests: dict[str, shards.Manifest], world_size: int) -> int:
+    """Batches per epoch: one pass over every training source (each source's own partial last batch
+    counted), capped by ``optim.max_steps_per_epoch``."""
+    names = train_names(cfg)
+    if len(names) == 1:
+        return _steps_per_epoch(cfg, manifests["train"].num_rows, world_size)
+    steps = sum(math.ceil(manifests[n].num_rows // world_size / cfg.optim.batch_size) for n in names)
+    if cfg.optim.max_steps_per_epoch:
+        steps = min(steps, cfg.optim.max_steps_per_epoch)
+    return max(1, steps)
+
+
 def open_splits(cfg: ExperimentConfig) -> dict[str, shards.Manifest]:
-    """Validate every dataset the run reads, before anything starts."""
-    out = {"train": shards.open_dataset(cfg.data.train, cfg.storage, verify=cfg.data.verify)}
-    if cfg.data.val:
-        out["val"] = shards.open_dataset(cfg.data.val, cfg.storage, verify=cfg.data.verify)
+    """Validate every dataset the run reads, before anything starts. Mixed training sources must
+    have the same columns of the same types (shapes may differ: each batch comes from one source)."""
+    out = {name: shards.open_dataset(uri, cfg.storage, verify=cfg.data.verify) for name, uri in split_uris(cfg).items()}
+    names = train_names(cfg)
+    first = out[names[0]]
+    for i, name in enumerate(names[1:], start=1):
+        m = out[name]
+        if m.task != first.task:
+            raise PolymodalError(f"data.train[{i}] ({cfg.data.train_sources[i].uri}) is a {m.task} dataset but "
+                                 f"data.train[0] ({cfg.data.train_sources[0].uri}) is {first.task}; mixed training "
+                                 "data must be of one task")
+        ours = {k: c.dtype for k, c in m.columns.items()}
+        theirs = {k: c.dtype for k, c in first.columns.items()}
+        if ours != theirs:
+            raise PolymodalError(f"data.train[{i}] ({cfg.data.train_sources[i].uri}) has columns {ours} but "
+                                 f"data.train[0] ({cfg.data.train_sources[0].uri}) has {theirs}; mixed training "
+                                 "data must have the same columns of the same types")
     return out
 
 
@@ -396,7 +497,7 @@ def _ray_dataset(cfg: ExperimentConfig, name: str, uri: str, manifest: shards.Ma
     materialised). A materialised training set keeps one seeded block order (so runs repeat);
     the local shuffle buffer, seeded per epoch, still mixes the rows differently every epoch.
     """
-    shuffle = name == "train"
+    shuffle = name in train_names(cfg)
     ds = shards.ray_dataset(uri, manifest=manifest, opts=cfg.storage, seed=cfg.seed, shuffle=shuffle)
     if sum(s.bytes for s in manifest.shards) >= cfg.data.cache_below_mb * 2**20:
         return ds
@@ -415,8 +516,7 @@ def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: li
     from ray.train.torch import TorchTrainer
 
     manifests = manifests or open_splits(cfg)
-    datasets = {name: _ray_dataset(cfg, name, uri, manifests[name])
-                for name, uri in (("train", cfg.data.train), ("val", cfg.data.val)) if uri}
+    datasets = {name: _ray_dataset(cfg, name, uri, manifests[name]) for name, uri in split_uris(cfg).items()}
     task = get_task(cfg.task)
     fs, path = storage.to_pyarrow_fs(cfg.storage_path, cfg.storage)
     if not storage.is_s3(cfg.storage_path):
@@ -427,7 +527,7 @@ def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: li
         train_loop_config={
             "config": cfg.to_dict(),
             "manifests": {k: m.model_dump(mode="json") for k, m in manifests.items()},
-            "steps_per_epoch": _steps_per_epoch(cfg, manifests["train"].num_rows, cfg.scaling.num_workers),
+            "steps_per_epoch": _train_steps(cfg, manifests, cfg.scaling.num_workers),
             "progress": progress,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -510,9 +610,10 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
                                    init_method=f"file://{store}", rank=0, world_size=1)
     task = get_task(cfg.task)
     sources = {name: LocalBatches(uri, task, manifests[name], cfg.optim.batch_size, cfg.data.shuffle_buffer,
-                                  cfg.seed, train=name == "train", opts=cfg.storage)
-               for name, uri in (("train", cfg.data.train), ("val", cfg.data.val)) if uri}
+                                  cfg.seed, train=name in train_names(cfg), opts=cfg.storage)
+               for name, uri in split_uris(cfg).items()}
     reporter = LocalReporter(cfg)
-    metrics = train_worker(cfg, WorkerInfo(0, 1, device), sources, reporter,
-                           _steps_per_epoch(cfg, manifests["train"].num_rows, 1), progress=progress)
+    steps = _train_steps(cfg, manifests, 1)
+    metrics = train_worker(cfg, WorkerInfo(0, 1, device), mix_train(cfg, sources, steps), reporter, steps,
+                           progress=progress)
     return runs.read_summary(cfg.run_uri, cfg.storage) or {"metrics": metrics}
