@@ -4,8 +4,8 @@ Three paths turn the same ``--videos`` synthetic MP4s (``write_synthetic_videos`
 px square, ``--source-frames`` frames each, MPEG-4) into T = ``--frames`` frames per video, resized
 to ``--size`` px and JPEG-packed:
 
-* ``plain``: one Python loop, no Ray: ``video.decode_frames`` (PyAV decodes every frame, the
-  segment middles are kept and resized with PIL) then ``video.pack_jpegs``, per video; for
+* ``plain``: one Python loop, no Ray: ``video.decode_frames`` (PyAV seeks to the segment middles,
+  which are resized with PIL; bench/video_decode.py times it alone) then ``video.pack_jpegs``, per video; for
   ``--kind pretrain`` also the visual tokenizer's codes of the frames, as ingestion stores them.
   Nothing is written.
 * ``in-process``: ``ingest(use_ray=False)``: the same ``FrameExtractor`` over batches in this

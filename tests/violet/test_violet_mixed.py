@@ -80,3 +80,24 @@ def test_pretrain_local_over_videos_and_images(data, monkeypatch):
         assert np.isfinite(summary["metrics"][name]), name
     saved = (Path(summary["latest_checkpoint"]) / "model" / "config.yaml").read_text()
     assert data["images"] in saved and "weight: 2.0" in saved
+
+
+@pytest.mark.slow  # Ray Train start-up dominates: about 40 s on 2 cores
+def test_pretrain_on_ray_train_over_videos_and_images(data, ray_cluster):
+    """The same mix through Ray Train with 2 workers: each training source is its own Ray dataset
+    (``train``, ``train_1``), split across the workers; the images, weighted 4 : 1, run out and restart
+    mid-epoch on both workers at the same step (2 epochs), and the run finishes with finite metrics."""
+    from polymodal.config import load_config
+    from polymodal.train import loop
+
+    train = f"[{{uri: {data['train']}, weight: 1}}, {{uri: {data['images']}, weight: 4}}]"
+    cfg = load_config(str(ROOT / "jobs" / "configs" / "violet_tiny_pretrain.yaml"), [
+        "name=mixed-ray", f"storage_path={data['runs']}", f"model.bert={data['bert']}", f"data.train={train}",
+        f"data.val={data['val']}", "data.test=null", "optim.epochs=2", "optim.batch_size=4", "scaling.num_workers=2"])
+    manifests = loop.open_splits(cfg)
+    steps = loop._train_steps(cfg, manifests, 2)
+    draws = loop.MixedBatches([None, None], [1.0, 4.0], steps, cfg.seed).draws(0)
+    assert steps == 2 + 2 and (draws == 1).sum() > 2  # each worker's image share holds 2 batches: a restart
+    summary = loop.fit(cfg, progress=False)
+    assert summary["latest_checkpoint"] and np.isfinite(summary["metrics"]["train_loss"])
+    assert np.isfinite(summary["metrics"]["val_vtm_acc"])

@@ -135,6 +135,34 @@ def test_lying_timestamps_fall_back_to_a_forward_pass(monkeypatch):
     assert np.array_equal(got.frames, _full_decode(data, 4, 32))
 
 
+def test_a_seek_the_format_refuses_falls_back_to_a_forward_pass(monkeypatch):
+    """A container whose seek raises (a pipe, a format without seeking) is decoded forward instead,
+    not reported as an undecodable video."""
+    from polymodal.models.violet import video
+
+    class NoSeek:
+        def __init__(self, container):
+            self.container = container
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def seek(self, *args, **kwargs):
+            raise OSError(1, "Operation not permitted")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.container.close()
+
+    real = video._open
+    monkeypatch.setattr(video, "_open", lambda source: NoSeek(real(source)))
+    data = encode_video(_ramp_clip(60), fps=25, gop=12)
+    got = video.sample_video(data, 4, 32)
+    assert got.method == "stream" and np.array_equal(got.frames, _full_decode(data, 4, 32))
+
+
 def test_long_video_keeps_only_the_sampled_frames():
     """2,400 frames (96 s at 25 fps) sampled for 4: each returned frame is the one at its sampled
     index (read back from a 12-bit frame-number code drawn into the frame, independent of any

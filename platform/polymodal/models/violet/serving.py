@@ -74,8 +74,9 @@ MAX_FRAMES_IN = 64
 MAX_OPTIONS = 32
 #: largest image or video frame (width x height) a request may carry
 MAX_PIXELS = 4096 * 4096
-#: decoding keeps every RGB frame of an uploaded video before sampling; longer or larger videos
-#: than this many decoded bytes are refused (about 30 s of 720p at 30 fps)
+#: decoding keeps only the sampled frames (:func:`.video.sample_video`), but a file whose seeks
+#: cannot be trusted is decoded whole, once or twice; this bounds one request's decoding work:
+#: videos of more decoded bytes than this are refused (about 30 s of 720p at 30 fps)
 MAX_DECODED_BYTES = 2 << 30
 #: index videos per encode_video pass when the index is first encoded
 ENCODE_CHUNK = 16
@@ -237,7 +238,7 @@ def _b64(data: str, field: str) -> bytes:
 
 
 def _check_video_size(raw: bytes, field: str) -> None:
-    """Refuse a video whose decoded frames would not fit :data:`MAX_DECODED_BYTES` (when the
+    """Refuse a video whose decoded frames would exceed :data:`MAX_DECODED_BYTES` (when the
     container tells its length) before decoding it."""
     import av
 

@@ -113,7 +113,10 @@ def _seek_pick(container, stream, targets: list[int], keys: list[int], size: int
         key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
         fresh = frames is None or last is None or key > last
         if fresh:
-            container.seek(key, backward=True, any_frame=False, stream=stream)
+            try:
+                container.seek(key, backward=True, any_frame=False, stream=stream)
+            except Exception:  # noqa: BLE001 -- a format that cannot seek (PyAV raises per-errno types)
+                raise _Unreliable from None
             frames = container.decode(stream)
         for frame in frames:
             decoded += 1
