@@ -53,7 +53,6 @@ def data(tmp_path_factory) -> dict[str, str]:
     return {**uris, "images": str(root / "cc"), "runs": str(root / "runs")}
 
 
-@pytest.mark.slow  # a whole local run: about 15 s of setup and 15 s of training on an idle 2-core machine
 def test_pretrain_local_over_videos_and_images(data, monkeypatch):
     """``train --local`` over ``data.train: [{webvid, weight 1}, {images, weight 2}]``: one epoch of
     4 + 3 batches of 4, each batch all videos (T = 4) or all images (T = 1), both kinds trained on,
@@ -82,7 +81,7 @@ def test_pretrain_local_over_videos_and_images(data, monkeypatch):
     assert data["images"] in saved and "weight: 2.0" in saved
 
 
-@pytest.mark.slow  # Ray Train start-up dominates: about 40 s on 2 cores
+@pytest.mark.slow  # Ray Train start-up dominates: 47 s on 2 quiet cores, 240 s on busy ones
 def test_pretrain_on_ray_train_over_videos_and_images(data, ray_cluster):
     """The same mix through Ray Train with 2 workers: each training source is its own Ray dataset
     (``train``, ``train_1``), split across the workers; the images, weighted 4 : 1, run out and restart
