@@ -138,7 +138,8 @@ class MomentRetrievalTask(Task):
         Returns ``spans`` (B, J, 2) seconds, clipped to the video and snapped to its clips,
         sorted by ``scores`` (B, J) (foreground probability), best first; ``keep`` (B, J) bool
         (False: removed by NMS when ``model.nms_iou`` is set); ``saliency`` (B, Lv) clip logits
-        (0 on padding) with ``n_clips``; ``qid``, ``duration``, ``windows`` (B, W, 2), ``n_windows``; with ``model.parse_generation`` also ``generated`` (B,) text.
+        (0 on padding) with ``n_clips``; ``qid``, ``duration``, ``windows`` (B, W, 2),
+        ``n_windows``; with ``model.parse_generation`` also ``generated`` (B,) text.
         """
         from .inference import greedy_generate, snap_to_clips, temporal_nms
 
