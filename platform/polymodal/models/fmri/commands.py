@@ -1,4 +1,4 @@
-"""fMRI's command-line commands: ``data import --format huth | fmri-plain`` and ``data mlm``."""
+"""fMRI's command-line commands: ``data import --format huth | huth-pkl | fmri-plain`` and ``data mlm``."""
 
 from __future__ import annotations
 
@@ -10,25 +10,69 @@ from polymodal.registry import Command
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, metavar="ROOT", help="the dataset's root folder (local or s3://)")
+    p.add_argument("--source", required=True, metavar="ROOT", help="the dataset's root folder (local)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the imported dataset")
     p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (default 4096)")
     cliargs.add_config(p, required=False)
 
 
+def _choice_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subjects", metavar="S1,S2", help="subjects to import (default: every subject folder); "
+                                                        "each needs responses for every chosen story")
+    p.add_argument("--stories", metavar="S1,S2", help="stories to import (default: all)")
+
+
+def _huth_args(p: argparse.ArgumentParser) -> None:
+    _import_args(p)
+    _choice_args(p)
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        before, after = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START,END (two TR counts), got {text!r}") from None
+    if before < 0 or after < 0:
+        raise argparse.ArgumentTypeError(f"TR counts must be >= 0, got {text!r}")
+    return before, after
+
+
+def _pickle_args(p: argparse.ArgumentParser) -> None:
+    _import_args(p)
+    _choice_args(p)
+    p.add_argument("--response-window", type=_window, default=(10, 5), metavar="START,END",
+                   help="TRs of the feature clock (the pickle's tr_times) before the first and after the last "
+                        "response row (default 10,5: the .npy files are ds003020's rows, which the Huth lab's "
+                        "code lines up with features [10:-5])")
+
+
 def _run_import(args: argparse.Namespace) -> None:
     from . import importers
 
-    run = importers.import_huth if args.format == "huth" else importers.import_plain
-    print(json.dumps(run(args.source, args.out, chunk=args.voxel_chunk, opts=cliargs.storage_options(args),
-                         progress=not args.quiet), indent=2))
+    common = {"chunk": args.voxel_chunk, "opts": cliargs.storage_options(args), "progress": not args.quiet}
+    if args.format == "fmri-plain":
+        out = importers.import_plain(args.source, args.out, **common)
+    else:
+        choice = {"subjects": cliargs.names(args.subjects) or None, "stories": cliargs.names(args.stories) or None}
+        if args.format == "huth":
+            out = importers.import_huth(args.source, args.out, **choice, **common)
+        else:
+            out = importers.import_huth_pickle(args.source, args.out, response_window=args.response_window,
+                                               **choice, **common)
+    print(json.dumps(out, indent=2))
 
 
 HUTH = Command(
-    "huth", "OpenNeuro ds003020 derivative/: TextGrids, respdict.json, preprocessed_data/<subject>/<story>.hf5",
-    _import_args, _run_import)
+    "huth", "OpenNeuro ds003020 derivative/ as released: TextGrids/<story>.TextGrid, respdict.json and "
+            "preprocessed_data/<subject>/<story>.hf5 (respdict - 20 rows, features [10:-5] of the lab's clock)",
+    _huth_args, _run_import)
+HUTH_PKL = Command(
+    "huth-pkl", "the Stat 214 lab report's data: raw_text.pkl (story -> the Huth lab's DataSequence, read "
+                "without running code) and <subject>/<story>.npy responses (TRs x voxels)",
+    _pickle_args, _run_import)
 PLAIN = Command(
-    "fmri-plain", "words.csv|parquet + stories.json + responses/<subject>/<story>.npy|hf5",
+    "fmri-plain", "words.csv|parquet + stories.json (n_trs, tr, optional start_time, response_start, "
+                  "response_end) + responses/<subject>/<story>.npy|hf5",
     _import_args, _run_import)
 
 
