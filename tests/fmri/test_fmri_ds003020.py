@@ -45,7 +45,7 @@ from polymodal.errors import PolymodalError
 from polymodal.models.fmri.data import read_chunk, read_index
 from polymodal.models.fmri.features import Trim, aligned_rows, lanczos_interp, make_delayed, zscore
 from polymodal.models.fmri.importers import import_huth, import_huth_pickle
-from polymodal.models.fmri.pipeline import evaluate, fit, load_subject_eval
+from polymodal.models.fmri.pipeline import evaluate, fit, load_stories, load_subject_eval
 from polymodal.shards import iter_local_batches
 
 RESPDICT = {"alpha": 90, "bravo": 84, "charlie": 94, "delta": 88}   # 69-74 response rows each
@@ -117,7 +117,8 @@ def planted(stories, seed: int):
     out = {}
     for story, st in stories.items():
         signal = zscore(st["design"] @ weights)
-        out[story] = (ceiling * signal + np.sqrt(1 - ceiling ** 2) * rng.standard_normal(signal.shape)).astype(np.float32)
+        noise = rng.standard_normal(signal.shape)
+        out[story] = (ceiling * signal + np.sqrt(1 - ceiling ** 2) * noise).astype(np.float32)
         assert out[story].shape[0] == RESPDICT[story] - 20
     return out, ceiling
 
@@ -303,6 +304,14 @@ def test_raw_text_pickle_imports_like_the_release(lab, fitted, tmp_path, monkeyp
     assert index.stories == read_index(str(release), "UTS02").stories
     np.testing.assert_array_equal(read_chunk(str(out), "subject3", index.chunks[1])["delta"],
                                   read_chunk(str(release), "UTS02", index.chunks[1])["delta"])
+    mine, theirs = load_stories(str(out)), load_stories(str(release))
+    for story in RESPDICT:
+        assert mine[story].words == theirs[story].words
+        np.testing.assert_allclose(mine[story].times, theirs[story].times, atol=1e-9)
+    # the course's own alignment puts the same rows at [5:-10] of the clock instead
+    import_huth_pickle(str(src), str(tmp_path / "course"), subjects=["subject2"], stories=["alpha"],
+                       response_window=(5, 10), progress=False)
+    assert json.loads((tmp_path / "course" / "stories.json").read_text())["alpha"]["response_start"] == 5
 
 
 def test_unknown_pickle_class_is_refused(tmp_path):

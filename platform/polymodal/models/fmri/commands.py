@@ -65,11 +65,24 @@ def _run_import(args: argparse.Namespace) -> None:
 HUTH = Command(
     "huth", "OpenNeuro ds003020 derivative/ as released: TextGrids/<story>.TextGrid, respdict.json and "
             "preprocessed_data/<subject>/<story>.hf5 (respdict - 20 rows, features [10:-5] of the lab's clock)",
-    _huth_args, _run_import)
+    _huth_args, _run_import,
+    description="OpenNeuro ds003020's derivative/ folder as released. Words come from tier 1 of "
+                "TextGrids/<story>.TextGrid (the lab's non-word tokens such as {SP}, {LG}, sp dropped, "
+                "lower-cased); each story's feature clock is the lab's respdict[story] - 5 TRs of 2 s from "
+                "10 s before the audio; preprocessed_data/<subject>/<story>.hf5 (dataset data, TRs x voxels) "
+                "must hold respdict[story] - 20 rows, the clock's TRs 10 to 5 before its end, where the lab's "
+                "code puts them. Every chosen subject needs every chosen story (--subjects, --stories).")
 HUTH_PKL = Command(
-    "huth-pkl", "the Stat 214 lab report's data: raw_text.pkl (story -> the Huth lab's DataSequence, read "
-                "without running code) and <subject>/<story>.npy responses (TRs x voxels)",
-    _pickle_args, _run_import)
+    "huth-pkl", "the Stat 214 lab report's data: raw_text.pkl (story -> the Huth lab's DataSequence) and "
+                "<subject>/<story>.npy responses (TRs x voxels)",
+    _pickle_args, _run_import,
+    description="The Stat 214 lab report's data folder: raw_text.pkl, a dict story -> the Huth lab's "
+                "ridge_utils DataSequence (data: words, data_times: word midpoints, tr_times: TR midpoints), "
+                "and one folder per subject (every folder holding .npy files, e.g. subject2/) with "
+                "<story>.npy responses (TRs x voxels, len(tr_times) - 15 rows). The pickle is read through "
+                "an allow-listed unpickler (DataSequence, builtin containers, numpy arrays; any other "
+                "class is refused): this blocks the usual payloads but does not make a hostile file safe, "
+                "so import files you trust.")
 PLAIN = Command(
     "fmri-plain", "words.csv|parquet + stories.json (n_trs, tr, optional start_time, response_start, "
                   "response_end) + responses/<subject>/<story>.npy|hf5",

@@ -2,9 +2,10 @@
 
 The driver builds the :class:`~polymodal.models.fmri.ridge.RidgeBasis` (one SVD per fold plus
 the full-design SVD) once and puts it in the object store. Each task reads only its voxel chunk
-of the responses (:mod:`polymodal.models.fmri.data`), cuts it to the TRs of the design rows and
-z-scores it per story exactly like the features, solves it, and writes ``<out>/chunks/<chunk>.safetensors`` with ``coef``
-(p, v), ``best_alphas`` (v,) and ``cv_scores`` (n_alphas, v). Peak memory per task is the basis
+of the responses (:mod:`polymodal.models.fmri.data`), cuts it to the TRs of the design rows
+and z-scores it per story exactly like the features, solves it, and writes
+``<out>/chunks/<chunk>.safetensors`` with ``coef`` (p, v), ``best_alphas`` (v,) and
+``cv_scores`` (n_alphas, v). Peak memory per task is the basis
 plus one chunk, whatever the number of voxels. Chunks already written are skipped, so a rerun
 after a failure only solves what is missing.
 """

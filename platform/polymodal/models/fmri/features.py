@@ -97,6 +97,9 @@ def zscore(X: np.ndarray) -> np.ndarray:
 class Trim(BaseModel):
     """TRs dropped at the start and end of every story, from features and responses alike.
 
+    They count TRs of the story's feature clock: where the stored responses cover only part of
+    it (ds003020), :func:`aligned_rows` cuts the responses only where the trim reaches past them.
+
     ``unit: tr`` counts TRs (Huth lab: ``start: 10, end: 5``); ``unit: s`` counts seconds and
     drops ``ceil(seconds / tr)`` TRs (the Stat 214 lab report: ``start: 5, end: 10``).
     """

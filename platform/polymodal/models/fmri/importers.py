@@ -209,7 +209,8 @@ def _write_subjects(out: str, stories: dict[str, dict[str, Any]], files: dict[st
             write_responses(out, subject, arrays, chunk=chunk, opts=opts, progress=progress)
 
 
-def _subject_files(folders: list[Path], suffixes: tuple[str, ...], subjects: list[str] | None) -> dict[str, dict[str, Path]]:
+def _subject_files(folders: list[Path], suffixes: tuple[str, ...],
+                   subjects: list[str] | None) -> dict[str, dict[str, Path]]:
     """subject folder name -> story -> response file, for the chosen subjects (None: all)."""
     if subjects is not None:
         known = {p.name for p in folders}
