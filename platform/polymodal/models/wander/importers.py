@@ -13,7 +13,9 @@ logged as a warning.
 
 from __future__ import annotations
 
+import csv
 import importlib
+import io
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ import numpy as np
 
 from polymodal import storage
 from polymodal.config import StorageOptions
-from polymodal.errors import ImportDataError
+from polymodal.errors import ImportDataError, StorageError
 
 from .data import LABEL, LABEL_DTYPES, TASKS, columns, feature_spec
 
@@ -108,20 +110,25 @@ class SafeUnpickler(pickle.Unpickler):
             return getattr(importlib.import_module(module), name)
         raise pickle.UnpicklingError(
             f"refusing to load global {module}.{name}: only numpy arrays and builtin "
-            "containers are allowed in an MMSA pickle"
+            "containers are allowed in a feature pickle"
         )
 
 
-def _load_pickle(path: str) -> Any:
-    """Read a pickle with :class:`SafeUnpickler`, turning every failure into ImportDataError."""
+def _load_pickle(path: str, what: str = "MMSA", opts: StorageOptions | None = None) -> Any:
+    """Read a pickle (local or ``s3://``) with :class:`SafeUnpickler`, turning every failure into
+    ImportDataError; ``what`` names the expected file in messages.
+
+    ``encoding="latin1"`` lets Python 2 pickles of numpy arrays load (their array bytes were
+    written as ``str``); it changes nothing for Python 3 pickles.
+    """
     try:
-        with open(path, "rb") as fh:
-            return SafeUnpickler(fh).load()
+        with storage.open_uri(path, "rb", opts) as fh:
+            return SafeUnpickler(fh, encoding="latin1").load()
     except FileNotFoundError:
-        raise ImportDataError(f"{path}: file not found; pass the path of the MMSA .pkl file") from None
+        raise ImportDataError(f"{path}: file not found; pass the path of the {what} .pkl file") from None
     except pickle.UnpicklingError as exc:
         raise ImportDataError(
-            f"{path}: not a loadable MMSA pickle ({exc}); re-save it as a dict of numpy arrays"
+            f"{path}: not a loadable {what} pickle ({exc}); re-save it as a dict of numpy arrays"
         ) from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as exc:
         raise ImportDataError(
@@ -319,6 +326,10 @@ def import_mmsa(
 FOOD101_SPLITS = {"train": "train", "dev": "val", "test": "test"}
 #: record keys that may hold the image path (relative to root), in order of preference
 IMAGE_KEYS = ("img", "image", "id")
+#: the layouts :func:`import_food101` reads; ``auto`` picks by the files present
+FOOD101_LAYOUTS = ("auto", "mmbt", "upmc")
+#: UPMC Food-101's own title files, one per released split, relative to the root
+UPMC_TITLES = {"train": "texts/train_titles.csv", "test": "texts/test_titles.csv"}
 
 
 @dataclass
@@ -326,18 +337,35 @@ class _Record:
     """One checked Food101 record."""
 
     index: int  # position in the source file (0-based record number)
-    where: str  # "record 3" or "record 3 (line 5)" for messages
-    image: str  # absolute image path
+    where: str  # "record 3", "record 3 (line 5)" or "line 5" for messages
+    image: str  # image path or URI
     text: str
     label: str
 
 
-def _read_records(path: str) -> list[tuple[int, str, Any]]:
+class _Listing:
+    """Answers "does this file exist?" with one listing per folder (local or ``s3://``), so
+    checking 100k images costs ~100 listings rather than 100k S3 requests."""
+
+    def __init__(self, opts: StorageOptions | None) -> None:
+        self.opts = opts
+        self._folders: dict[str, frozenset[str]] = {}
+
+    def exists(self, uri: str) -> bool:
+        folder, _, name = uri.rstrip("/").rpartition("/")
+        if folder not in self._folders:
+            try:
+                self._folders[folder] = frozenset(storage.listdir(folder, self.opts))
+            except FileNotFoundError:
+                self._folders[folder] = frozenset()
+        return name in self._folders[folder]
+
+
+def _read_records(path: str, opts: StorageOptions | None = None) -> list[tuple[int, str, Any]]:
     """Parse a JSON list or JSON-lines file into ``(index, where, record)`` triples."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            content = fh.read()
-    except UnicodeDecodeError as exc:
+        content = storage.read_text(path, opts)
+    except StorageError as exc:
         raise ImportDataError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8 JSON") from None
     if content.lstrip().startswith("["):
         try:
@@ -362,19 +390,19 @@ def _read_records(path: str) -> list[tuple[int, str, Any]]:
     return out
 
 
-def _find_split_file(root: str, split: str) -> str:
+def _find_split_file(root: str, split: str, opts: StorageOptions | None = None) -> str:
     for ext in (".json", ".jsonl"):
-        candidate = os.path.join(root, split + ext)
-        if os.path.isfile(candidate):
+        candidate = storage.join(root, split + ext)
+        if storage.exists(candidate, opts):
             return candidate
     raise ImportDataError(
-        f"{os.path.join(root, split + '.json')}: file not found (nor {split}.jsonl); a Food101 "
+        f"{storage.join(root, split + '.json')}: file not found (nor {split}.jsonl); a Food101 "
         "root holds train.json, dev.json and test.json"
     )
 
 
-def _check_record(root: str, raw: Any) -> tuple[str, str, str] | str:
-    """Return ``(image_path, text, label)`` or a reason string saying what is wrong."""
+def _check_record(root: str, raw: Any, files: _Listing) -> tuple[str, str, str] | str:
+    """Return ``(image_uri, text, label)`` or a reason string saying what is wrong."""
     if not isinstance(raw, dict):
         return f"is a {type(raw).__name__}, expected a JSON object"
     rel = next((raw[k] for k in IMAGE_KEYS if isinstance(raw.get(k), str) and raw[k]), None)
@@ -386,24 +414,25 @@ def _check_record(root: str, raw: Any) -> tuple[str, str, str] | str:
     if not isinstance(label, str) or not label:
         return f"'label' must be a non-empty class-name string, got {label!r}"
     parts = rel.replace("\\", "/").split("/")
-    if os.path.isabs(rel) or ".." in parts:
+    if os.path.isabs(rel) or ".." in parts or "" in parts or "." in parts:
         return f"image path {rel!r} must be relative to the dataset root and must not contain '..'"
-    image = os.path.join(root, rel)
-    if not os.path.isfile(image):
+    image = storage.join(root, "/".join(parts))
+    if not files.exists(image):
         return f"image file {image} does not exist"
     return image, text, label
 
 
 def _collect_records(
-    root: str, split: str, classes: Sequence[str] | None, skip_bad: bool
+    root: str, split: str, classes: Sequence[str] | None, skip_bad: bool, files: _Listing,
+    opts: StorageOptions | None = None,
 ) -> tuple[str, list[_Record], _SkipLog]:
-    """Read and check one split file; unknown labels are bad when ``classes`` is given."""
-    path = _find_split_file(root, split)
+    """Read and check one MMBT split file; unknown labels are bad when ``classes`` is given."""
+    path = _find_split_file(root, split, opts)
     log = _SkipLog(path, split)
     known = set(classes) if classes is not None else None
     records = []
-    for index, where, raw in _read_records(path):
-        checked = _check_record(root, raw)
+    for index, where, raw in _read_records(path, opts):
+        checked = _check_record(root, raw, files)
         if isinstance(checked, tuple) and known is not None and checked[2] not in known:
             checked = f"label {checked[2]!r} does not occur in train.json; fix the label or add it to train"
         if isinstance(checked, str):
@@ -417,21 +446,126 @@ def _collect_records(
     return path, records, log
 
 
-def _load_image(path: str, size: int) -> np.ndarray | str:
+def _read_titles(
+    root: str, split: str, classes: Sequence[str] | None, skip_bad: bool, files: _Listing,
+    opts: StorageOptions | None = None,
+) -> tuple[str, list[_Record], _SkipLog]:
+    """Read and check UPMC's ``texts/<split>_titles.csv``: no header row, three fields per row
+    (image file name, page title, class name); the image is ``images/<split>/<class>/<file>``.
+    Unknown class names are bad when ``classes`` (those of train) is given."""
+    path = storage.join(root, UPMC_TITLES[split])
+    if not storage.exists(path, opts):
+        raise ImportDataError(f"{path}: file not found; a UPMC Food-101 root holds {', '.join(UPMC_TITLES.values())} "
+                              "and images/{train,test}/<class>/")
+    log = _SkipLog(path, split)
+    known = set(classes) if classes is not None else None
+    records: list[_Record] = []
+    with storage.open_uri(path, "r", opts) as fh:
+        reader = csv.reader(fh)
+        index = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as exc:
+                raise ImportDataError(f"{path}: line {reader.line_num + 1}: not UTF-8 text ({exc})") from None
+            except csv.Error as exc:
+                raise ImportDataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+            where = f"line {reader.line_num}"
+            if not row:
+                continue
+            checked = _check_title_row(root, split, row, known, files)
+            if isinstance(checked, str):
+                if not skip_bad:
+                    raise ImportDataError(f"{path}: {where}: {checked} (or pass skip_bad=True to drop bad rows)")
+                log.skip(index, f"{where}: {checked}")
+            else:
+                records.append(_Record(index, where, *checked))
+            index += 1
+    return path, records, log
+
+
+def _check_title_row(
+    root: str, split: str, row: list[str], known: set[str] | None, files: _Listing
+) -> tuple[str, str, str] | str:
+    """``(image_uri, title, class)`` of one titles.csv row, or the reason it is bad."""
+    if len(row) != 3:
+        return (f"expected 3 fields (image file name, page title, class name), got {len(row)}; "
+                "quote titles that contain commas")
+    name, title, label = (field.strip() for field in row)
+    for field, value in (("image file name", name), ("class name", label)):
+        if not value or "/" in value or "\\" in value or value in (".", ".."):
+            return f"field {field!r} must be a plain non-empty name, got {value!r}"
+    if known is not None and label not in known:
+        return f"field 'class name': {label!r} does not occur in train_titles.csv"
+    image = storage.join(root, "images", split, label, name)
+    if not files.exists(image):
+        return f"field 'image file name': image file {image} does not exist"
+    return image, title, label
+
+
+def _load_image(uri: str, size: int, opts: StorageOptions | None = None) -> np.ndarray | str:
     """Image file -> uint8 (3, size, size) RGB array, or a reason string if unreadable."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        data = storage.read_bytes(uri, opts)
+        with Image.open(io.BytesIO(data)) as im:
             rgb = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return f"image file {path} cannot be decoded ({type(exc).__name__}: {exc})"
+        return f"image file {uri} cannot be decoded ({type(exc).__name__}: {exc})"
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _chunks(items: Sequence[_Record], size: int) -> Iterator[Sequence[_Record]]:
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _food101_layout(root: str, layout: str, opts: StorageOptions | None) -> str:
+    if layout not in FOOD101_LAYOUTS:
+        raise ValueError(f"layout must be one of {list(FOOD101_LAYOUTS)}, got {layout!r}")
+    if layout != "auto":
+        return layout
+    if storage.exists(storage.join(root, UPMC_TITLES["train"]), opts):
+        return "upmc"
+    return "mmbt"
+
+
+def _plan_upmc(
+    root: str, val_size: int, seed: int, skip_bad: bool, files: _Listing, opts: StorageOptions | None
+) -> tuple[list[str], dict[str, tuple[str, list[_Record], _SkipLog]]]:
+    """Classes and checked records of UPMC's train/val/test; val is ``val_size`` train rows
+    drawn with ``seed`` (UPMC ships no validation split; MMBT drew 5,000 from train)."""
+    train_path, train_records, train_log = _read_titles(root, "train", None, skip_bad, files, opts)
+    classes = sorted({r.label for r in train_records})
+    if not classes:
+        raise ImportDataError(f"{train_path}: no usable rows; the class list comes from train")
+    if not 0 <= val_size < len(train_records):
+        raise ValueError(f"val_size must be in [0, {len(train_records)}) (the usable rows of {train_path}), "
+                         f"got {val_size}")
+    is_val = np.zeros(len(train_records), dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(len(train_records))[:val_size]] = True
+    plan = {"train": (train_path, [r for r, v in zip(train_records, is_val) if not v], train_log)}
+    if val_size:
+        plan["dev"] = (train_path, [r for r, v in zip(train_records, is_val) if v], _SkipLog(train_path, "val"))
+    plan["test"] = _read_titles(root, "test", classes, skip_bad, files, opts)
+    return classes, plan
+
+
+def _plan_mmbt(
+    root: str, skip_bad: bool, files: _Listing, opts: StorageOptions | None
+) -> tuple[list[str], dict[str, tuple[str, list[_Record], _SkipLog]]]:
+    """Classes and checked records of MMBT's train/dev/test JSON(L) files."""
+    train_path, train_records, train_log = _collect_records(root, "train", None, skip_bad, files, opts)
+    classes = sorted({r.label for r in train_records})
+    if not classes:
+        raise ImportDataError(f"{train_path}: no usable records; the class list comes from train")
+    plan = {"train": (train_path, train_records, train_log)}
+    for split in ("dev", "test"):
+        plan[split] = _collect_records(root, split, classes, skip_bad, files, opts)
+    return classes, plan
 
 
 def import_food101(
@@ -439,18 +573,28 @@ def import_food101(
     out_uri: str,
     *,
     tokenizer: str,
+    layout: str = "auto",
     image_size: int = 224,
     max_text_len: int = 40,
+    val_size: int = 5000,
+    seed: int = 0,
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
 ) -> dict[str, str]:
-    """Import UPMC-Food101 (image + recipe text, 101 classes) into shards.
+    """Import UPMC-Food101 (image + recipe-page text, 101 classes) into shards.
 
-    Layout: ``{root}/train.json``, ``{root}/dev.json``, ``{root}/test.json`` (``.jsonl`` is
-    also accepted), each either a JSON list or one JSON object per line. Every record has
-    ``text`` (string), ``label`` (class name) and an image path relative to ``root`` under
-    ``img``, ``image`` or ``id`` (first present wins).
+    Two layouts (``layout``; ``auto`` picks ``upmc`` when ``texts/train_titles.csv`` exists):
+
+    * ``upmc``, the dataset as UPMC (and its Kaggle copy) ships it: ``texts/train_titles.csv``
+      and ``texts/test_titles.csv``, CSV without a header row, three fields per row: image file
+      name, the raw page title (HTML entities and escapes kept as released), class name; images
+      at ``images/{train,test}/<class>/<file>``. The validation split is ``val_size`` train
+      rows drawn with ``seed``; the rest stay in train.
+    * ``mmbt``, MMBT's JSON form: ``train.json``, ``dev.json``, ``test.json`` (``.jsonl`` also
+      accepted), a JSON list or one JSON object per line, each with ``text``, ``label`` (class
+      name) and an image path relative to ``root`` under ``img``, ``image`` or ``id`` (first
+      present wins).
 
     The class vocabulary is the sorted set of ``train`` labels; class ids index it. Images
     are converted to RGB and resized to ``image_size`` x ``image_size`` (bicubic, aspect
@@ -460,17 +604,20 @@ def import_food101(
     Parameters
     ----------
     root : str
-        Local folder holding the split files and the images.
+        Folder or ``s3://`` prefix holding the text files and the images.
     out_uri : str
-        Folder or ``s3://`` prefix; receives ``train/``, ``val/`` (from ``dev``), ``test/``.
+        Folder or ``s3://`` prefix; receives ``train/``, ``val/`` (MMBT: from ``dev``), ``test/``.
     tokenizer : str
         Local folder or hub id of a Hugging Face tokenizer.
+    layout : {"auto", "upmc", "mmbt"}
     image_size : int
         Side of the stored square images.
     max_text_len : int
         Token ids per row.
+    val_size, seed : int
+        ``upmc`` only: train rows moved to ``val`` (0: no ``val`` split), and the seed that draws them.
     opts : StorageOptions, optional
-        S3 settings for ``s3://`` destinations.
+        S3 settings for ``s3://`` sources and destinations.
     skip_bad : bool
         Drop bad records (missing or undecodable image, missing fields, label unknown to
         ``train``), each logged as a warning naming file and record, instead of raising.
@@ -487,8 +634,8 @@ def import_food101(
     Raises
     ------
     ImportDataError
-        A missing split file, invalid JSON, or (without ``skip_bad``) a bad record; the
-        message names the file and the record (and line, for JSON lines).
+        A missing split file, invalid JSON or CSV, or (without ``skip_bad``) a bad record; the
+        message names the file and the record or line (and the field, for CSV rows).
     """
     from polymodal.shards import ColumnSpec, ShardWriter
 
@@ -497,16 +644,13 @@ def import_food101(
             f"image_size and max_text_len must be >= 1, got {image_size} and {max_text_len}"
         )
     root = os.fspath(root)
+    layout = _food101_layout(root, layout, opts)
     tok = _load_tokenizer(tokenizer)
 
     # Check every split (fields, image files, labels) before the slow image pass.
-    train_path, train_records, train_log = _collect_records(root, "train", None, skip_bad)
-    classes = sorted({r.label for r in train_records})
-    if not classes:
-        raise ImportDataError(f"{train_path}: no usable records; the class list comes from train")
-    checked = {"train": (train_path, train_records, train_log)}
-    for split in ("dev", "test"):
-        checked[split] = _collect_records(root, split, classes, skip_bad)
+    files = _Listing(opts)
+    classes, checked = (_plan_upmc(root, val_size, seed, skip_bad, files, opts) if layout == "upmc"
+                        else _plan_mmbt(root, skip_bad, files, opts))
     class_id = {name: i for i, name in enumerate(classes)}
 
     specs = columns("classification", {
@@ -520,10 +664,12 @@ def import_food101(
         "modalities": ["image", "text"],
         "inputs": {"image": "pixel_values", "text": "input_ids"},
         "source": "food101",
+        "layout": layout,
         "pad_token_id": int(tok.pad_token_id),
     }
     out: dict[str, str] = {}
-    workers = min(8, os.cpu_count() or 1)
+    # Decoding dominates; Pillow releases the GIL and S3 reads wait on the network, so threads overlap.
+    workers = 16 if storage.is_s3(root) else min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for split, (path, records, log) in checked.items():
             split_out = FOOD101_SPLITS[split]
@@ -534,8 +680,7 @@ def import_food101(
                 meta=meta, opts=opts, progress=progress,
             ) as writer:
                 for chunk in _chunks(records, _CHUNK):
-                    # Decoding dominates; Pillow releases the GIL, so threads overlap it.
-                    images = list(pool.map(lambda r: _load_image(r.image, image_size), chunk))
+                    images = list(pool.map(lambda r: _load_image(r.image, image_size, opts), chunk))
                     good: list[tuple[_Record, np.ndarray]] = []
                     for rec, img in zip(chunk, images):
                         if isinstance(img, str):

@@ -56,7 +56,7 @@ class _WanderTask(Task):
         from .backbone import read_spec
 
         # only the backbone's modalities: a dataset may carry more (MSR-VTT's expert masks)
-        names = set(read_spec(local_copy(cfg.model.backbone)).names())
+        names = set(read_spec(local_copy(cfg.model.backbone, cfg.storage)).names())
         row = first_rows(data_uri, 1, cfg.storage)
         return {"inputs": {name: values[0].tolist() for name, values in row.items() if name in names}}
 
