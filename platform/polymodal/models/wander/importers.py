@@ -1,13 +1,21 @@
-"""Importers that turn public multimodal benchmarks into polymodal shards.
+"""Importers that turn public multimodal benchmarks into polymodal shards, reading each as released.
 
 * :func:`import_mmsa` - CMU-MOSI / CMU-MOSEI feature pickles in the MMSA layout
   (regression, modalities ``text``, ``audio``, ``vision``).
-* :func:`import_food101` - UPMC-Food101 JSON(L) records plus image files
-  (classification, modalities ``image``, ``text``).
+* :func:`import_iemocap` - IEMOCAP as Multimodal-Transformer's pickles (multilabel: four
+  binary emotion targets, modalities ``text``, ``audio``, ``vision``).
+* :func:`import_food101` - UPMC-Food101 in UPMC's own layout (title CSVs + image folders) or
+  MMBT's JSON(L) records (classification, modalities ``image``, ``text``).
+* :func:`import_msrvtt_mmt` - MSR-VTT with MMT's seven expert features, one HDF5 file per
+  video (retrieval, modalities ``text`` and the experts, with per-expert masks).
 
-Both check the whole source before writing anything, so a malformed file fails in seconds
-with an :class:`~polymodal.errors.ImportDataError` naming the file, split and row rather
-than after hours of writing. With ``skip_bad=True`` bad rows are dropped instead, each one
+Sources are local paths or ``s3://`` URIs. Each checks what it can before writing (the pickles
+whole; the record files, lists and the presence of every image or feature file), so a
+malformed source fails in seconds with an :class:`~polymodal.errors.ImportDataError` naming
+the file, split, row or line and field rather than after hours of writing; images and HDF5
+files are read in chunks while writing, and a split's manifest is written only once all its
+rows are, so a failed or interrupted import leaves no split that looks complete (run the same
+command again to redo it). With ``skip_bad=True`` bad rows are dropped instead, each one
 logged as a warning.
 """
 
@@ -20,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +42,7 @@ from polymodal.errors import ImportDataError, StorageError
 
 from .data import LABEL, LABEL_DTYPES, TASKS, columns, feature_spec
 
-__all__ = ["import_mmsa", "import_food101", "SafeUnpickler"]
+__all__ = ["import_mmsa", "import_food101", "import_iemocap", "import_msrvtt_mmt", "SafeUnpickler"]
 
 logger = logging.getLogger(__name__)
 
@@ -707,6 +716,459 @@ def import_food101(
                     written += len(good)
                 if written == 0:
                     raise ImportDataError(f"{path}: no usable records left in split {split!r}")
+            log.summary()
+    return out
+
+
+# =========================================================================== IEMOCAP pickles
+
+IEMOCAP_SPLITS = {"train": "train", "valid": "val", "test": "test"}
+IEMOCAP_MODALITIES = ("text", "audio", "vision")
+#: the order of the label axis (yaohungt/Multimodal-Transformer ``src/eval_metrics.py``)
+IEMOCAP_EMOTIONS = ("neutral", "happy", "sad", "angry")
+
+
+def _check_iemocap_split(path: str, split: str, raw: Any, skip_bad: bool) -> _MmsaSplit:
+    """Validate one IEMOCAP split; labels (N, 4, 2) become (N, 4) 0/1 targets (arg-max of the
+    last axis, as Multimodal-Transformer's dataset does). Bad rows are marked (or raise)."""
+    keys = (*IEMOCAP_MODALITIES, "labels")
+    if not isinstance(raw, dict):
+        raise ImportDataError(f"{path}: split {split!r} is a {type(raw).__name__}, expected a dict with keys {list(keys)}")
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise ImportDataError(
+            f"{path}: split {split!r} is missing key(s) {missing}; found {sorted(map(str, raw))}. "
+            "Use Multimodal-Transformer's iemocap_data.pkl or iemocap_data_noalign.pkl"
+        )
+    features: dict[str, np.ndarray] = {}
+    for mod in IEMOCAP_MODALITIES:
+        arr = np.asarray(raw[mod])
+        if arr.ndim != 3 or arr.dtype.kind not in "biuf":
+            raise ImportDataError(
+                f"{path}: split {split!r} field {mod!r} must be a numeric (N, seq_len, dim) array, "
+                f"got shape {arr.shape} dtype {arr.dtype}"
+            )
+        features[mod] = arr
+    labels = np.asarray(raw["labels"])
+    if labels.ndim != 3 or labels.shape[1:] != (len(IEMOCAP_EMOTIONS), 2) or labels.dtype.kind not in "biuf":
+        raise ImportDataError(
+            f"{path}: split {split!r} field 'labels' must be a numeric (N, 4, 2) array (4 emotions "
+            f"{list(IEMOCAP_EMOTIONS)} x (absent, present)), got shape {labels.shape} dtype {labels.dtype}"
+        )
+    sizes = {k: v.shape[0] for k, v in features.items()} | {"labels": labels.shape[0]}
+    if len(set(sizes.values())) != 1:
+        raise ImportDataError(f"{path}: split {split!r} has inconsistent row counts {sizes}; every field must "
+                              "have the same N")
+    # Multimodal-Transformer's loader sets audio -inf (COVAREP's log of 0) to 0 before training.
+    audio = features["audio"]
+    if audio.dtype.kind == "f" and np.isneginf(audio).any():
+        features["audio"] = np.where(np.isneginf(audio), 0.0, audio).astype(audio.dtype)
+    n = labels.shape[0]
+    keep = np.ones(n, dtype=bool)
+    reasons: dict[int, list[str]] = {}
+    for key, arr in (*features.items(), ("labels", labels)):
+        if arr.dtype.kind == "f":
+            for row in np.nonzero(~np.isfinite(arr).reshape(n, -1).all(axis=1))[0].tolist():
+                reasons.setdefault(row, []).append(key)
+                keep[row] = False
+    if reasons:
+        first = min(reasons)
+        if not skip_bad:
+            raise ImportDataError(
+                f"{path}: split {split!r} row {first}: NaN or inf in field(s) {', '.join(reasons[first])} "
+                f"({len(reasons)} bad row(s) in this split); fix the data or pass skip_bad=True to drop such rows"
+            )
+        log = _SkipLog(path, split)
+        for row in sorted(reasons):
+            log.skip(row, f"NaN or inf in {', '.join(reasons[row])}")
+        log.summary()
+    if not keep.any():
+        raise ImportDataError(f"{path}: split {split!r} has no usable rows ({n} in the file)")
+    targets = np.argmax(np.where(np.isfinite(labels), labels, 0), axis=-1)  # (N, 4): 1 = emotion present
+    return _MmsaSplit(split, features, targets, keep)
+
+
+def import_iemocap(
+    pickle_path: str,
+    out_uri: str,
+    *,
+    opts: StorageOptions | None = None,
+    skip_bad: bool = False,
+    progress: bool | str = True,
+) -> dict[str, str]:
+    """Import IEMOCAP as Multimodal-Transformer distributes it (``iemocap_data.pkl``, word-aligned,
+    or ``iemocap_data_noalign.pkl``).
+
+    The pickle holds a dict with keys ``train``, ``valid``, ``test``; each is a dict with
+    ``text`` (N, L_t, 300), ``audio`` (N, L_a, 74), ``vision`` (N, L_v, 35) float arrays and
+    ``labels`` (N, 4, 2): per emotion (Neutral, Happy, Sad, Angry, in that order) a pair whose
+    arg-max says absent (0) or present (1). Other keys (``id``) are ignored. As in
+    Multimodal-Transformer's loader, features are stored as float32 and ``-inf`` audio values
+    become 0.
+
+    .. warning::
+       The file is read with :class:`SafeUnpickler` (numpy arrays and builtin containers only;
+       any other class is refused, naming it), but only import files from a source you trust.
+
+    Parameters
+    ----------
+    pickle_path : str
+        Path or ``s3://`` URI of the ``.pkl`` file.
+    out_uri : str
+        Folder or ``s3://`` prefix; receives ``train/``, ``val/`` (from ``valid``), ``test/``.
+    opts : StorageOptions, optional
+    skip_bad : bool
+        Drop rows with NaN/inf features or labels (each logged, naming split and row) instead of raising.
+    progress : bool or str
+        Passed to :class:`~polymodal.shards.ShardWriter`.
+
+    Returns
+    -------
+    dict[str, str]
+        ``{"train": uri, "val": uri, "test": uri}``. Columns ``text``, ``audio``, ``vision``
+        (float32 ``[L, D]``) and ``label`` (int64 ``[4]``, 0/1 per emotion); task
+        ``wander.multilabel`` (set ``model.num_classes: 4``).
+
+    Raises
+    ------
+    ImportDataError
+        Unreadable pickle or a refused class in it, missing keys, wrong shapes, inconsistent
+        row counts or (without ``skip_bad``) a NaN/inf row; the message names file, split, row, field.
+    """
+    from polymodal.shards import ShardWriter
+
+    path = os.fspath(pickle_path)
+    data = _load_pickle(path, "IEMOCAP", opts)
+    if not isinstance(data, dict):
+        raise ImportDataError(f"{path}: top level is a {type(data).__name__}, expected a dict with keys "
+                              f"{list(IEMOCAP_SPLITS)}")
+    missing = [k for k in IEMOCAP_SPLITS if k not in data]
+    if missing:
+        raise ImportDataError(f"{path}: missing split key(s) {missing}; found {sorted(map(str, data))}. "
+                              f"Multimodal-Transformer's IEMOCAP pickle has keys {list(IEMOCAP_SPLITS)}")
+    splits = [_check_iemocap_split(path, s, data[s], skip_bad) for s in IEMOCAP_SPLITS]
+    shapes = {mod: splits[0].features[mod].shape[1:] for mod in IEMOCAP_MODALITIES}
+    for sp in splits[1:]:
+        for mod in IEMOCAP_MODALITIES:
+            if sp.features[mod].shape[1:] != shapes[mod]:
+                raise ImportDataError(
+                    f"{path}: split {sp.name!r} field {mod!r} has per-row shape {sp.features[mod].shape[1:]} "
+                    f"but split 'train' has {shapes[mod]}; all splits must share (seq_len, dim)"
+                )
+    k = len(IEMOCAP_EMOTIONS)
+    specs = columns("multilabel", {mod: feature_spec(shapes[mod]) for mod in IEMOCAP_MODALITIES}, num_labels=k)
+    meta = {"head": "multilabel", "num_classes": k, "labels": list(IEMOCAP_EMOTIONS),
+            "modalities": list(IEMOCAP_MODALITIES), "source": "iemocap"}
+    out: dict[str, str] = {}
+    for sp in splits:
+        split_out = IEMOCAP_SPLITS[sp.name]
+        out[split_out] = storage.join(out_uri, split_out)
+        rows = np.nonzero(sp.keep)[0]
+        with ShardWriter(out[split_out], task=TASKS["multilabel"], split=split_out, columns=specs, meta=meta,
+                         opts=opts, progress=progress) as writer:
+            for start in range(0, rows.size, _CHUNK):
+                idx = rows[start : start + _CHUNK]
+                batch = {mod: sp.features[mod][idx].astype(np.float32) for mod in IEMOCAP_MODALITIES}
+                batch[LABEL] = sp.labels[idx].astype(LABEL_DTYPES["multilabel"])
+                writer.write(batch)
+    return out
+
+
+# =========================================================================== MSR-VTT (MMT experts)
+
+#: MMT's seven experts and their feature widths (gabeur/mmt ``utils/util.py`` ``compute_dims``;
+#: face_dim 512 in ``configs_pub/eccv20/MSRVTT_jsfusion_trainval.json``)
+MMT_EXPERTS = {"face": 512, "ocr": 300, "rgb": 2048, "s3d": 1024, "scene": 2208, "speech": 300, "vggish": 128}
+#: where the MSRVTT.tar.gz of MMT's README puts the split lists and the per-video HDF5 files
+MSRVTT_LISTS = "symlinked-feats"
+MSRVTT_H5 = "vid_feat_files/mult_h5"
+MSRVTT_TRAIN_LIST = "train_list_jsfusion.txt"
+MSRVTT_TEST_LIST = "val_list_jsfusion.txt"  # JSFusion's 1k-A test videos
+MSRVTT_TEST_CAPTIONS = "jsfusion_val_caption_idx.pkl"  # video id -> the one test caption
+#: suffix of the per-expert token mask column: True = a real feature, all False = expert absent
+MASK_SUFFIX = "_mask"
+_VIDEO_ID = re.compile(r"[A-Za-z0-9_.-]{3,}")
+
+
+@dataclass
+class _Video:
+    """One video of a split: where it is listed and which of its captions become rows."""
+
+    vid: str
+    where: str  # "train_list_jsfusion.txt line 3"
+    h5: str
+    captions: tuple[int, ...] | None  # None: the first ``train_captions`` captions
+
+
+def _read_video_list(path: str, opts: StorageOptions | None) -> list[tuple[str, str]]:
+    """``(video id, "file line N")`` for each non-blank line of an MMT split list."""
+    try:
+        text = storage.read_text(path, opts)
+    except FileNotFoundError:
+        raise ImportDataError(f"{path}: file not found; pass the MSRVTT folder of MMT's MSRVTT.tar.gz "
+                              f"(it holds {MSRVTT_LISTS}/ and {MSRVTT_H5}/)") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        vid = line.strip()
+        if not vid:
+            continue
+        if not _VIDEO_ID.fullmatch(vid) or vid in ("...",):
+            raise ImportDataError(f"{path}: line {lineno}: {vid!r} is not a video id (expected e.g. 'video7')")
+        out.append((vid, f"{path}: line {lineno}"))
+    if not out:
+        raise ImportDataError(f"{path}: lists no videos")
+    return out
+
+
+def _h5_uri(root: str, vid: str) -> str:
+    # MMT's get_sample_data: <cache_dir>/<vid[0]>/<vid[1]>/<vid[2]>/<vid>.h5
+    return storage.join(root, MSRVTT_H5, vid[0], vid[1], vid[2], f"{vid}.h5")
+
+
+def _caption_words(value: Any) -> list[str]:
+    """An HDF5 ``raw_captions.{i}`` value (array of words, bytes or str) -> the words."""
+    arr = np.asarray(value)
+    items = [arr.item()] if arr.ndim == 0 else arr.reshape(-1).tolist()
+    words = [w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in items]
+    if arr.ndim == 0:
+        words = words[0].split()
+    return [w for w in words if w.strip()]
+
+
+def _caption_text(words: list[str], max_words: int) -> str:
+    """MMT's ``tokenize_caption``: join the first words, end with a period, capitalise."""
+    text = " ".join(words[:max_words]).strip()
+    if text and text[-1] not in ".?!":
+        text += "."
+    return text.capitalize()
+
+
+def _pick_tokens(n: int, length: int) -> np.ndarray:
+    """Which of n features to keep, in order: all if they fit, else MMT's deterministic
+    evaluation choice (``choose_or_pad_to_len``: RandomState(0).choice without replacement, sorted)."""
+    if n <= length:
+        return np.arange(n)
+    return np.sort(np.random.RandomState(0).choice(n, size=length, replace=False))
+
+
+def _read_video(
+    video: _Video, experts: dict[str, int], expert_tokens: int, train_captions: int, max_words: int,
+    opts: StorageOptions | None,
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]] | str:
+    """(caption texts, features (L, D) per expert, masks (L,) per expert) of one video's HDF5
+    file, or the reason it is bad. An expert is absent, its mask all False and its features 0,
+    when its key is missing, it has no rows, or its first value is NaN (MMT's marker)."""
+    import h5py
+
+    where = f"{video.where}: {video.h5}"
+    try:
+        data = storage.read_bytes(video.h5, opts)
+    except FileNotFoundError:
+        return f"{where}: file not found"
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            keys = set(f.keys())
+            n_caps = len([k for k in keys if k.startswith("raw_captions.")])
+            captions = []
+            for i in range(n_caps):
+                if f"raw_captions.{i}" not in keys:
+                    return f"{where}: field 'raw_captions.{i}' missing (captions must be numbered 0..{n_caps - 1})"
+                captions.append(_caption_words(f[f"raw_captions.{i}"][()]))
+            wanted = video.captions if video.captions is not None else tuple(range(min(train_captions, n_caps)))
+            if not n_caps or any(i >= n_caps for i in wanted):
+                return f"{where}: has {n_caps} 'raw_captions.<i>' field(s), needs caption(s) {list(wanted) or [0]}"
+            texts = []
+            for i in wanted:
+                if not captions[i]:
+                    return f"{where}: field 'raw_captions.{i}' holds no words"
+                texts.append(_caption_text(captions[i], max_words))
+            feats, masks = {}, {}
+            for name, dim in experts.items():
+                x = np.zeros((expert_tokens, dim), dtype=np.float32)
+                mask = np.zeros(expert_tokens, dtype=bool)
+                key = f"features.{name}"
+                if key in keys:
+                    raw = np.asarray(f[key][()])
+                    present = raw.size > 0 and not (raw.ndim == 2 and raw.dtype.kind == "f" and np.isnan(raw[0, 0]))
+                    if present:
+                        if raw.ndim != 2 or raw.shape[1] != dim or raw.dtype.kind not in "biuf":
+                            return (f"{where}: field {key!r} must be a numeric (n, {dim}) array, got shape "
+                                    f"{raw.shape} dtype {raw.dtype}")
+                        if not np.isfinite(raw).all():
+                            return f"{where}: field {key!r} holds NaN or inf past its first value"
+                        keep = _pick_tokens(raw.shape[0], expert_tokens)
+                        x[: keep.size] = raw[keep]
+                        mask[: keep.size] = True
+                feats[name], masks[name] = x, mask
+    except OSError as exc:
+        return f"{where}: not a readable HDF5 file ({exc})"
+    return texts, feats, masks
+
+
+def import_msrvtt_mmt(
+    root: str,
+    out_uri: str,
+    *,
+    tokenizer: str,
+    experts: Sequence[str] = tuple(MMT_EXPERTS),
+    expert_tokens: int = 30,
+    max_text_words: int = 30,
+    train_captions: int = 1,
+    val_size: int | None = None,
+    opts: StorageOptions | None = None,
+    skip_bad: bool = False,
+    progress: bool | str = True,
+) -> dict[str, str]:
+    """Import MSR-VTT with MMT's seven expert features (gabeur/mmt, ``MSRVTT.tar.gz``) for
+    text-to-video retrieval (``wander.retrieval``).
+
+    Layout under ``root`` (the extracted ``MSRVTT`` folder):
+
+    * ``symlinked-feats/train_list_jsfusion.txt`` and ``val_list_jsfusion.txt``: one video id per
+      line (9,000 training videos; JSFusion's 1k-A test videos);
+      ``symlinked-feats/jsfusion_val_caption_idx.pkl``: video id -> index of its one test caption;
+    * ``vid_feat_files/mult_h5/<v>/<i>/<d>/<video id>.h5`` (the first three characters of the id):
+      ``raw_captions.<i>`` (an array of words per caption) and ``features.<expert>`` (n, dim).
+
+    Splits: ``test`` is the 1k-A list with its listed caption per video; ``val`` and ``train``
+    come from the training list as MMT cuts them (shuffled with ``RandomState(0)``, the first
+    ``val_size`` videos, by default as many as the test list, are ``val``; 0 writes no ``val``).
+    Train rows take each video's first ``train_captions`` captions (each one repeats the video's
+    features); ``val`` rows its first caption.
+
+    Each expert is stored as ``expert_tokens`` feature rows (all of them if they fit, else MMT's
+    deterministic evaluation choice) zero-padded, with a ``<expert>_mask`` column marking the real
+    rows: an expert missing for a video (no key, no rows, or a NaN first value) has an all-False
+    mask, never silent zeros alone. Captions are cut to ``max_text_words`` words, end with a
+    period and are capitalised (MMT's ``tokenize_caption``), then tokenised to ``max_text_words``
+    ids (``[CLS] ... [SEP]``, padded).
+
+    Parameters
+    ----------
+    root : str
+        Folder or ``s3://`` prefix of the extracted ``MSRVTT`` folder.
+    out_uri : str
+        Folder or ``s3://`` prefix; receives ``train/``, ``val/``, ``test/``.
+    tokenizer : str
+        Local folder or hub id of the text backbone's tokenizer.
+    experts : sequence of str
+        Which of :data:`MMT_EXPERTS` to keep (default all seven).
+    expert_tokens, max_text_words, train_captions : int
+    val_size : int, optional
+    opts : StorageOptions, optional
+    skip_bad : bool
+        Drop videos whose HDF5 file is missing or malformed (each logged) instead of raising.
+    progress : bool or str
+
+    Returns
+    -------
+    dict[str, str]
+        ``{"train": uri, "val": uri, "test": uri}``. Columns ``text`` int64 ``[max_text_words]``,
+        per expert ``<expert>`` float32 ``[expert_tokens, dim]`` and ``<expert>_mask`` bool
+        ``[expert_tokens]``; row i's text describes row i's video. Task ``wander.retrieval``
+        with ``model.query_modality: text``.
+
+    Raises
+    ------
+    ImportDataError
+        A missing list, caption-index pickle or HDF5 file, a malformed line or field; the message
+        names the file, the line and the field.
+    """
+    from polymodal.shards import ColumnSpec, ShardWriter
+
+    unknown = [e for e in experts if e not in MMT_EXPERTS]
+    if unknown or not experts or len(set(experts)) != len(experts):
+        raise ValueError(f"experts must be distinct names from {list(MMT_EXPERTS)}, got {list(experts)}")
+    for name, value in (("expert_tokens", expert_tokens), ("max_text_words", max_text_words),
+                        ("train_captions", train_captions)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    root = os.fspath(root)
+    expert_dims = {e: MMT_EXPERTS[e] for e in experts}
+    tok = _load_tokenizer(tokenizer)
+
+    lists = storage.join(root, MSRVTT_LISTS)
+    train_list = _read_video_list(storage.join(lists, MSRVTT_TRAIN_LIST), opts)
+    test_list = _read_video_list(storage.join(lists, MSRVTT_TEST_LIST), opts)
+    idx_path = storage.join(lists, MSRVTT_TEST_CAPTIONS)
+    test_idx = _load_pickle(idx_path, "jsfusion_val_caption_idx", opts)
+    if not isinstance(test_idx, dict):
+        raise ImportDataError(f"{idx_path}: top level is a {type(test_idx).__name__}, expected a dict video id -> "
+                              "caption index")
+    # MMT's cut of the training list: RandomState(cross_seed=0).shuffle, the first len(test) are val
+    order = list(train_list)
+    np.random.RandomState(0).shuffle(order)
+    n_val = len(test_list) if val_size is None else val_size
+    if not 0 <= n_val < len(order):
+        raise ValueError(f"val_size must be in [0, {len(order)}) (the training list's videos), got {n_val}")
+    plan: dict[str, list[_Video]] = {"train": [], "val": [], "test": []}
+    for i, (vid, where) in enumerate(order):
+        plan["val" if i < n_val else "train"].append(_Video(vid, where, _h5_uri(root, vid), None if i >= n_val else (0,)))
+    for vid, where in test_list:
+        cap = test_idx.get(vid)
+        if isinstance(cap, np.integer):
+            cap = int(cap)
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            raise ImportDataError(f"{idx_path}: no caption index for test video {vid!r} ({where}); got {cap!r}")
+        plan["test"].append(_Video(vid, where, _h5_uri(root, vid), (cap,)))
+    if not n_val:
+        del plan["val"]
+    files = _Listing(opts)
+    for split, videos in plan.items():
+        for v in videos:
+            if not files.exists(v.h5) and not skip_bad:
+                raise ImportDataError(f"{v.where}: {v.vid}: feature file {v.h5} not found (or pass skip_bad=True)")
+
+    modalities: dict[str, ColumnSpec] = {"text": ColumnSpec(dtype="int64", shape=[max_text_words])}
+    for e, dim in expert_dims.items():
+        modalities[e] = feature_spec([expert_tokens, dim])
+    for e in expert_dims:
+        modalities[e + MASK_SUFFIX] = ColumnSpec(dtype="bool", shape=[expert_tokens])
+    specs = columns("retrieval", modalities)
+    base_meta = {"head": "retrieval", "query_modality": "text", "modalities": ["text", *expert_dims],
+                 "inputs": {"text": "input_ids", **{e: "embeds" for e in expert_dims}},
+                 "experts": expert_dims, "masks": {e: e + MASK_SUFFIX for e in expert_dims},
+                 "source": "msrvtt-mmt", "pad_token_id": int(tok.pad_token_id)}
+    out: dict[str, str] = {}
+    workers = 16 if storage.is_s3(root) else min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for split, videos in plan.items():
+            out[split] = storage.join(out_uri, split)
+            log = _SkipLog(storage.join(lists, MSRVTT_TEST_LIST if split == "test" else MSRVTT_TRAIN_LIST), split)
+            absent = dict.fromkeys(expert_dims, 0)
+            meta = dict(base_meta)
+            with ShardWriter(out[split], task=TASKS["retrieval"], split=split, columns=specs, meta=meta, opts=opts,
+                             progress=progress) as writer:
+                # chunks of videos bound memory: one train row of all experts at 30 tokens is ~0.8 MB
+                for n, chunk in enumerate(_chunks(videos, 32)):
+                    read = pool.map(lambda v: _read_video(v, expert_dims, expert_tokens, train_captions,
+                                                          max_text_words, opts), chunk)
+                    texts: list[str] = []
+                    rows: dict[str, list[np.ndarray]] = {c: [] for c in modalities if c != "text"}
+                    for j, (video, got) in enumerate(zip(chunk, read)):
+                        if isinstance(got, str):
+                            if not skip_bad:
+                                raise ImportDataError(f"{got} (or pass skip_bad=True to drop such videos)")
+                            log.skip(n * 32 + j, got)
+                            continue
+                        caps, feats, masks = got
+                        for e in expert_dims:
+                            absent[e] += int(not masks[e].any())
+                        for text in caps:
+                            texts.append(text)
+                            for e in expert_dims:
+                                rows[e].append(feats[e])
+                                rows[e + MASK_SUFFIX].append(masks[e])
+                    if not texts:
+                        continue
+                    batch = {c: np.stack(v) for c, v in rows.items()}
+                    batch["text"] = tok(texts, padding="max_length", truncation=True, max_length=max_text_words,
+                                        return_tensors="np")["input_ids"].astype(np.int64)
+                    writer.write(batch)
+                if writer.rows_written == 0:
+                    raise ImportDataError(f"{log.source}: no usable videos left in split {split!r}")
+                meta["absent_experts"] = absent  # videos without each expert; the manifest is written on close
+                writer.meta = meta
             log.summary()
     return out
 
