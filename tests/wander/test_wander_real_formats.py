@@ -366,3 +366,33 @@ def test_every_new_format_has_its_own_help(capsys: pytest.CaptureFixture) -> Non
         text = capsys.readouterr().out
         assert option in text and f"--format {fmt}" in text
     assert get_task("wander.multilabel").primary_metric == "accuracy"
+
+
+def test_sources_on_s3_import_like_local_ones(tmp_path: Path, tokenizer: str, s3_bucket_uri: str) -> None:
+    """The same tiny copies (sources in :func:`_upmc`, :func:`_iemocap`, :func:`_msrvtt`) uploaded to
+    S3 import to the same rows as from disk: title CSVs, images, pickles and HDF5 files are read
+    through the storage layer."""
+    from polymodal import storage
+
+    upmc, msrvtt = _upmc(tmp_path / "upmc"), _msrvtt(tmp_path / "MSRVTT")
+    pkl, _ = _iemocap(tmp_path / "iemocap_data.pkl")
+    storage.upload_dir(str(upmc), f"{s3_bucket_uri}/upmc")
+    storage.upload_dir(str(msrvtt), f"{s3_bucket_uri}/MSRVTT")
+    storage.write_bytes(f"{s3_bucket_uri}/iemocap_data.pkl", pkl.read_bytes())
+    runs = {
+        "food101": lambda src, out: import_food101(src, out, tokenizer=tokenizer, image_size=8, max_text_len=8,
+                                                   val_size=2, progress=False),
+        "iemocap": lambda src, out: import_iemocap(src, out, progress=False),
+        "msrvtt": lambda src, out: import_msrvtt_mmt(src, out, tokenizer=tokenizer, experts=["face", "ocr"],
+                                                     expert_tokens=2, max_text_words=8, val_size=2, progress=False),
+    }
+    sources = {"food101": (str(upmc), f"{s3_bucket_uri}/upmc"), "iemocap": (str(pkl), f"{s3_bucket_uri}/iemocap_data.pkl"),
+               "msrvtt": (str(msrvtt), f"{s3_bucket_uri}/MSRVTT")}
+    for name, run in runs.items():
+        local, remote = sources[name]
+        a, b = run(local, str(tmp_path / "local" / name)), run(remote, str(tmp_path / "s3" / name))
+        for split in a:
+            got, want = _rows(b[split]), _rows(a[split])
+            assert got.keys() == want.keys()
+            for column in want:
+                np.testing.assert_array_equal(got[column], want[column])
