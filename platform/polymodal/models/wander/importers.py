@@ -887,7 +887,10 @@ MSRVTT_TEST_LIST = "val_list_jsfusion.txt"  # JSFusion's 1k-A test videos
 MSRVTT_TEST_CAPTIONS = "jsfusion_val_caption_idx.pkl"  # video id -> the one test caption
 #: suffix of the per-expert token mask column: True = a real feature, all False = expert absent
 MASK_SUFFIX = "_mask"
-_VIDEO_ID = re.compile(r"[A-Za-z0-9_.-]{3,}")
+#: a listed video id: its first three characters name the HDF5 file's folders, so they must be plain
+_VIDEO_ID = re.compile(r"[A-Za-z0-9]{3}[A-Za-z0-9_.-]*")
+#: videos read concurrently and written in one call
+_VIDEO_CHUNK = 32
 
 
 @dataclass
@@ -912,7 +915,7 @@ def _read_video_list(path: str, opts: StorageOptions | None) -> list[tuple[str, 
         vid = line.strip()
         if not vid:
             continue
-        if not _VIDEO_ID.fullmatch(vid) or vid in ("...",):
+        if not _VIDEO_ID.fullmatch(vid):
             raise ImportDataError(f"{path}: line {lineno}: {vid!r} is not a video id (expected e.g. 'video7')")
         out.append((vid, f"{path}: line {lineno}"))
     if not out:
@@ -1140,7 +1143,7 @@ def import_msrvtt_mmt(
             with ShardWriter(out[split], task=TASKS["retrieval"], split=split, columns=specs, meta=meta, opts=opts,
                              progress=progress) as writer:
                 # chunks of videos bound memory: one train row of all experts at 30 tokens is ~0.8 MB
-                for n, chunk in enumerate(_chunks(videos, 32)):
+                for n, chunk in enumerate(_chunks(videos, _VIDEO_CHUNK)):
                     read = pool.map(lambda v: _read_video(v, expert_dims, expert_tokens, train_captions,
                                                           max_text_words, opts), chunk)
                     texts: list[str] = []
@@ -1149,7 +1152,7 @@ def import_msrvtt_mmt(
                         if isinstance(got, str):
                             if not skip_bad:
                                 raise ImportDataError(f"{got} (or pass skip_bad=True to drop such videos)")
-                            log.skip(n * 32 + j, got)
+                            log.skip(n * _VIDEO_CHUNK + j, got)
                             continue
                         caps, feats, masks = got
                         for e in expert_dims:
