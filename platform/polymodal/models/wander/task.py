@@ -1,4 +1,4 @@
-"""Wander's three tasks, plugged into the spine: classification, regression, retrieval."""
+"""Wander's tasks, plugged into the spine: classification, regression, retrieval, multilabel."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from polymodal.task import Batch, Task
 from .backbone import load_backbone
 from .config import PRESETS, WanderConfig
 from .data import LABEL, SYNTH_QUERY, TASKS
-from .metrics import classification_metrics, regression_metrics
+from .metrics import classification_metrics, multilabel_metrics, regression_metrics
 from .model import WanderModel
 
 
@@ -53,8 +53,12 @@ class _WanderTask(Task):
     def example_request(self, cfg, data_uri):
         from polymodal.shards import first_rows
 
+        from .backbone import read_spec
+
+        # only the backbone's modalities: a dataset may carry more (MSR-VTT's expert masks)
+        names = set(read_spec(local_copy(cfg.model.backbone, cfg.storage)).names())
         row = first_rows(data_uri, 1, cfg.storage)
-        return {"inputs": {name: values[0].tolist() for name, values in row.items() if name != LABEL}}
+        return {"inputs": {name: values[0].tolist() for name, values in row.items() if name in names}}
 
     def request_model(self, cfg: WanderConfig):
         from . import serving
@@ -147,3 +151,36 @@ class RetrievalTask(_WanderTask):
     def metrics(self, outputs):
         return retrieval_metrics(outputs["text_emb"] @ outputs["video_emb"].T)
 
+
+
+class MultiLabelTask(_WanderTask):
+    """IEMOCAP-style: K independent binary targets (``model.num_classes`` = K), one logit each.
+
+    Loss: binary cross-entropy per target, averaged (Multimodal-Transformer trains two logits per
+    emotion with softmax cross-entropy; one logit per target is the same model for the pair
+    ``(0, logit)``). Metrics: :func:`~polymodal.models.wander.metrics.multilabel_metrics`,
+    per-target accuracy and weighted F1 as its ``eval_iemocap`` reports them.
+    """
+
+    name = TASKS["multilabel"]
+    head = "multilabel"
+    primary_metric = "accuracy"
+    # per-target metrics are named by index; 64 targets cover any multi-label set we import
+    fraction_metrics = frozenset({"accuracy", "f1"} | {f"{m}_{k}" for m in ("acc", "f1") for k in range(64)})
+    mode = "max"
+
+    def synth_overrides(self, out):
+        from .synth import MULTILABEL_TARGETS
+
+        return [*super().synth_overrides(out), f"model.num_classes={MULTILABEL_TARGETS}"]
+
+    def loss(self, model, batch):
+        logits = model(self.inputs(batch))["logits"].float()  # (B, K)
+        return F.binary_cross_entropy_with_logits(logits, batch[LABEL].float()), {}
+
+    def predict(self, model, batch):
+        logits = model(self.inputs(batch))["logits"].float()
+        return {"logits": logits.cpu().numpy(), LABEL: batch[LABEL].cpu().numpy()}
+
+    def metrics(self, outputs):
+        return multilabel_metrics(outputs["logits"], outputs[LABEL])
