@@ -38,8 +38,9 @@ entries) before anything is written, so a broken file fails in seconds with an
 decoded while writing; an undecodable one is an error, and so is a recipe none of whose listed
 images is on disk (the message names the layer2 entry, the ``images[i].id`` field and the paths
 tried). With ``skip_bad=True`` a bad recipe is dropped instead: logged, and counted in the
-manifest's ``meta["skipped"]``. A recipe that layer2 does not list is not an error (about two
-thirds of Recipe1M's recipes have no image); it is left out and counted in ``meta["no_image"]``.
+manifest's ``meta["skipped"]``. A recipe that layer2 does not list (or lists without an image) is
+not an error (about 60% of Recipe1M's recipes have no image); it is left out and counted in
+``meta["no_image"]``.
 """
 
 from __future__ import annotations
