@@ -392,8 +392,9 @@ def read_cc3m(path: str, images_root: str, *, skip_bad: bool = False, opts: Stor
     if not storage.exists(images_root, opts):
         raise ImportDataError(f"{images_root}: folder not found; pass --images <img2dataset's output folder>")
 
-    def lines(rows: _Rows) -> Iterator[tuple[str, str, str]]:
-        """``(where, caption, url)`` of the good TSV lines."""
+    def lines(rows: _Rows) -> Iterator[tuple[str, str | None, str | None]]:
+        """``(where, caption, url)`` per TSV line; a bad line (reported here) has no caption and
+        the url its last word may still give, so that its downloaded image is passed over too."""
         with _open_text(path, opts) as f:
             n = 0
             try:
@@ -403,14 +404,15 @@ def read_cc3m(path: str, images_root: str, *, skip_bad: bool = False, opts: Stor
                         continue
                     where = f"{path}: line {n}"
                     parts = line.split("\t")
+                    words = line.split()
                     if len(parts) != 2:
                         rows.bad(where, f"expected 'caption<TAB>url' (2 fields), got {len(parts)} field(s)")
+                        yield where, None, words[-1] if words else None
                         continue
                     (caption, url), problem = _need_text({"caption": parts[0], "url": parts[1]}, "caption", "url")
                     if problem:
                         rows.bad(where, problem)
-                        continue
-                    yield where, caption, url
+                    yield where, None if problem else caption, url
             except UnicodeDecodeError as exc:
                 raise ImportDataError(f"{path}: line {n + 1}: not UTF-8 text ({exc})") from None
 
@@ -428,14 +430,17 @@ def read_cc3m(path: str, images_root: str, *, skip_bad: bool = False, opts: Stor
                 continue
             for where, caption, line_url in tsv:
                 if line_url == url:
-                    yield rows.add(key, text=caption, source=image, where=where, image=True)
+                    if caption is not None:  # else a bad line, already reported
+                        yield rows.add(key, text=caption, source=image, where=where, image=True)
                     break
-                rows.absent(where, f"{line_url} has no image in {images_root}")
+                if caption is not None:
+                    rows.absent(where, f"{line_url} has no image in {images_root}")
             else:
                 raise ImportDataError(f"{meta_path}: field 'url' {url!r} is not on any later line of {path}; "
                                       "pass the TSV that img2dataset downloaded, and its own --output_folder")
-        for where, _, line_url in tsv:
-            rows.absent(where, f"{line_url} has no image in {images_root}")
+        for where, caption, line_url in tsv:
+            if caption is not None:
+                rows.absent(where, f"{line_url} has no image in {images_root}")
         rows.done()
 
     return Parsed(path, rows_of, skip_bad)
