@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from polymodal import cliargs
 from polymodal.errors import PolymodalError
@@ -22,44 +23,29 @@ from polymodal.registry import Command
 
 @dataclass(frozen=True)
 class _Format:
-    """One ``--format``: what it reads, the dataset kind it writes and its own options."""
+    """One ``--format``: its reader, the dataset kind it writes and its own options."""
 
     kind: str  # pretrain | retrieval | mcqa | oeqa | qa (TGIF-QA: mcqa or oeqa by the file's task)
     help: str
     source: str  # what --source is
-    media: str  # the flag of the folder of videos / images
+    media: str  # the flag (and args attribute) of the folder of videos / images
     media_help: str
-    read: Callable[[argparse.Namespace, object], object]  # (args, storage options) -> importers.Parsed
+    reader: str  # the function of .importers: reader(source, media folder, skip_bad=, opts=, **extra(args))
+    extra: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     add: Callable[[argparse.ArgumentParser], None] | None = None  # format-only options
     split_help: str = "the split name written in the manifest, e.g. train"
 
-
-def _read(name: str, **extra: str) -> Callable[[argparse.Namespace, object], object]:
-    """``importers.<name>(args.source, <media folder>, **{kw: args.<attr>})``."""
-    def read(args: argparse.Namespace, opts: object) -> object:
+    def read(self, args: argparse.Namespace, opts: Any) -> Any:
+        """The checked source (:class:`~.importers.Parsed`) named by ``args``."""
         from . import importers
 
-        media = getattr(args, _FORMATS_MEDIA[name])
-        kwargs = {kw: getattr(args, attr) for kw, attr in extra.items()}
-        return getattr(importers, name)(args.source, media, skip_bad=args.skip_bad, opts=opts, **kwargs)
-    return read
-
-
-#: reader -> the args attribute of its media folder
-_FORMATS_MEDIA = {"read_webvid": "videos", "read_cc3m": "images", "read_msrvtt": "videos",
-                  "read_msrvtt_qa": "videos", "read_tgif_qa": "gifs", "read_mcqa": "videos", "read_oeqa": "videos"}
+        return getattr(importers, self.reader)(args.source, getattr(args, self.media), skip_bad=args.skip_bad,
+                                               opts=opts, **self.extra(args))
 
 
 def _msrvtt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-csv", metavar="CSV",
                    help="9k: MSRVTT_train.9k.csv; 1k-A: MSRVTT_JSFUSION_test.csv (default: that file beside --source)")
-
-
-def _read_msrvtt(args: argparse.Namespace, opts: object) -> object:
-    from .importers import read_msrvtt
-
-    return read_msrvtt(args.source, args.videos, args.split, split_csv=args.split_csv, skip_bad=args.skip_bad,
-                       opts=opts)
 
 
 def _msvd_args(p: argparse.ArgumentParser) -> None:
@@ -72,39 +58,41 @@ FORMATS: dict[str, _Format] = {
         "pretrain", "VIOLET pre-training on WebVid (results CSV + downloaded videos); rows whose video was never "
                     "downloaded are skipped and counted",
         "WebVid results_*.csv (videoid,name,page_idx,page_dir,duration,contentUrl)", "videos",
-        "the videos folder of WebVid's download.py, holding <page_dir>/<videoid>.mp4", _read("read_webvid")),
+        "the videos folder of WebVid's download.py, holding <page_dir>/<videoid>.mp4", "read_webvid"),
     "cc3m": _Format(
         "pretrain", "VIOLET pre-training on Conceptual Captions images (T = 1 clips) downloaded by img2dataset; "
                     "lines whose image was not downloaded are skipped and counted",
         "CC3M TSV of caption<TAB>url, no header (Train_GCC-training.tsv, Validation_GCC-1.1.0-Validation.tsv)",
         "images", "img2dataset's --output_folder (--output_format files): 00000/<key>.jpg + <key>.json",
-        _read("read_cc3m")),
+        "read_cc3m"),
     "msrvtt": _Format(
         "retrieval", "VIOLET text-to-video retrieval on MSR-VTT (MSRVTT_data.json + video<N>.mp4)",
         "MSRVTT_data.json (videos with split, sentences with video_id and caption)", "videos",
-        "the folder of video0.mp4 ... video9999.mp4", _read_msrvtt, _msrvtt_args,
+        "the folder of video0.mp4 ... video9999.mp4", "read_msrvtt",
+        lambda args: {"split": args.split, "split_csv": args.split_csv}, _msrvtt_args,
         split_help="train | val | test: the official split (the json's split field, every caption); 9k: the videos "
                    "of MSRVTT_train.9k.csv, every caption (a train dataset); 1k-A: MSRVTT_JSFUSION_test.csv, one "
                    "sentence per video (a test dataset)"),
     "msrvtt-qa": _Format(
         "oeqa", "VIOLET open-ended video QA on MSRVTT-QA ({train,val,test}_qa.json + video<id>.mp4)",
         "MSRVTT-QA {train,val,test}_qa.json: a list of question, answer, video_id (int), id, category_id", "videos",
-        "the folder of MSR-VTT's video<N>.mp4", _read("read_msrvtt_qa")),
+        "the folder of MSR-VTT's video<N>.mp4", "read_msrvtt_qa"),
     "msvd-qa": _Format(
         "oeqa", "VIOLET open-ended video QA on MSVD-QA ({train,val,test}_qa.json + youtube_mapping.txt + "
                 "YouTubeClips/*.avi)",
         "MSVD-QA {train,val,test}_qa.json: a list of question, answer, video_id (int), id", "videos",
-        "MSVD's YouTubeClips folder of <clip_name>.avi", _read("read_msrvtt_qa", mapping="mapping"), _msvd_args),
+        "MSVD's YouTubeClips folder of <clip_name>.avi", "read_msrvtt_qa", lambda args: {"mapping": args.mapping},
+        _msvd_args),
     "tgif-qa": _Format(
         "qa", "VIOLET video QA on TGIF-QA: action and transition multiple-choice, frameqa and count open-ended",
         "TGIF-QA {Train,Test}_{action,transition,frameqa,count}_question.csv (tab-separated, header)", "gifs",
-        "the folder of <gif_name>.gif", _read("read_tgif_qa")),
+        "the folder of <gif_name>.gif", "read_tgif_qa"),
     "mcqa": _Format("mcqa", "VIOLET multiple-choice video QA from plain JSON Lines",
                     "JSON Lines of video, question, options, answer index", "videos",
-                    "the folder of <video>.mp4|.avi|.mkv|.webm|.gif files", _read("read_mcqa")),
+                    "the folder of <video>.mp4|.avi|.mkv|.webm|.gif files", "read_mcqa"),
     "oeqa": _Format("oeqa", "VIOLET open-ended video QA from plain JSON Lines",
                     "JSON Lines of video, question, answer text", "videos",
-                    "the folder of <video>.mp4|.avi|.mkv|.webm|.gif files", _read("read_oeqa")),
+                    "the folder of <video>.mp4|.avi|.mkv|.webm|.gif files", "read_oeqa"),
 }
 
 
@@ -150,7 +138,8 @@ def _args(fmt: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int,
                    help="actors in the pool (default: one per GPU for pre-training on GPUs, else one per two CPUs)")
     p.add_argument("--restart", action="store_true",
-                   help="start over instead of continuing an interrupted import of the same sources into --out")
+                   help="start over instead of continuing (or, once finished, keeping) an import of the same "
+                        "sources and settings into --out")
     cliargs.add_config(p, required=False)
 
 

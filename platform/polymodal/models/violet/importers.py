@@ -164,8 +164,8 @@ class Parsed:
         self.skipped, self.missing = check.skipped, check.missing
 
     def __iter__(self) -> Iterator[Record]:
-        # the same rows as the check pass: bad ones were logged then
-        return self._read(_Rows(self.path, skip_bad=True, log=False))
+        # the same rows as the check pass, whose bad ones were logged then
+        return self._read(_Rows(self.path, self.skip_bad, log=False))
 
     def __len__(self) -> int:
         return self.rows
