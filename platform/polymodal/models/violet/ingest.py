@@ -3,9 +3,11 @@
 :class:`FrameExtractor` is a Ray Data callable class: each actor decodes its batch's videos with
 PyAV, takes T frames, resizes them to ``size x size``, packs them as JPEGs and, for pre-training,
 loads the visual tokenizer once (on its GPU when it has one) and adds the ``vt_codes`` targets.
-:func:`ingest` runs it with ``from_items`` + ``map_batches`` over an actor pool and writes the
-result with :class:`~polymodal.shards.ShardWriter` (manifest last); with ``use_ray=False`` the same
-extractor runs in this process.
+:func:`ingest` streams the records ``rows_per_shard`` at a time: each chunk goes through
+``from_items`` + ``map_batches`` over an actor pool (with ``use_ray=False``, the same extractor in
+this process) and becomes one shard of a :class:`~polymodal.shards.ShardWriter` (manifest last);
+``import-progress.json`` beside the shards lets a rerun of an interrupted import continue after its
+last finished shard.
 
 Choices made here
 -----------------
