@@ -187,10 +187,15 @@ def tgif_qa(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("violet-real-models")
+def bert(tmp_path_factory) -> str:
+    """A tiny BERT whose WordPiece vocabulary covers the fixtures' words."""
     texts = [sentence(i) for i in range(12)] + [" ".join(WORDS)] + ["what is the colour of the do"]
-    return {"bert": write_tiny_bert(root / "bert", texts, vocab_size=120), "vq": write_tiny_vqgan(root / "vq")}
+    return write_tiny_bert(tmp_path_factory.mktemp("violet-real-bert"), texts, vocab_size=120)
+
+
+@pytest.fixture(scope="module")
+def models(bert, tmp_path_factory) -> dict[str, str]:
+    return {"bert": bert, "vq": write_tiny_vqgan(tmp_path_factory.mktemp("violet-real-vq"))}
 
 
 def do_import(fmt: str, out: Path, split: str, *args: str) -> str:
@@ -245,8 +250,7 @@ def test_cc3m_images_pretrain_as_single_frames(tmp_path, models, capsys):
     assert 0.0 <= result["metrics"]["vtm_acc"] <= 1.0
 
 
-@pytest.mark.slow
-def test_msrvtt_9k_and_1k_a_retrieval(tmp_path, models):
+def test_msrvtt_9k_and_1k_a_retrieval(tmp_path, bert):
     src = msrvtt(tmp_path / "msrvtt")
     common = ["--source", src["source"], "--videos", src["videos"], "--frames", "5"]
     train = do_import("msrvtt", tmp_path / "train", "9k", *common)
@@ -254,7 +258,7 @@ def test_msrvtt_9k_and_1k_a_retrieval(tmp_path, models):
     assert (open_dataset(train).split, open_dataset(train).num_rows) == ("train", 8)  # 4 videos x 2 sentences
     test_rows = open_dataset(test)
     assert (test_rows.split, test_rows.num_rows) == ("test", 2)  # one JSFUSION sentence per video
-    result = chain(tmp_path, "violet_tiny_retrieval.yaml", models["bert"], train, test, "optim.max_steps_per_epoch=2")
+    result = chain(tmp_path, "violet_tiny_retrieval.yaml", bert, train, test, "optim.max_steps_per_epoch=2")
     metrics = result["metrics"]
     # 2 texts against 2 videos: every text's video is within the top 10, at rank 1 or 2
     assert metrics["r10"] == 1.0 and 1 <= metrics["medr"] <= 2 and metrics["r1"] in (0.0, 0.5, 1.0)

@@ -304,7 +304,9 @@ def ingest(
 
     kwargs = {"kind": kind, "n_frames": n_frames, "size": size, "tokenizer_path": tokenizer_path, "grid": tuple(grid),
               "opts": opts.model_dump() if opts else None, "skip_bad": skip_bad, "quality": quality}
-    key = _import_key(records, {**kwargs, "split": split, "rows_per_shard": rows_per_shard,
+    # storage options (endpoint, credentials) are left out: new credentials read the same files
+    settings = {k: v for k, v in kwargs.items() if k != "opts"}
+    key = _import_key(records, {**settings, "split": split, "rows_per_shard": rows_per_shard,
                                 "answers": base_meta.get("answer_vocab"), "meta": meta}, opts)
     base_meta["import_key"] = key
     if resume:
