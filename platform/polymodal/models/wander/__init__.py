@@ -27,7 +27,7 @@ def register(registry) -> None:
 
     from . import commands, demo, task
 
-    for t in (task.ClassificationTask(), task.RegressionTask(), task.RetrievalTask()):
+    for t in (task.ClassificationTask(), task.RegressionTask(), task.RetrievalTask(), task.PretrainTask()):
         registry.add_task(t)
     registry.add_import_format(commands.MMSA)
     registry.add_import_format(commands.FOOD101)
