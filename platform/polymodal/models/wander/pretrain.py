@@ -154,8 +154,8 @@ def _new_encoder(cfg: PretrainConfig, seq_len: int) -> nn.Module:
                       hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                       num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                       hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-                      max_position_embeddings=max(64, seq_len))
-    return BertModel(conf, add_pooling_layer=False, attn_implementation="eager")
+                      max_position_embeddings=max(64, seq_len), attn_implementation="eager")
+    return BertModel(conf, add_pooling_layer=False)
 
 
 def build_backbone(cfg: PretrainConfig, path: str | None = None
