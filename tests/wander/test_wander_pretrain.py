@@ -181,7 +181,6 @@ def test_missing_or_incompatible_backbone_folders_name_the_path_and_field(data, 
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.mark.slow
 def test_pretraining_learns_and_its_backbone_trains_a_classifier(data, tmp_path):
     """Pre-train 4 epochs on 512 planted rows; the held-out objective falls far below the untrained
     backbone's (and MFM below 1.0, the frame-mean predictor); the exported backbone then runs

@@ -1,10 +1,11 @@
 """Self-supervised pre-training of Wander's stacked-transformer backbone (``wander.pretrain``).
 
 Why: the Wander paper fine-tunes adapters on a backbone pre-trained beforehand (for CMU-MOSI and
-IEMOCAP a stack of transformer layers per modality, pre-trained on unlabelled video); its code
-(zrguo/Wander, ``run/mosi_run.py --pretrained_model``) loads that model but neither the paper nor
-the repository states the pre-training objective. This task trains such a backbone here, on the
-shards ``polymodal data import --format mmsa`` writes (CMU-MOSEI / MOSI feature sequences; their
+IEMOCAP a stack of transformer layers, pre-trained on unlabelled video); its code (zrguo/Wander,
+``run/mosi_run.py --pretrained_model``; its README: "You need a pre-trained multimodal model first")
+loads that model, but no pre-training code or objective could be found in it (the paper's full text
+was not readable here), so the objective below is chosen from the literature. This task trains such
+a backbone here, on the shards ``polymodal data import --format mmsa`` writes (CMU-MOSEI / MOSI feature sequences; their
 ``label`` column is ignored), and writes it as a backbone folder that ``wander.classification`` /
 ``wander.regression`` load with ``model.backbone=<run>/backbone``.
 
@@ -28,8 +29,8 @@ Objective, per batch (weights ``mfm_weight``, ``nce_weight``)::
   arXiv 2002.06353) and, for CMU-MOSEI's text/audio/vision features, by Khare et al. 2020
   ("Self-supervised learning with cross-modal transformers for emotion recognition", arXiv
   2011.10652). With ``target_norm: frame`` each target frame is standardised over its features
-  first (MAE's normalised-pixel target, He et al. 2022), so features of different units weigh
-  alike and predicting the frame's own mean scores exactly 1.0: ``mfm_mse < 1`` means the context
+  first (MAE's normalised-pixel target, He et al. 2022), so modalities of different scales weigh
+  alike in the mean over modalities, and predicting the frame's own mean scores exactly 1.0: ``mfm_mse < 1`` means the context
   was used.
 * **Cross-modal contrastive alignment** (NCE): the pooled output of each modality (first token,
   or the mean; ``pooling``) is projected to ``embed_dim`` and L2-normalised; for every ordered pair
@@ -133,8 +134,9 @@ def tiny() -> dict[str, Any]:
 
 
 def paper() -> dict[str, Any]:
-    """Encoders the size of the Wander MOSI model (zrguo/Wander ``run/mosi_run.py``: ``proj_dim`` 40,
-    ``num_heads`` 8; 5 layers, MulT's default ``nlevels``; feed-forward 4x the width, as MulT's);
+    """Encoders the size of the Wander MOSI model (a copy of zrguo/Wander ``run/mosi_run.py``:
+    ``proj_dim`` 40, ``num_heads`` 8; 5 layers, MulT's default ``nlevels``; feed-forward 4x the
+    width, as in MulT);
     masking and temperature as in BERT/UniVL (15 %) and VATT/CLIP (0.07)."""
     return {"hidden_size": 40, "num_layers": 5, "num_heads": 8, "intermediate_size": 160, "dropout": 0.1,
             "mask_ratio": 0.15, "temperature": 0.07, "embed_dim": 40}
