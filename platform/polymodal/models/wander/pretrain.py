@@ -30,8 +30,8 @@ Objective, per batch (weights ``mfm_weight``, ``nce_weight``)::
   ("Self-supervised learning with cross-modal transformers for emotion recognition", arXiv
   2011.10652). With ``target_norm: frame`` each target frame is standardised over its features
   first (MAE's normalised-pixel target, He et al. 2022), so modalities of different scales weigh
-  alike in the mean over modalities, and predicting the frame's own mean scores exactly 1.0: ``mfm_mse < 1`` means the context
-  was used.
+  alike in the mean over modalities, and predicting the frame's own mean scores exactly 1.0:
+  ``mfm_mse < 1`` means the context was used.
 * **Cross-modal contrastive alignment** (NCE): the pooled output of each modality (first token,
   or the mean; ``pooling``) is projected to ``embed_dim`` and L2-normalised; for every ordered pair
   of modalities (a, b) each row's a-embedding must pick its own row's b-embedding among the batch
