@@ -156,7 +156,9 @@ def init_input_projections(proj: nn.ModuleDict, path: str | os.PathLike, spec: B
         got = {k: tuple(v.shape) for k, v in state.items()}
         if got != want:
             raise ValueError(f"{field}: {str(file)!r} holds {got}, but modality {mod.name!r} "
-                             f"(feature_dim {mod.feature_dim}, encoder width {want['weight'][0]}) needs {want}")
+                             f"(feature_dim {mod.feature_dim}, encoder width {want['weight'][0]}) needs {want}; "
+                             "for features of another width (e.g. CMU-MOSI's audio 5 / vision 20 against "
+                             "CMU-MOSEI's 74 / 35) remove the field to start this projection at random")
         with torch.no_grad():
             layer.weight.copy_(state["weight"].to(layer.weight.dtype))
             layer.bias.copy_(state["bias"].to(layer.bias.dtype))
