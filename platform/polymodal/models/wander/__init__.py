@@ -8,8 +8,8 @@ sequence fusion and ``WanderModel`` with its three heads), ``data`` (the dataset
 columns, ``label``, tasks per head), ``importers`` (MMSA, IEMOCAP, UPMC-Food101, MSR-VTT with MMT
 experts) and ``synth`` (planted cross-modal targets), ``metrics`` (classification, multilabel and MOSI
 regression; retrieval is the spine's), ``task`` (``wander.classification``, ``wander.regression``,
-``wander.retrieval``, ``wander.multilabel``), ``serving``,
-``commands`` and ``demo``.
+``wander.retrieval``, ``wander.multilabel`` and ``wander.pretrain``), ``pretrain`` (the
+backbone's self-supervised pre-training and its export), ``serving``, ``commands`` and ``demo``.
 """
 
 from polymodal.models.wander.backbone import load_backbone, save_tiny_backbone
@@ -22,14 +22,15 @@ __all__ = ["SequenceFusion", "WanderConfig", "WanderModel", "PRESETS", "load_bac
 
 
 def register(registry) -> None:
-    """Entry point ``polymodal.systems: wander``: the classification, regression, retrieval and
-    multilabel tasks, the ``mmsa``, ``food101``, ``iemocap`` and ``msrvtt-mmt`` import formats, the
+    """Entry point ``polymodal.systems: wander``: the classification, regression, retrieval,
+    multilabel and backbone pre-training tasks, the ``mmsa``, ``food101``, ``iemocap`` and ``msrvtt-mmt`` import formats, the
     demo step and the Serve app."""
     from polymodal.registry import ServeApp
 
     from . import commands, demo, task
 
-    for t in (task.ClassificationTask(), task.RegressionTask(), task.RetrievalTask(), task.MultiLabelTask()):
+    for t in (task.ClassificationTask(), task.RegressionTask(), task.RetrievalTask(), task.MultiLabelTask(),
+              task.PretrainTask()):
         registry.add_task(t)
     registry.add_import_format(commands.MMSA)
     registry.add_import_format(commands.FOOD101)
