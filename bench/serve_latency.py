@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -26,12 +25,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pcts(lat_s: list[float]) -> tuple[float, float]:
@@ -137,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    from polymodal.ports import free_port
     from polymodal.serving import proxy
     from polymodal.serving.app import ModelStore, ServeArgs, build_deployment
 
@@ -148,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
         proxy.install()  # as a polymodal cluster runs it
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         http: dict[str, dict[str, float]] = {}
         try:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_latency import _free_port, example_inputs, make_checkpoint  # bench/ is on sys.path: python bench/x.py
+from serve_latency import example_inputs, make_checkpoint  # bench/ is on sys.path: python bench/x.py
 
 MEMORY_LIMIT = 0.10  # allowed RSS growth over the run
 SAMPLE_S = 2.0
@@ -138,12 +138,13 @@ def soak_serve(ckpt: str, bodies: list, a: argparse.Namespace) -> Soak:
     import ray
     from ray import serve
 
+    from polymodal.ports import free_port
     from polymodal.serving import proxy
     from polymodal.serving.app import ServeArgs, build_deployment
 
     proxy.install()
     ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         args = ServeArgs(checkpoint=ckpt, max_ongoing_requests=max(8, a.concurrency), max_queued_requests=-1)
@@ -159,7 +160,9 @@ def soak_uvicorn(ckpt: str, bodies: list, a: argparse.Namespace) -> Soak:
     """The peer: ``local_app`` of the same checkpoint in one uvicorn process."""
     import httpx
 
-    port = _free_port()
+    from polymodal.ports import free_port
+
+    port = free_port()
     code = ("import json, sys, uvicorn; from polymodal.serving.app import local_app; "
             "uvicorn.run(local_app(json.loads(sys.argv[1])), host='127.0.0.1', port=int(sys.argv[2]), "
             "log_level='warning')")

@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,9 @@ from polymodal.models.violet.ingest import ingest
 from polymodal.models.violet.video import decode_frames, pack_jpegs
 
 #: per kind, the synthetic source file that feeds it and its importer
-SOURCES = {"retrieval": ("msrvtt", importers.read_msrvtt_json), "mcqa": ("mcqa", importers.read_mcqa),
-           "oeqa": ("oeqa", importers.read_oeqa), "pretrain": ("webvid", importers.read_webvid_csv)}
+SOURCES = {"retrieval": ("msrvtt", partial(importers.read_msrvtt, split="train")),
+           "mcqa": ("mcqa", importers.read_mcqa), "oeqa": ("oeqa", importers.read_oeqa),
+           "pretrain": ("webvid", importers.read_webvid)}
 #: VIOLET's patch side: the visual-token grid per frame is size // PATCH per side
 PATCH = 32
 
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# {args.videos} videos, {args.source_frames} frames of {args.source_size} px each ({mib:.1f} MiB "
               f"MPEG-4), written in {time.perf_counter() - t:.1f} s")
         name, reader = SOURCES[args.kind]
-        records = reader(src[name], src["videos"]).records
+        records = reader(src[name], src["webvid_root" if name == "webvid" else "videos"]).records
         tokenizer_path = None
         if args.kind == "pretrain":
             from polymodal.testing.tiny import write_tiny_vqgan

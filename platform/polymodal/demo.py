@@ -8,19 +8,13 @@ and serves it on embedded defaults and returns the lines it adds to the closing 
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from polymodal.ports import free_port
 
 
 @dataclass

@@ -410,12 +410,16 @@ class ShardWriter:
         Rows per Parquet file; the last shard may be shorter.
     progress
         Show a tqdm bar counting rows; a string sets its description.
+    shards
+        Shards already in the folder from an interrupted run of the same import (their
+        :class:`ShardInfo` as :attr:`shards` listed them then): they are kept and new shards
+        are numbered after them, so a resumed import writes only what is left.
     """
 
     def __init__(self, uri: str, *, task: str, split: str,
                  columns: Mapping[str, ColumnSpec | Mapping[str, Any]], rows_per_shard: int = 4096,
                  meta: dict[str, Any] | None = None, opts: StorageOptions | None = None,
-                 progress: bool | str = True) -> None:
+                 progress: bool | str = True, shards: Sequence[ShardInfo] = ()) -> None:
         if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
             raise ShardError(f"rows_per_shard must be a positive integer, got {rows_per_shard!r}")
         self.uri = uri.rstrip("/") or uri
@@ -428,7 +432,7 @@ class ShardWriter:
         self._schema = _arrow_schema(self.columns)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._shards: list[ShardInfo] = []
+        self._shards: list[ShardInfo] = [s if isinstance(s, ShardInfo) else ShardInfo(**s) for s in shards]
         self._manifest: Manifest | None = None
         self._closed = False
         muri = Manifest.uri_of(self.uri)
@@ -464,6 +468,19 @@ class ShardWriter:
             self._bar.update(table.num_rows)
         while self._pending_rows >= self.rows_per_shard:
             self._flush(self.rows_per_shard)
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """The shards written so far (flushed; buffered rows are not in any yet)."""
+        return list(self._shards)
+
+    def flush(self) -> None:
+        """Write the buffered rows as a shard now, even if fewer than ``rows_per_shard``: an
+        importer cuts shards at its own checkpoints so that a rerun can resume after them."""
+        if self._closed:
+            raise ShardError(f"writer for {self.uri} is closed; open a new ShardWriter")
+        if self._pending_rows:
+            self._flush(self._pending_rows)
 
     def _flush(self, rows: int) -> None:
         buffered = pa.concat_tables(self._pending)

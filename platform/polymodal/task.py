@@ -84,6 +84,29 @@ class Task(ABC):
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics over a whole split from the concatenated :meth:`predict` outputs."""
 
+    # ------------------------------------------------------------------ benchmark submissions
+    # `polymodal evaluate` (the default :meth:`evaluate_run`) calls these two for every split it
+    # evaluates; the defaults say "every split is labelled" and "no submission format".
+
+    def has_labels(self, manifest: Any) -> bool:
+        """Whether the dataset of ``manifest`` (a :class:`polymodal.shards.Manifest`) holds the
+        targets :meth:`metrics` reads. ``polymodal evaluate`` skips the metrics of a split without
+        them (a benchmark's withheld test labels), says so, and still writes its predictions and
+        :meth:`submission_files`. Default: True."""
+        return True
+
+    def submission_files(self, cfg: Any, split: str,
+                         predictions: Callable[[str], dict[str, np.ndarray]]) -> dict[str, str] | None:
+        """The benchmark's own submission files for an evaluation of ``split``: ``{file name:
+        text}``, which ``polymodal evaluate`` writes into ``<run>/eval/submission/``.
+
+        ``predictions(s)`` gives the outputs :meth:`metrics` would read (after
+        :meth:`finish_eval`) of the evaluated checkpoint on the configured split ``s``
+        (``data.<s>``): the evaluated split's at no extra cost, another split's by predicting it,
+        for benchmarks whose upload holds several splits. None (the default): this task's data has
+        no submission format."""
+        return None
+
     def synth(self, out_uri: str, *, seed: int = 0, scale: float = 1.0,
               storage: Any = None, progress: bool = True) -> dict[str, str]:
         """Write synthetic ``train``/``val``/``test`` datasets with a planted signal.

@@ -1,4 +1,11 @@
-"""Recipe1M importer: a tiny fake Recipe1M tree -> raw shards; missing images; bad inputs; skip_bad; S3."""
+"""Recipe1M importer: a tiny Recipe1M copy -> raw shards; image layouts; the 5-image cap; det_ingrs;
+bad inputs; skip_bad; S3.
+
+The copy follows the release as its authors' loaders read it: layer1/layer2/det_ingrs fields from
+torralba-lab/im2recipe-Pytorch ``scripts/utils.py`` and ``scripts/mk_dataset.py`` (merge by id,
+at most 5 images) and facebookresearch/inversecooking ``src/build_vocab.py`` (det_ingrs ``valid``);
+the image tree ``<partition>/a/b/c/d/<id>`` from inversecooking ``src/data_loader.py``; Recipe1M+'s
+tree without the partition folder (``0/f/a/8/0fa8309c13.jpg``) from shared/reference/real-layouts.md."""
 
 from __future__ import annotations
 
@@ -58,18 +65,21 @@ def _fake() -> dict[str, Any]:
         _recipe("0000aa03", "train", 3),  # first image missing, second found
         _recipe("0000aa04", "train", 4),  # not in layer2: no image
         _recipe("0000aa05", "test", 5),  # two images on disk: the first is taken
-        _recipe("0000aa06", "train", 6),  # its only image is missing on disk
+        _recipe("0000aa06", "train", 6),  # layer2 lists it with no image
+        _recipe("0000aa09", "train", 9),  # Recipe1M+ tree: no partition folder
         _recipe("0000aa07", "train", 7),  # flat layout
         _recipe("0000aa08", "val", 8),
     ]
     images = {"a1b2c3d4.jpg": _png(1), "b2c3d4e5.png": _png(2), "c3d4e5f6.jpg": _png(3),
-              "d4e5f6a7.jpg": _png(4), "e5f6a7b8.jpg": _png(5), "f6a7b8c9.jpg": _png(6)}
+              "d4e5f6a7.jpg": _png(4), "e5f6a7b8.jpg": _png(5), "f6a7b8c9.jpg": _png(6),
+              "0fa8309c13.jpg": _png(7)}
     layer2 = [
         {"id": "0000aa01", "images": [{"id": "a1b2c3d4.jpg", "url": "u"}]},
         {"id": "0000aa02", "images": [{"id": "b2c3d4e5.png"}]},
         {"id": "0000aa03", "images": [{"id": "9999dead.jpg"}, {"id": "c3d4e5f6.jpg"}]},
         {"id": "0000aa05", "images": [{"id": "d4e5f6a7.jpg"}, {"id": "e5f6a7b8.jpg"}]},
-        {"id": "0000aa06", "images": [{"id": "8888dead.jpg"}]},
+        {"id": "0000aa06", "images": []},
+        {"id": "0000aa09", "images": [{"id": "0fa8309c13.jpg"}]},
         {"id": "0000aa07", "images": [{"id": "f6a7b8c9.jpg"}]},
         {"id": "0000aa08", "images": [{"id": "a1b2c3d4.jpg"}]},  # photos may be shared
     ]
@@ -79,10 +89,11 @@ def _fake() -> dict[str, Any]:
              _tree("train", "c3d4e5f6.jpg"): images["c3d4e5f6.jpg"],
              _tree("test", "d4e5f6a7.jpg"): images["d4e5f6a7.jpg"],
              _tree("test", "e5f6a7b8.jpg"): images["e5f6a7b8.jpg"],
-             "f6a7b8c9.jpg": images["f6a7b8c9.jpg"]}
+             "f6a7b8c9.jpg": images["f6a7b8c9.jpg"],
+             "0/f/a/8/0fa8309c13.jpg": images["0fa8309c13.jpg"]}
     expected = {
         "train": {"0000aa01": images["a1b2c3d4.jpg"], "0000aa03": images["c3d4e5f6.jpg"],
-                  "0000aa07": images["f6a7b8c9.jpg"]},
+                  "0000aa07": images["f6a7b8c9.jpg"], "0000aa09": images["0fa8309c13.jpg"]},
         "val": {"0000aa02": images["b2c3d4e5.png"], "0000aa08": images["a1b2c3d4.jpg"]},
         "test": {"0000aa05": images["d4e5f6a7.jpg"]},
     }
@@ -150,7 +161,7 @@ def test_first_existing_image_is_taken_and_missing_ones_counted(tmp_path: Path, 
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         out = import_recipe1m(source, str(tmp_path / "ds"), progress=False)
     train, test = _rows(out["train"]), _rows(out["test"])
-    assert "0000aa04" not in train and "0000aa06" not in train  # no layer2 entry / file missing
+    assert "0000aa04" not in train and "0000aa06" not in train  # no layer2 entry / no image listed
     assert train["0000aa03"]["image"] == fake["expected"]["train"]["0000aa03"]  # fell back to the 2nd
     assert test["0000aa05"]["image"] == _png(4)  # both exist: the first listed
     assert Manifest.load(out["train"]).meta["no_image"] == 2
@@ -208,6 +219,14 @@ def _bad_layer2(fake: dict[str, Any]) -> None:
     fake["layer2"][-1]["images"] = [{"url": "no id here"}]
 
 
+def _malformed_image_id(fake: dict[str, Any]) -> None:
+    fake["layer2"][-1]["images"] = [{"id": "../../etc/passwd"}]
+
+
+def _missing_image(fake: dict[str, Any]) -> None:
+    del fake["files"][_tree("train", "badbad01.jpg")]
+
+
 # case -> (edit, the split the bad recipe is counted in, text the error must also hold)
 BAD_CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str | None, str]] = {
     "missing_id": (_drop("id"), "train", "missing field(s) ['id']"),
@@ -221,6 +240,8 @@ BAD_CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str | None, str]] =
     "unknown_partition": (_set("partition", "dev"), None, "unknown partition 'dev'"),
     "undecodable_image": (_undecodable, "train", "not a decodable image"),
     "bad_layer2_entry": (_bad_layer2, "train", "layer2.json: entry"),
+    "malformed_image_id": (_malformed_image_id, "train", "images[0] needs an 'id' like '3e233001e2.jpg'"),
+    "missing_image_file": (_missing_image, "train", "image file missing"),
 }
 
 
@@ -246,6 +267,11 @@ def test_bad_recipe_names_file_row_and_id(tmp_path: Path, case: str) -> None:
         assert repr(BAD_ID) in msg
     if case == "undecodable_image":
         assert _tree("train", "badbad01.jpg") in msg  # the image file, too
+    if case == "malformed_image_id":
+        assert "layer2.json: entry 8 (recipe '0000bad1')" in msg and "../../etc/passwd" in msg
+    if case == "missing_image_file":  # the record (layer2 entry), the field and the file looked for
+        assert "layer2.json entry 8 lists images[0].id='badbad01.jpg'" in msg
+        assert _tree("train", "badbad01.jpg") in msg
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
@@ -262,6 +288,73 @@ def test_skip_bad_drops_only_the_bad_recipe(tmp_path: Path, case: str,
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped" in warnings[0]
     assert f"row {BAD_ROW}" in warnings[0] or "layer2.json: entry" in warnings[0]
+
+
+def test_only_the_first_five_listed_images_are_looked_at(tmp_path: Path, fake: dict[str, Any]) -> None:
+    """im2recipe keeps at most 5 images per recipe (mk_dataset.py ``imgs[:maxNumImgs]``): a 6th on
+    disk is not used, and a recipe whose first five are all missing is an error naming them."""
+    listed = [f"{i:04d}beef.jpg" for i in range(6)]
+    fake["layer2"][0]["images"] = [{"id": iid} for iid in listed]  # recipe 0000aa01
+    fake["files"].pop(_tree("train", "a1b2c3d4.jpg"))
+    fake["files"][_tree("train", listed[5])] = _png(60)
+    source = _write(tmp_path / "recipe1m", fake)
+    with pytest.raises(ImportDataError, match="recipe '0000aa01'.*: image file missing") as info:
+        import_recipe1m(source, str(tmp_path / "ds"), splits=("train",), progress=False)
+    assert "images[4].id='0004beef.jpg'" in str(info.value) and "0005beef" not in str(info.value)
+    fake["files"][_tree("train", listed[4])] = _png(40)
+    source = _write(tmp_path / "recipe1m", fake)
+    out = import_recipe1m(source, str(tmp_path / "ds"), splits=("train",), progress=False)
+    assert _rows(out["train"])["0000aa01"]["image"] == _png(40)
+
+
+# ---------------------------------------------------------------- det_ingrs (im2recipe's merge)
+
+
+def _det(rid: str, names: list[str], valid: list[bool]) -> dict[str, Any]:
+    return {"id": rid, "ingredients": [{"text": n} for n in names], "valid": valid}
+
+
+def test_det_ingrs_ingredients_replace_layer1s_by_id(tmp_path: Path, fake: dict[str, Any]) -> None:
+    """im2recipe ``Layer.merge``: det_ingrs' ``ingredients`` win by id, a recipe it does not list
+    keeps layer1's; inversecooking keeps the ``valid`` ones only. The default keeps layer1's lines."""
+    source = _write(tmp_path / "recipe1m", fake)
+    dets = [_det("0000aa01", ["flour", "bogus", "salt"], [True, False, True]),
+            _det("0000aa02", ["butter"], [True]), _det("0000zz99", ["unused"], [True])]
+    (tmp_path / "recipe1m" / "det_ingrs.json").write_text(json.dumps(dets))
+    out = import_recipe1m(source, str(tmp_path / "det"), ingredients="det_ingrs", progress=False)
+    train, val = _rows(out["train"]), _rows(out["val"])
+    assert train["0000aa01"]["ingredients"] == "flour\nsalt"
+    assert "ingredients: flour, salt." in train["0000aa01"]["recipe"]
+    assert val["0000aa02"]["ingredients"] == "butter"
+    assert train["0000aa03"]["ingredients"] == "3 cups flour\nsalt"  # not in det_ingrs: layer1's
+    plain = import_recipe1m(source, str(tmp_path / "plain"), progress=False)
+    assert _rows(plain["train"])["0000aa01"]["ingredients"] == "1 cups flour\nsalt"
+
+
+@pytest.mark.parametrize("entry, detail", [
+    (_det("0000aa01", ["flour", "salt"], [True]), "'ingredients' and 'valid' must be lists of equal length"),
+    ({"id": "0000aa01", "ingredients": [{"text": "flour"}]}, "'ingredients' and 'valid' must be lists"),
+    (_det("0000aa01", ["flour"], [False]), "no ingredient is marked 'valid'"),
+    ({"id": "0000aa01", "ingredients": ["flour"], "valid": [True]}, "ingredients[0] must be an object"),
+])
+def test_bad_det_ingrs_entry_names_file_entry_and_field(tmp_path: Path, fake: dict[str, Any],
+                                                         entry: dict[str, Any], detail: str) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    (tmp_path / "recipe1m" / "det_ingrs.json").write_text(json.dumps([_det("0000aa02", ["a"], [True]), entry]))
+    with pytest.raises(ImportDataError) as info:
+        import_recipe1m(source, str(tmp_path / "ds"), ingredients="det_ingrs", progress=False)
+    msg = str(info.value)
+    assert "det_ingrs.json: entry 1 (recipe '0000aa01')" in msg and detail in msg and "layer1.json: row 0" in msg
+    out = import_recipe1m(source, str(tmp_path / "ds"), ingredients="det_ingrs", skip_bad=True, progress=False)
+    assert "0000aa01" not in _rows(out["train"]) and Manifest.load(out["train"]).meta["skipped"] == 1
+
+
+def test_det_ingrs_file_is_needed_only_when_asked_for(tmp_path: Path, fake: dict[str, Any]) -> None:
+    source = _write(tmp_path / "recipe1m", fake)
+    with pytest.raises(ImportDataError, match=r"det_ingrs\.json: file not found.*ingredients='layer1'"):
+        import_recipe1m(source, str(tmp_path / "ds"), ingredients="det_ingrs", progress=False)
+    with pytest.raises(ValueError, match="ingredients must be one of"):
+        import_recipe1m(source, str(tmp_path / "ds"), ingredients="layer3", progress=False)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["layer1.json", "layer2.json"])

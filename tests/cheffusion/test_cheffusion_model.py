@@ -56,7 +56,8 @@ def test_a_deepspeed_step_leaves_the_frozen_vocabulary_bit_identical(backbones, 
 
     from polymodal.config import validate_config
     from polymodal.train.deepspeed_config import build_deepspeed_config
-    from polymodal.train.loop import _disable_shm_comm_build_on_cpu, _free_port
+    from polymodal.ports import free_port
+    from polymodal.train.loop import _disable_shm_comm_build_on_cpu
 
     import os
 
@@ -65,7 +66,7 @@ def test_a_deepspeed_step_leaves_the_frozen_vocabulary_bit_identical(backbones, 
                            "data": {"train": str(tmp_path)}, "optim": {"lr": 1e-2, "weight_decay": 0.1}})
     if not torch.distributed.is_initialized():
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
         deepspeed.init_distributed(dist_backend="gloo")
     _disable_shm_comm_build_on_cpu()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from polymodal import storage
 from polymodal.errors import PolymodalError
 from polymodal.models.fmri.data import read_chunk, read_index
-from polymodal.models.fmri.importers import (HUTH_PAD, import_huth, import_plain, parse_textgrid,
-                                             textgrid_words)
+from polymodal.models.fmri.importers import import_huth, import_plain, parse_textgrid, textgrid_words
 from polymodal.shards import iter_local_batches
 
 WORDS = [("sp", 0.0, 0.5), ("hello", 0.5, 0.9), ("world", 0.9, 1.4), ("br", 1.4, 1.6), ("again", 1.6, 2.0)]
@@ -67,7 +67,8 @@ def _huth_layout(tmp_path, n_vox=10):
     responses = {}
     for story, n in respdict.items():
         (root / "TextGrids" / f"{story}.TextGrid").write_text(long_textgrid())
-        responses[story] = rng.standard_normal((n - HUTH_PAD, n_vox)).astype(np.float32)
+        # as released: the feature clock's respdict - 5 TRs cut [10:-5]
+        responses[story] = rng.standard_normal((n - 20, n_vox)).astype(np.float32)
         for subject in ("UTS01", "UTS02"):
             (root / "preprocessed_data" / subject).mkdir(parents=True, exist_ok=True)
             with h5py.File(root / "preprocessed_data" / subject / f"{story}.hf5", "w") as f:
@@ -82,7 +83,7 @@ def test_huth_layout_imports_to_s3(s3_bucket_uri, tmp_path):
     summary = import_huth(str(root), out, chunk=4, progress=False)
     assert summary["subjects"] == ["UTS01", "UTS02"] and summary["words"] == 6
     index = read_index(out, "UTS02")
-    assert index.n_voxels == 10 and index.stories == {"storyA": 20, "storyB": 25} and len(index.chunks) == 3
+    assert index.n_voxels == 10 and index.stories == {"storyA": 5, "storyB": 10} and len(index.chunks) == 3
     got = read_chunk(out, "UTS02", index.chunks[1])
     np.testing.assert_array_equal(got["storyB"], 2 * responses["storyB"][:, 4:8])
     words = next(iter_local_batches(f"{out}/words", 100, shuffle=False))
@@ -114,8 +115,14 @@ def test_plain_layout_with_npy_and_bad_rows(tmp_path, s3_bucket_uri):
     # a response file with the wrong TR count
     (base / "words.csv").write_text("story,word,start,end\ns1,one,0.1,0.4\n")
     np.save(base / "responses" / "S1" / "s1.npy", np.zeros((10, 3), np.float32))
-    with pytest.raises(PolymodalError, match="s1.npy: 10 TRs, but the story's feature clock has 12"):
+    with pytest.raises(PolymodalError, match="s1.npy: subject 'S1', story 's1': 10 response rows, expected 12"):
         import_plain(str(base), out, progress=False)
+    # ... which is right for responses that start 2 TRs into the 12-TR clock and stop 0 before its end
+    (base / "stories.json").write_text(json.dumps({"s1": {"n_trs": 12, "tr": 1.5, "response_start": 2}}))
+    import_plain(str(base), out, progress=False)
+    assert json.loads(storage.read_text(f"{out}/stories.json"))["s1"] == {
+        "n_trs": 12, "tr": 1.5, "start_time": 0.0, "response_start": 2, "response_end": 0}
+    assert read_index(out, "S1").stories == {"s1": 10}
 
 
 def test_cli_imports_the_plain_layout(tmp_path, s3_bucket_uri, capsys):

@@ -147,6 +147,19 @@ def test_served_predictions_equal_the_fitted_map(fitted, synth):
     assert resp.test_r == pytest.approx(r[[3, 77]].tolist(), abs=1e-6)
 
 
+def test_one_short_word_is_predicted_for_two_trs(fitted):
+    """Found by fuzzing every task: a story that ends within its first TR gave the Lanczos filter
+    one TR time and a 500; it is predicted for the two TRs interpolation needs."""
+    _, run, _ = fitted
+    task = get_task("fmri.encoding")
+    cfg, model = task.load_checkpoint(run)
+    req = task.request_model(cfg.model)(subject="S02", words=[{"word": "the", "start": 1.0, "end": 1.3}], top_k=2)
+    (resp,) = task.serve_predict(model, [req])
+    assert resp.n_trs == 2 and np.isfinite(resp.predictions).all() and np.shape(resp.predictions) == (2, 2)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        task.request_model(cfg.model)(subject="S02", words=req.words, n_trs=1)
+
+
 def test_config_errors_name_the_field(fitted, tmp_path):
     root, _, _ = fitted
     cfg = validate_config(yaml.safe_load(_write_config(tmp_path, root, str(tmp_path), test_stories=["nope"],

@@ -112,7 +112,8 @@ def test_qvhighlights_import_round_trip(tmp_path):
     layout = _qvh_layout(tmp_path / "src")
     report = import_qvhighlights(**layout, out_uri=str(tmp_path / "out"), max_clips=4, progress=False)
     uri = str(tmp_path / "out" / "train")
-    assert report == {"splits": {"train": {"uri": uri, "rows": 3, "skipped": 0}}, "skipped": [], "clamped": 0}
+    assert report == {"splits": {"train": {"uri": uri, "rows": 3, "skipped": 0}}, "skipped": [], "clamped": 0,
+                      "dropped": []}
     manifest = Manifest.load(uri)
     assert manifest.task == "llavilo.moment_retrieval" and manifest.split == "train"
     assert {n: s.describe() for n, s in manifest.columns.items()} == {
@@ -257,12 +258,20 @@ def test_charades_sta_bad_lines_name_file_and_line(tmp_path):
     sta.write_text("AO8RW 0.0 6.9##ok\nAO8RW 0.0 6.9 no separator\n")
     with pytest.raises(ImportDataError, match=r"sta.txt:line 2: expected 'VIDEOID start end##sentence'"):
         import_charades_sta({"train": str(sta)}, durations, [str(tmp_path / "f")], str(tmp_path / "o"), progress=False)
-    sta.write_text("AO8RW 0.0 6.9##ok\nZZZZZ 0.0 1.0##unknown video\nAO8RW 5.0 3.0##backwards\n")
+    sta.write_text("AO8RW 0.0 6.9##ok\nZZZZZ 0.0 1.0##unknown video\nAO8RW 5.0 3.0##backwards\n"
+                   "AO8RW 7.5 9.0##starts after the video\nAO8RW -1.0 3.0##negative start\nAO8RW 1.0 2.0##last\n")
     report = import_charades_sta({"train": str(sta)}, durations, [str(tmp_path / "f")], str(tmp_path / "o"),
                                  skip_bad=True, progress=False)
-    assert report["splits"]["train"] == {"uri": str(tmp_path / "o" / "train"), "rows": 1, "skipped": 2}
+    assert report["splits"]["train"] == {"uri": str(tmp_path / "o" / "train"), "rows": 2, "skipped": 2}
     assert "line 2: no duration for vid 'ZZZZZ'" in report["skipped"][0]
-    assert "line 3 (vid 'AO8RW')" in report["skipped"][1] and "ends before it starts" in report["skipped"][1]
+    assert "line 5 (vid 'AO8RW')" in report["skipped"][1] and "starts outside the video" in report["skipped"][1]
+    # start >= end after the end is cut to the duration: dropped as 2D-TAN does, not a bad row
+    assert len(report["dropped"]) == 2
+    assert "line 3 (vid 'AO8RW'): start 5 >= end 3 s" in report["dropped"][0]
+    assert "line 4 (vid 'AO8RW'): start 7.5 >= end 7.2 s (end 9 cut to the 7.2-s video)" in report["dropped"][1]
+    # a dropped (or skipped) line takes no qid: the kept rows are numbered 0, 1
+    b = _read(report["splits"]["train"]["uri"])
+    assert b["qid"].tolist() == [0, 1] and b["query"].tolist() == ["ok", "last"]
 
 
 # --------------------------------------------------------------------------- synthetic

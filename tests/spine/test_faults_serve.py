@@ -19,9 +19,10 @@ import time
 
 import httpx
 import pytest
-from support import free_port, served, wander_export
+from support import served, wander_export
 from safetensors.torch import load_file, save_file
 
+from polymodal.ports import free_port
 from polymodal.serving.app import DEPLOYMENT_NAME, build_deployment, parse_args
 
 pytestmark = pytest.mark.faults

@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port
 
 from polymodal import storage
+from polymodal.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")

@@ -391,12 +391,12 @@ def test_serve_adapter_ids_and_index_ids_are_names_not_paths():
 
 def test_dataset_files_cannot_point_outside_their_roots(tmp_path):
     from polymodal.models.llavilo.importers import import_qvhighlights
-    from polymodal.models.violet.importers import read_cc_tsv
+    from polymodal.models.violet.importers import read_webvid
 
-    (tmp_path / "images").mkdir()
-    (tmp_path / "cc.tsv").write_text("caption\timage\na cat\t../../etc/passwd\n")
-    with pytest.raises(ImportDataError, match=r"cc\.tsv: line 2: .*'\.\.'"):
-        read_cc_tsv(str(tmp_path / "cc.tsv"), str(tmp_path / "images"))
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "webvid.csv").write_text("videoid,name,page_dir\npasswd,a cat,../../etc\n")
+    with pytest.raises(ImportDataError, match=r"webvid\.csv: line 2: .*'\.\.'"):
+        read_webvid(str(tmp_path / "webvid.csv"), str(tmp_path / "videos"))
     with pytest.raises(StorageError, match="invalid split name '../x'"):
         import_qvhighlights({"../x": "q.jsonl"}, ["features"], None, str(tmp_path / "out"), progress=False)
     (tmp_path / "q.jsonl").write_text('{"qid": 1, "query": "a b", "vid": "../../etc/passwd", "duration": 150, '

@@ -11,13 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from support import free_port, wander_config
+from support import wander_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polymodal.cache import local_copy
 from polymodal.evaluate import load_model
 from polymodal.models.wander.backbone import read_spec
+from polymodal.ports import free_port
 from polymodal.serving.app import (DEFAULT_MODEL_ID, MODEL_HEADER, ModelStore, ServeArgs, app_builder,
                                    build_deployment, parse_args, read_token)
 from polymodal.serving.config_check import check_serve_config

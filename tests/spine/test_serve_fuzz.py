@@ -8,7 +8,9 @@ driven through raw ASGI calls (any header bytes, any body chunking; no HTTP clie
 up), so hypothesis runs hundreds of requests in seconds. Three systems: Wander (token, adapter,
 body limit), LLaViLo (features or an indexed ``vid``) and VIOLET multiple-choice QA (base64
 videos and images, options echoed back). schemathesis then fuzzes each app from its own
-``/openapi.json``. One run goes over real HTTP through Ray Serve.
+``/openapi.json``. One run goes over real HTTP through Ray Serve. Every registered task, these
+three included, is also fuzzed from its own example request in ``test_every_task.py``; the client,
+the check and the generic strategies are in ``tests/fuzzing.py``.
 
 Every test runs a small derandomized budget in ``make test`` and a large one under the
 ``faults`` marker (``make test-faults``).
@@ -16,7 +18,6 @@ Every test runs a small derandomized budget in ``make test`` and a large one und
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import io
@@ -29,10 +30,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support import served, untrained_export, wander_request
-from hypothesis import HealthCheck, example, given, settings
+from fuzzing import (EDGES, PREDICT, UPLOAD, Client, Reply, budget, check, encoded, fuzz, fuzz_json_bodies,
+                     json_values, mostly, mutated, numbers, texts)
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from support import served, untrained_export, wander_request
 
 from polymodal.registry import get_task
 from polymodal.serving.app import MODEL_HEADER, local_app, parse_args
@@ -42,98 +45,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 TOKEN_ENV = "POLYMODAL_FUZZ_TOKEN"
 TOKEN = "fuzz-" + uuid.uuid4().hex
 LIMIT = 48_000  # max_body_bytes of the fuzzed apps: big enough for one VIOLET video, small enough to cross
-PREDICT, UPLOAD = "/v1/predict", "/v1/predict/upload"
-#: every status the app may answer; anything else (5xx above all) fails the test
-ALLOWED = {200, 400, 401, 404, 405, 406, 413, 415, 422}
 
-
-def budget(quick: int, long: int) -> pytest.MarkDecorator:
-    """``n`` examples: ``quick`` in make test, ``long`` under the faults marker."""
-    return pytest.mark.parametrize("n", [pytest.param(quick, id="quick"),
-                                         pytest.param(long, id="long", marks=pytest.mark.faults)])
-
-
-def fuzz(n: int) -> settings:
-    # derandomize: make test sees the same examples every run; no example database for the same reason
-    return settings(max_examples=n, derandomize=True, database=None, deadline=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
-
-
-# ----------------------------------------------------------------------------- raw ASGI client
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    consumed: int  # request body bytes the app pulled before answering
-
-    def json(self) -> Any:
-        return strict_json(self.body)
-
-
-def strict_json(data: bytes) -> Any:
-    """JSON as a browser reads it: NaN and Infinity are not JSON."""
-    def refuse(token: str) -> Any:
-        raise ValueError(f"{token} in a JSON response")
-
-    return json.loads(data, parse_constant=refuse)
-
-
-class Client:
-    """Raw ASGI requests on one event loop: header bytes and body chunks reach the app as given."""
-
-    def __init__(self, app: Any):
-        self.app, self.loop = app, asyncio.new_event_loop()
-
-    def close(self) -> None:
-        self.loop.close()
-
-    def request(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]] = (),
-                chunks: Iterable[bytes] = (b"",)) -> Reply:
-        parts = list(chunks) or [b""]
-        messages = [{"type": "http.request", "body": c, "more_body": i < len(parts) - 1} for i, c in enumerate(parts)]
-        consumed, status, out_headers, body = 0, 0, {}, []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal consumed
-            if not messages:
-                return {"type": "http.disconnect"}
-            consumed += len(messages[0]["body"])
-            return messages.pop(0)
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, out_headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                out_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message["headers"]}
-            else:
-                body.append(message.get("body", b""))
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
-                 "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
-                 "headers": [(k.lower(), v) for k, v in headers], "client": ("127.0.0.1", 5000),
-                 "server": ("testserver", 80)}
-        self.loop.run_until_complete(self.app(scope, receive, send))
-        return Reply(status, out_headers, b"".join(body), consumed)
-
-    def post_json(self, body: Any, headers: Iterable[tuple[bytes, bytes]] = (), path: str = PREDICT) -> Reply:
-        return self.request("POST", path, [(b"content-type", b"application/json"), *headers],
-                            [json.dumps(body).encode()])
-
-
-def check(reply: Reply, response_model: type[BaseModel], context: Any = None) -> None:
-    """2xx with a body of the response model, or a 4xx with a JSON reason; nothing else."""
-    where = (context, reply.status, reply.body[:600])
-    assert reply.status in ALLOWED, where
-    if reply.status >= 400:
-        detail = reply.json().get("detail")
-        assert isinstance(detail, str) and detail.strip(), where
-    else:
-        assert reply.headers.get("content-type") == "application/json", where
-        response_model.model_validate(reply.json())  # finite numbers where the schema says number
 
 
 # ----------------------------------------------------------------------------- the apps
@@ -236,24 +148,6 @@ def media_samples(frames: np.ndarray) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- strategies
 
 
-surrogates = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
-texts = st.text(max_size=12) | surrogates | st.sampled_from(["", " ", "\x00", "\u202e", "a" * 3000])
-numbers = (st.integers() | st.sampled_from([2 ** 63, -2 ** 64, 10 ** 400])
-           | st.floats(allow_nan=True, allow_infinity=True)
-           | st.sampled_from([0.0, -0.0, 5e-324, 3.4e38, 3.5e38, 1e308, -1e308]))
-json_values = st.recursive(st.none() | st.booleans() | numbers | texts,
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-                           max_leaves=20)
-#: edge values planted among ordinary features: float32's edges, past them, and what JSON lacks
-EDGES = [0.0, -0.0, 1e-40, 3e38, -3e38, 1e39, 1e300, float("nan"), float("inf"), float("-inf")]
-
-
-def mostly(good: st.SearchStrategy, bad: st.SearchStrategy, share: float = 0.9) -> st.SearchStrategy:
-    """``good`` with probability ``share``: most fields of a body must be sound for the rest of it
-    to reach the model, where the interesting failures are."""
-    return st.integers(0, 999).flatmap(lambda i: good if i < 1000 * share else bad)
-
-
 def matrices(rows: int, width: int) -> st.SearchStrategy[list[list[float]]]:
     """rows x width lists of normal values with a few edge values planted; sometimes a row short
     or long, or one row ragged. Values come from a drawn seed: drawing each float would spend the
@@ -274,48 +168,6 @@ def matrices(rows: int, width: int) -> st.SearchStrategy[list[list[float]]]:
                        max_size=3)
     return st.builds(build, mostly(st.just((rows, width)), near), st.integers(0, 2 ** 16),
                      mostly(st.just([]), planted), mostly(st.just(0), st.sampled_from([1, 2, 7])))
-
-
-def mutated(bodies: st.SearchStrategy[dict]) -> st.SearchStrategy[Any]:
-    """A body as generated, or with one key dropped, added, or its value replaced by any JSON."""
-    def apply(body: dict, op: str, pick: int, junk: Any) -> Any:
-        paths = [()]
-        stack = [((), body)]
-        while stack:
-            path, node = stack.pop()
-            for key, value in node.items():
-                paths.append((*path, key))
-                if isinstance(value, dict):
-                    stack.append(((*path, key), value))
-        path = paths[pick % len(paths)]
-        if not path:
-            return junk if op == "retype" else body
-        parent = body
-        for key in path[:-1]:
-            parent = parent[key]
-        if op == "drop":
-            del parent[path[-1]]
-        elif op == "extra":
-            parent[f"{path[-1]}_extra"] = junk
-        elif op == "retype":
-            parent[path[-1]] = junk
-        return body
-
-    ops = mostly(st.just("keep"), st.sampled_from(["drop", "extra", "retype"]), 0.6)
-    return st.builds(apply, bodies, ops, st.integers(0, 99), json_values)
-
-
-def encoded(bodies: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
-    """JSON bytes (NaN/Infinity tokens included, as Python writes them), sometimes truncated, in
-    UTF-16, deeply nested, or not JSON at all."""
-    as_json = bodies.map(lambda b: json.dumps(b).encode())
-    return mostly(as_json, st.one_of(
-        st.tuples(as_json, st.integers(0, 400)).map(lambda t: t[0][:t[1]]),
-        bodies.map(lambda b: json.dumps(b, ensure_ascii=False).encode("utf-16", "surrogatepass")),
-        st.integers(1, 30_000).map(lambda n: b"[" * n + b"]" * n),
-        st.integers(1, 3_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
-        st.binary(max_size=64),
-        st.just(b'{"x": 1' + b"0" * 5000 + b"}")), 0.8)  # beyond Python's int-digits limit
 
 
 def wander_bodies(valid: dict) -> st.SearchStrategy[dict]:
@@ -403,19 +255,7 @@ def test_json_bodies_get_2xx_or_a_4xx_reason(request, name, n):
     """Bodies of the system's request with a key dropped, added or retyped, edge values planted,
     encoded oddly or not JSON at all; then a good request is still served."""
     target: Target = request.getfixturevalue(name)
-    client = target.client
-    strategy = encoded(mostly(mutated(target.bodies), json_values))
-
-    @fuzz(n)
-    @given(body=strategy)
-    @example(body=b"[" * 5000 + b"]" * 5000)
-    def one(body: bytes) -> None:
-        check(client.request("POST", PREDICT, [(b"content-type", b"application/json"), *target.auth], [body]),
-              target.response, body[:300])
-
-    one()
-    check(reply := client.post_json(target.valid, target.auth), target.response)
-    assert reply.status == 200, reply.body  # the app still serves after all of that
+    fuzz_json_bodies(target.client, target.valid, target.response, n, target.bodies, target.auth)
 
 
 @budget(40, 1000)

@@ -157,6 +157,30 @@ def test_crashed_writer_leaves_no_manifest(tmp_path):
         sh.open_dataset(uri)
 
 
+def test_a_crashed_writer_continues_after_its_flushed_shards(tmp_path):
+    """An importer cuts shards with flush() at its own checkpoints; a rerun hands the shards of the
+    interrupted run to the new writer, which numbers its own after them and lists all of them."""
+    uri = str(tmp_path / "ds")
+    rows = make_rows(10)
+    first = {k: v[:3] for k, v in rows.items()}
+    with pytest.raises(RuntimeError):
+        with sh.ShardWriter(uri, task="t", split="train", columns=COLUMNS, rows_per_shard=4, progress=False) as w:
+            w.write(first)
+            w.flush()  # 3 rows: a short shard at the checkpoint
+            kept = w.shards
+            w.write({k: v[3:5] for k, v in rows.items()})
+            raise RuntimeError("boom")
+    assert [s.rows for s in kept] == [3]
+    with sh.ShardWriter(uri, task="t", split="train", columns=COLUMNS, rows_per_shard=4, progress=False,
+                        shards=kept) as w:
+        w.write({k: v[3:] for k, v in rows.items()})
+    manifest = sh.open_dataset(uri, verify="checksum")
+    assert [s.path for s in manifest.shards] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [s.rows for s in manifest.shards] == [3, 4, 3] and manifest.num_rows == 10
+    got = np.concatenate([b["id"] for b in sh.iter_local_batches(uri, 10, shuffle=False)])
+    assert np.array_equal(got, rows["id"])
+
+
 # --------------------------------------------------------------------------- shuffling & ranks
 
 

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from support import free_port
 
 from polymodal import storage as st
 from polymodal.config import StorageOptions
 from polymodal.errors import StorageError
+from polymodal.ports import free_port
 from polymodal.s3server import EmbeddedS3
 
 

@@ -35,15 +35,17 @@ def test_help_lists_the_violet_formats(capsys):
     with pytest.raises(SystemExit):
         main(["data", "import", "--help"])
     out = capsys.readouterr().out
-    for word in ("webvid", "cc", "msrvtt", "mcqa", "oeqa"):
+    for word in ("webvid", "cc3m", "msrvtt", "msrvtt-qa", "msvd-qa", "tgif-qa", "mcqa", "oeqa"):
         assert word in out
 
 
 @pytest.mark.parametrize("fmt, own, foreign", [
     ("webvid", ["--videos", "--vq-tokenizer", "--grid", "--frames"], ["--answers-from", "--images", "--top-k"]),
-    ("cc", ["--images", "--vq-tokenizer"], ["--videos", "--frames", "--answers-from"]),
+    ("cc3m", ["--images", "--vq-tokenizer"], ["--videos", "--frames", "--answers-from"]),
+    ("msvd-qa", ["--videos", "--mapping", "--answers-from"], ["--vq-tokenizer", "--split-csv", "--gifs"]),
+    ("tgif-qa", ["--gifs", "--answers-from"], ["--videos", "--vq-tokenizer", "--mapping"]),
     ("oeqa", ["--videos", "--answers-from", "--top-k"], ["--vq-tokenizer", "--grid", "--images"]),
-    ("msrvtt", ["--videos", "--frames"], ["--vq-tokenizer", "--answers-from", "--top-k"]),
+    ("msrvtt", ["--videos", "--frames", "--split-csv", "1k-A"], ["--vq-tokenizer", "--answers-from", "--top-k"]),
 ])
 def test_each_format_help_shows_only_its_options(capsys, fmt, own, foreign):
     with pytest.raises(SystemExit) as info:
@@ -58,17 +60,19 @@ def test_each_format_help_shows_only_its_options(capsys, fmt, own, foreign):
 
 def test_msrvtt_writes_a_retrieval_dataset_and_counts_skipped_rows(src, tmp_path, capsys):
     with open(src["msrvtt"]) as f:
-        entries = json.load(f)
-    source = tmp_path / "msrvtt.json"
-    source.write_text(json.dumps(entries + [{"video": "video9999", "caption": "no such file"}]))
+        data = json.load(f)
+    data["videos"].append({"video_id": "video9999", "split": "train"})
+    data["sentences"].append({"sen_id": 99, "video_id": "video9999", "caption": "no such file"})
+    source = tmp_path / "MSRVTT_data.json"
+    source.write_text(json.dumps(data))
     out = tmp_path / "ret"
-    assert run("msrvtt", source, out, "val", "--videos", src["videos"]) == 2  # the missing video is a bad row
+    assert run("msrvtt", source, out, "train", "--videos", src["videos"]) == 2  # the missing video is a bad row
     assert "video9999" in capsys.readouterr().err
-    assert run("msrvtt", source, out, "val", "--videos", src["videos"], "--skip-bad") == 0
+    assert run("msrvtt", source, out, "train", "--videos", src["videos"], "--skip-bad") == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "6 rows" in printed and "skipped 1 bad source rows" in printed
     manifest = open_dataset(str(out), verify="checksum")
-    assert (manifest.task, manifest.split, manifest.num_rows) == (TASKS["retrieval"], "val", 6)
+    assert (manifest.task, manifest.split, manifest.num_rows) == (TASKS["retrieval"], "train", 6)
     assert manifest.meta["n_frames"] == 5 and manifest.meta["size"] == SIZE  # fine-tuning default T
     assert manifest.meta["import_skipped"] == 1
     assert set(manifest.columns) == set(columns("retrieval", 5))
@@ -92,7 +96,7 @@ def test_oeqa_val_reuses_the_train_vocabulary(src, tmp_path, capsys):
 
 def test_webvid_pretrain_stores_visual_tokens_on_the_patch_grid(src, vqgan, tmp_path):
     out = tmp_path / "pre"
-    assert run("webvid", src["webvid"], out, "train", "--videos", src["videos"], "--vq-tokenizer", vqgan) == 0
+    assert run("webvid", src["webvid"], out, "train", "--videos", src["webvid_root"], "--vq-tokenizer", vqgan) == 0
     manifest = open_dataset(str(out))
     assert manifest.task == TASKS["pretrain"] and manifest.num_rows == 6
     # default T = 4 for pre-training; 64 px frames over 32 px patches: a 2 x 2 grid
@@ -101,10 +105,10 @@ def test_webvid_pretrain_stores_visual_tokens_on_the_patch_grid(src, vqgan, tmp_
 
 
 def test_cc_images_are_single_frame_pretrain_clips(src, vqgan, tmp_path, capsys):
-    out = tmp_path / "cc"
-    assert run("cc", src["cc"], out, "train", "--vq-tokenizer", vqgan, "--frames", "4") == 2
-    assert "--format cc: error: unrecognized arguments: --frames 4" in capsys.readouterr().err
-    assert run("cc", src["cc"], out, "train", "--vq-tokenizer", vqgan, "--grid", "1", "1") == 0
+    out, images = tmp_path / "cc", ["--images", src["images"]]
+    assert run("cc3m", src["cc"], out, "train", *images, "--vq-tokenizer", vqgan, "--frames", "4") == 2
+    assert "--format cc3m: error: unrecognized arguments: --frames 4" in capsys.readouterr().err
+    assert run("cc3m", src["cc"], out, "train", *images, "--vq-tokenizer", vqgan, "--grid", "1", "1") == 0
     manifest = open_dataset(str(out))
     assert manifest.num_rows == 6 and manifest.columns["vt_codes"].shape == [1, 1, 1]
 

@@ -99,6 +99,22 @@ def test_retrieval_needs_fusion() -> None:
     assert additive["t2v_r1"] < 0.05 and single["t2v_r1"] < 0.05
 
 
+def test_multilabel_needs_fusion() -> None:
+    """Each of the K targets is the XOR of the modalities' signs for that target: a linear model of
+    both modalities stays near chance, the product of the projected means recovers every target."""
+    d = S.make_directions(0, ["m0", "m1"], HIDDEN, S.MULTILABEL_TARGETS)
+    arrays, lat = S.sample_multilabel(np.random.default_rng(5), 3000, d, seq_len=SEQ)
+    y = arrays["label"]
+    assert y.shape == (3000, S.MULTILABEL_TARGETS) and y.dtype == np.int64
+    np.testing.assert_array_equal(y, (lat["z"][:, 0] * lat["z"][:, 1] > 0).astype(np.int64))
+    train, test = slice(0, 2000), slice(2000, None)
+    additive = np.concatenate([arrays["m0"].mean(1), arrays["m1"].mean(1)], axis=1)
+    product = _means(arrays, "m0", d) * _means(arrays, "m1", d)  # (n, K)
+    for j in range(S.MULTILABEL_TARGETS):
+        assert LogisticRegression(max_iter=2000).fit(additive[train], y[train, j]).score(additive[test], y[test, j]) < 0.62
+        assert ((product[test, j] > 0) == y[test, j]).mean() > 0.9
+
+
 # ---------------------------------------------------------------- writer
 
 

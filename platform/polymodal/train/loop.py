@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 from polymodal import runs, shards, storage
 from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
+from polymodal.ports import free_port
 from polymodal.registry import get_task
 from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, publish_checkpoint, trainable_state,
                                         write_export)
@@ -585,12 +585,6 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
 # --------------------------------------------------------------------------- local harness
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Single-process training without Ray (same worker code; CUDA when available)."""
     import deepspeed
@@ -604,7 +598,7 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
         # before it binds (EADDRINUSE seen right after a killed run), and an inherited MASTER_PORT
         # may belong to another process's store.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
         store = Path(tempfile.mkdtemp(prefix="polymodal-pg-")) / "store"
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                    init_method=f"file://{store}", rank=0, world_size=1)

@@ -1,21 +1,46 @@
 """Recipe1M -> ChefFusion raw datasets (columns :data:`.data.RAW_COLUMNS`).
 
-Layout (a local folder or an ``s3://`` prefix)
-----------------------------------------------
+Layout (a local folder or an ``s3://`` prefix), as released (torralba-lab/im2recipe-Pytorch
+``scripts/utils.py`` ``Layer``, ``scripts/mk_dataset.py``; facebookresearch/inversecooking
+``src/build_vocab.py``, ``src/data_loader.py``)
+-----------------------------------------------------------------------------------------------
 * ``<source>/layer1.json``: a JSON list of recipes ``{"id", "title", "partition"
   ("train" | "val" | "test"), "ingredients": [{"text"}, ...], "instructions": [{"text"}, ...], ...}``;
-* ``<source>/layer2.json``: a JSON list ``{"id": <recipe id>, "images": [{"id": "3e233001e2.jpg"}, ...]}``;
-  recipes without images are absent;
+* ``<source>/layer2.json``: a JSON list ``{"id": <recipe id>, "images": [{"id": "3e233001e2.jpg",
+  "url": ...}, ...]}``; recipes without images are absent (or list none);
+* ``<source>/det_ingrs.json`` (read with ``ingredients="det_ingrs"`` only): a JSON list
+  ``{"id": <recipe id>, "ingredients": [{"text": "flour"}, ...], "valid": [true, ...]}``, the
+  ingredient names detected in each layer1 line;
 * the images, as the Recipe1M tars extract them, under a tree keyed by the first four characters of
-  the image id: ``<images>/<partition>/3/e/2/3/3e233001e2.jpg``; a flat ``<images>/3e233001e2.jpg`` is
-  also accepted.
+  the image id: ``<images>/<partition>/3/e/2/3/3e233001e2.jpg``; Recipe1M+'s tree has no partition
+  folder (``<images>/3/e/2/3/3e233001e2.jpg``), and a flat ``<images>/3e233001e2.jpg`` is also
+  accepted.
 
-Every recipe of the requested splits is checked (fields, partition, its layer2 entry) before anything
-is written, so a broken file fails in seconds with an :class:`~polymodal.errors.ImportDataError`
-naming the file, row and recipe id. Images are read and decoded while writing; an undecodable one is
-an error too. With ``skip_bad=True`` a bad recipe is dropped instead: logged, and counted in the
-manifest's ``meta["skipped"]``. A recipe without an image on disk is not an error (about 60%
-of Recipe1M's recipes have none); it is left out and counted in ``meta["no_image"]``.
+Which recipes, which split, which image
+---------------------------------------
+The split is layer1's own ``partition``, and only recipes that layer2 lists with an image are
+kept: ChefFusion's data preparation (Peiyu-Georgia-Li/ChefFusion-Multimodal-Foundation-Model-
+Integrating-Recipe-and-Food-Image-Generation @ 92086ed, ``recipe1m_processing.py``) joins layer1
+and layer2 on ``id`` and writes one file per ``partition`` value (training reads ``train``,
+validation ``val``), as im2recipe's ``mk_dataset.py`` does (it drops recipes without images, too).
+A row gets one image: the first one layer2 lists (ChefFusion keeps ``images[0]``), or, when that
+file is missing, the next one on disk among the first :data:`MAX_IMAGES` (im2recipe keeps at most
+five per recipe). The ingredients are layer1's lines, as ChefFusion trains on them
+(``ingredients="layer1"``), or im2recipe's merge (``ingredients="det_ingrs"``): layers are merged
+by ``id`` and det_ingrs' ``ingredients`` replace layer1's; only the ones marked ``valid`` are kept
+(inversecooking ``build_vocab.py``); a recipe det_ingrs does not list keeps layer1's.
+
+Errors
+------
+Every recipe of the requested splits is checked (fields, partition, its layer2 and det_ingrs
+entries) before anything is written, so a broken file fails in seconds with an
+:class:`~polymodal.errors.ImportDataError` naming the file, row and recipe id. Images are read and
+decoded while writing; an undecodable one is an error, and so is a recipe none of whose listed
+images is on disk (the message names the layer2 entry, the ``images[i].id`` field and the paths
+tried). With ``skip_bad=True`` a bad recipe is dropped instead: logged, and counted in the
+manifest's ``meta["skipped"]``. A recipe that layer2 does not list (or lists without an image) is
+not an error (about 60% of Recipe1M's recipes have no image); it is left out and counted in
+``meta["no_image"]``.
 """
 
 from __future__ import annotations
@@ -36,12 +61,18 @@ from polymodal.shards import ShardWriter
 
 from .data import RAW_COLUMNS, SPLITS, TASK, format_recipe
 
-__all__ = ["import_recipe1m", "LAYER1", "LAYER2"]
+__all__ = ["import_recipe1m", "LAYER1", "LAYER2", "DET_INGRS", "MAX_IMAGES", "INGREDIENT_SOURCES"]
 
 logger = logging.getLogger(__name__)
 
 LAYER1 = "layer1.json"
 LAYER2 = "layer2.json"
+DET_INGRS = "det_ingrs.json"
+#: where a row's ingredient lines come from: layer1's own lines (ChefFusion) or det_ingrs (im2recipe)
+INGREDIENT_SOURCES = ("layer1", "det_ingrs")
+#: images of a recipe that are looked at, in layer2 order: im2recipe's ``maxNumImgs = 5``
+#: (``scripts/mk_dataset.py``; its loader also draws from the first five only)
+MAX_IMAGES = 5
 #: the layer1 fields every recipe needs
 RECIPE_FIELDS = ("id", "title", "partition", "ingredients", "instructions")
 #: a Recipe1M image id: its first four characters name the folders of the image tree
@@ -63,10 +94,19 @@ class _Recipe:
     title: str
     ingredients: tuple[str, ...]
     instructions: tuple[str, ...]
-    images: tuple[str, ...] = ()  # image ids from layer2, in listed order
+    images: tuple[str, ...] = ()  # image ids from layer2, in listed order, at most MAX_IMAGES
+    layer2_entry: int = -1  # index of the recipe's (first) entry in layer2.json
 
     def where(self, layer1: str) -> str:
         return f"{layer1}: row {self.row} (recipe {self.id!r})"
+
+
+@dataclass(slots=True)
+class _Listing:
+    """A recipe's images as layer2 lists them."""
+
+    entry: int  # index of its first entry in layer2.json
+    images: tuple[str, ...]  # image ids of every entry, in order
 
 
 @dataclass
@@ -75,6 +115,7 @@ class _SplitPlan:
 
     recipes: list[_Recipe] = field(default_factory=list)  # those with at least one listed image
     no_image: int = 0  # recipes absent from layer2 (or listed with no images)
+    layer2: str = ""  # the layer2.json read, for messages
 
 
 @dataclass(slots=True)
@@ -84,6 +125,7 @@ class _Found:
     data: bytes | None = None  # the encoded image; None when no listed image exists or it is bad
     uri: str | None = None  # the file read, or (nothing found) the first path tried
     error: str | None = None  # why the file found cannot be used
+    tried: tuple[str, ...] = ()  # (nothing found) every path tried
 
 
 class _Skips:
@@ -95,7 +137,8 @@ class _Skips:
 
     def bad(self, split: str | None, message: str) -> None:
         if not self.skip_bad:
-            raise ImportDataError(f"{message} (pass skip_bad=True to drop such recipes; they are counted)")
+            raise ImportDataError(f"{message} (pass skip_bad=True, on the command line --skip-bad, to drop such "
+                                  "recipes; they are counted)")
         n = self.count[split] = self.count.get(split, 0) + 1
         if n <= _MAX_LOGGED:
             logger.warning("skipped %s", message)
@@ -115,6 +158,10 @@ def _read_json_list(uri: str, what: str, opts: StorageOptions | None) -> list[An
     try:
         data = storage.read_bytes(uri, opts)
     except storage.NotFoundError:
+        if uri.endswith(DET_INGRS):
+            raise ImportDataError(f"{uri}: file not found; ingredients='det_ingrs' reads the detected ingredients "
+                                  f"from {DET_INGRS} beside {LAYER1} (or import layer1's with "
+                                  "ingredients='layer1')") from None
         raise ImportDataError(f"{uri}: file not found; `source` must be the Recipe1M folder holding {LAYER1} "
                               f"and {LAYER2}") from None
     try:
@@ -143,10 +190,10 @@ def _image_ids(raw: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _read_layer2(uri: str, skips: _Skips, opts: StorageOptions | None) -> dict[str, tuple[str, ...] | str]:
-    """Recipe id -> its image ids, or the message of a bad entry (reported once the recipe's split is
-    known, so an entry of a split that is not imported cannot fail the import)."""
-    out: dict[str, tuple[str, ...] | str] = {}
+def _read_layer2(uri: str, skips: _Skips, opts: StorageOptions | None) -> dict[str, _Listing | str]:
+    """Recipe id -> its listed images, or the message of a bad entry (reported once the recipe's split
+    is known, so an entry of a split that is not imported cannot fail the import)."""
+    out: dict[str, _Listing | str] = {}
     for i, entry in enumerate(_read_json_list(uri, "{\"id\", \"images\"} objects", opts)):
         rid = entry.get("id") if isinstance(entry, dict) else None
         if not isinstance(rid, str) or not rid:
@@ -158,9 +205,43 @@ def _read_layer2(uri: str, skips: _Skips, opts: StorageOptions | None) -> dict[s
         except ValueError as exc:
             out[rid] = f"{uri}: entry {i} (recipe {rid!r}): {exc}"
             continue
-        prev = out.get(rid, ())
+        prev = out.get(rid)
         # A recipe listed twice keeps every image, in order; a bad listing stays bad.
-        out[rid] = prev if isinstance(prev, str) else prev + ids
+        if prev is None:
+            out[rid] = _Listing(i, ids)
+        elif isinstance(prev, _Listing):
+            prev.images += ids
+    return out
+
+
+def _read_det_ingrs(uri: str, skips: _Skips, opts: StorageOptions | None) -> dict[str, tuple[str, ...] | str]:
+    """Recipe id -> its valid detected ingredient names (cleaned, blank ones dropped), or the message
+    of a bad entry (reported once the recipe's split is known, as for layer2)."""
+    out: dict[str, tuple[str, ...] | str] = {}
+    shape = '{"id": <recipe id>, "ingredients": [{"text": ...}, ...], "valid": [true | false, ...]}'
+    for i, entry in enumerate(_read_json_list(uri, "{\"id\", \"ingredients\", \"valid\"} objects", opts)):
+        rid = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(rid, str) or not rid:
+            skips.bad(None, f"{uri}: entry {i}: no recipe 'id' string (got {str(entry)[:80]}); every entry is {shape}")
+            continue
+        where = f"{uri}: entry {i} (recipe {rid!r})"
+        raw, valid = entry.get("ingredients"), entry.get("valid")
+        if not isinstance(raw, list) or not isinstance(valid, list) or len(valid) != len(raw) \
+                or not all(isinstance(v, bool) for v in valid):
+            out[rid] = (f"{where}: 'ingredients' and 'valid' must be lists of equal length, 'valid' of "
+                        f"booleans (got {str(raw)[:60]} and {str(valid)[:60]}); every entry is {shape}")
+            continue
+        names = []
+        for j, (item, ok) in enumerate(zip(raw, valid)):
+            text = item.get("text") if isinstance(item, dict) else None
+            if not isinstance(text, str):
+                names = f"{where}: ingredients[{j}] must be an object with a 'text' string, got {str(item)[:80]}"
+                break
+            if ok and (cleaned := _clean(text)):
+                names.append(cleaned)
+        if isinstance(names, list) and not names:
+            names = f"{where}: no ingredient is marked 'valid' (of {len(raw)}); im2recipe drops such recipes"
+        out[rid] = names if isinstance(names, str) else tuple(names)
     return out
 
 
@@ -203,11 +284,13 @@ def _parse_recipe(row: int, raw: Any) -> _Recipe:
                    _texts(raw["instructions"], "instructions"))
 
 
-def _plan(layer1: str, layer2: str, splits: Sequence[str], skips: _Skips,
+def _plan(layer1: str, layer2: str, det_ingrs: str | None, splits: Sequence[str], skips: _Skips,
           opts: StorageOptions | None) -> dict[str, _SplitPlan]:
-    """Check every recipe of ``splits`` and attach its layer2 images; nothing is read from disk."""
+    """Check every recipe of ``splits`` and attach its layer2 images (and, with ``det_ingrs``, its
+    detected ingredients); nothing is read from the image tree."""
     images = _read_layer2(layer2, skips, opts)
-    plans = {split: _SplitPlan() for split in splits}
+    detected = _read_det_ingrs(det_ingrs, skips, opts) if det_ingrs is not None else {}
+    plans = {split: _SplitPlan(layer2=layer2) for split in splits}
     first_row: dict[str, int] = {}
     for row, raw in enumerate(_read_json_list(layer1, "recipe objects", opts)):
         rid = raw.get("id") if isinstance(raw, dict) else None
@@ -225,14 +308,21 @@ def _plan(layer1: str, layer2: str, splits: Sequence[str], skips: _Skips,
             skips.bad(split, f"{where}: duplicate id, first used by row {first_row[recipe.id]}")
             continue
         first_row[recipe.id] = row
-        listed = images.get(recipe.id, ())
+        listed = images.get(recipe.id)
         if isinstance(listed, str):
             skips.bad(split, f"{listed} (images of {recipe.where(layer1)})")
             continue
-        if not listed:
+        if listed is None or not listed.images:
             plans[split].no_image += 1
             continue
-        recipe.images = listed
+        # im2recipe's merge: det_ingrs' ingredients replace layer1's where det_ingrs lists the recipe.
+        names = detected.get(recipe.id)
+        if isinstance(names, str):
+            skips.bad(split, f"{names} (ingredients of {recipe.where(layer1)})")
+            continue
+        if names is not None:
+            recipe.ingredients = names
+        recipe.images, recipe.layer2_entry = listed.images[:MAX_IMAGES], listed.entry
         plans[split].recipes.append(recipe)
     return plans
 
@@ -240,14 +330,20 @@ def _plan(layer1: str, layer2: str, splits: Sequence[str], skips: _Skips,
 # --------------------------------------------------------------------------- images
 
 
+def _image_paths(root: str, split: str, iid: str) -> tuple[str, ...]:
+    """Where an image may be, in order: Recipe1M's tree (``<root>/<partition>/a/b/c/d/<id>``),
+    Recipe1M+'s (``<root>/a/b/c/d/<id>``, no partition folder) and a flat folder."""
+    return (storage.join(root, split, *iid[:4], iid), storage.join(root, *iid[:4], iid), storage.join(root, iid))
+
+
 def _find_image(recipe: _Recipe, root: str, decode: Callable[..., Any], opts: StorageOptions | None) -> _Found:
     """The first listed image of ``recipe`` that exists, checked to decode."""
     from PIL import Image
 
-    first_tried = None
+    tried: list[str] = []
     for iid in recipe.images:
-        for uri in (storage.join(root, recipe.split, *iid[:4], iid), storage.join(root, iid)):
-            first_tried = first_tried or uri
+        for uri in _image_paths(root, recipe.split, iid):
+            tried.append(uri)
             try:
                 data = storage.read_bytes(uri, opts)
             except storage.NotFoundError:
@@ -259,7 +355,16 @@ def _find_image(recipe: _Recipe, root: str, decode: Callable[..., Any], opts: St
             except Image.DecompressionBombError as exc:
                 return _Found(uri=uri, error=f"{uri}: {exc}")
             return _Found(data=data, uri=uri)
-    return _Found(uri=first_tried)
+    return _Found(uri=tried[0] if tried else None, tried=tuple(tried))
+
+
+def _missing(recipe: _Recipe, found: _Found, layer1: str, layer2: str, images: str) -> str:
+    """The message for a recipe none of whose listed images is on disk."""
+    fields = ", ".join(f"images[{j}].id={iid!r}" for j, iid in enumerate(recipe.images))
+    tried = ", ".join(found.tried[:3]) + (f" and {len(found.tried) - 3} more" if len(found.tried) > 3 else "")
+    return (f"{recipe.where(layer1)}: image file missing: {layer2} entry {recipe.layer2_entry} lists {fields}, "
+            f"none of which is under {images} (tried {tried}); extract the image tars of partition "
+            f"{recipe.split!r} there")
 
 
 def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images: str, pool: ThreadPoolExecutor,
@@ -268,7 +373,10 @@ def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images:
     """Stream one split's recipes into ``uri``, ``_CHUNK`` images in memory at a time."""
     from polymodal.models.cheffusion.backbones import decode_image
 
-    no_image, found_any, first_missing = plan.no_image, 0, None
+    found_any, first_missing = 0, None
+    # Recipes whose images are all missing, held until a first image of the split is found: if none
+    # ever is, the images root is wrong (one error for the split), not each recipe.
+    pending: list[tuple[_Recipe, _Found]] = []
     desc = f"{progress} {split}" if isinstance(progress, str) else progress
     meta = {"stage": "raw", "source": "recipe1m"}
     with ShardWriter(uri, task=TASK, split=split, columns=RAW_COLUMNS, rows_per_shard=rows_per_shard,
@@ -283,14 +391,18 @@ def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images:
             good = []
             for recipe, image in zip(chunk, found):
                 if image.data is None and image.error is None:
-                    no_image += 1
                     first_missing = first_missing or image.uri
+                    pending.append((recipe, image))
                     continue
                 found_any += 1
                 if image.error is not None:
                     skips.bad(split, f"{recipe.where(layer1)}: {image.error}")
                     continue
                 good.append((recipe, image.data))
+            if found_any:
+                for recipe, image in pending:
+                    skips.bad(split, _missing(recipe, image, layer1, plan.layer2, images))
+                pending = []
             if good:
                 writer.write({
                     "id": [r.id for r, _ in good],
@@ -300,15 +412,16 @@ def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images:
                     "recipe": [format_recipe(r.title, r.ingredients, r.instructions) for r, _ in good],
                     "image": [data for _, data in good],
                 })
-        if plan.recipes and not found_any:
+        if pending:
             # Every listed file missing is a wrong `images` root, not a dataset without photos.
             raise ImportDataError(
-                f"split {split!r}: none of the images {LAYER2} lists for its {len(plan.recipes)} recipe(s) "
+                f"split {split!r}: none of the images {LAYER2} lists for its {len(pending)} recipe(s) read "
                 f"exists under {images} (first path tried: {first_missing}); pass images=<the folder holding "
-                f"train/ val/ test/ image trees, or the image files>, or leave {split!r} out of `splits`")
-        writer.meta.update(skipped=skips.count.get(split, 0), no_image=no_image)
+                f"train/ val/ test/ image trees (Recipe1M+: the a/b/c/d tree), or the image files>, or leave "
+                f"{split!r} out of `splits`")
+        writer.meta.update(skipped=skips.count.get(split, 0), no_image=plan.no_image)
         logger.info("%s: %d recipes written, %d without an image, %d skipped", uri, writer.rows_written,
-                    no_image, skips.count.get(split, 0))
+                    plan.no_image, skips.count.get(split, 0))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -322,29 +435,37 @@ def import_recipe1m(
     splits: Sequence[str] = SPLITS,
     max_per_split: int | None = None,
     image_choice: Literal["first"] = "first",
+    ingredients: Literal["layer1", "det_ingrs"] = "layer1",
     rows_per_shard: int = 2048,
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
 ) -> dict[str, str]:
-    """Import Recipe1M into one raw ChefFusion dataset per split (one recipe and one image per row).
+    """Import Recipe1M into one raw ChefFusion dataset per split (one recipe and one image per row),
+    split by layer1's ``partition`` as ChefFusion's data preparation does (see the module docstring).
 
     Parameters
     ----------
     source : str
-        Folder or ``s3://`` prefix holding ``layer1.json`` and ``layer2.json``.
+        Folder or ``s3://`` prefix holding ``layer1.json`` and ``layer2.json`` (and, for
+        ``ingredients="det_ingrs"``, ``det_ingrs.json``).
     out_uri : str
         Folder or ``s3://`` prefix; split ``s`` is written to ``<out_uri>/raw/<s>``.
     images : str, optional
-        Root of the images (``<images>/<partition>/a/b/c/d/<image id>`` or ``<images>/<image id>``);
-        default ``<source>/images``.
+        Root of the images (``<images>/<partition>/a/b/c/d/<image id>``, Recipe1M+'s
+        ``<images>/a/b/c/d/<image id>`` or ``<images>/<image id>``); default ``<source>/images``.
     splits : sequence of str
         Partitions to import, from ``("train", "val", "test")``. Recipes of other partitions are
         neither checked nor read.
     max_per_split : int, optional
         Write at most this many recipes per split (the first ones with an image, in layer1 order).
     image_choice : "first"
-        Which image a row gets: the first one listed in layer2 that exists on disk.
+        Which image a row gets: the first one listed in layer2 that exists on disk, among the first
+        :data:`MAX_IMAGES` listed.
+    ingredients : "layer1" or "det_ingrs"
+        A row's ingredient lines: layer1's (ChefFusion's, with quantities: "2 cups flour"), or the
+        valid names of ``det_ingrs.json`` merged by id (im2recipe's: "flour"); a recipe det_ingrs
+        does not list keeps layer1's.
     rows_per_shard : int
         Rows per Parquet shard. A shard's rows, images included, are buffered in memory until it is
         written (2048 Recipe1M images are ~100-400 MB).
@@ -352,7 +473,8 @@ def import_recipe1m(
         S3 settings, for ``s3://`` sources, images and destinations alike.
     skip_bad : bool
         Drop a bad recipe (missing field, empty ingredient list, unknown partition, malformed layer2
-        entry, undecodable image), with a warning naming file, row and recipe id, instead of raising.
+        or det_ingrs entry, no valid detected ingredient, undecodable image, listed images all
+        missing on disk), with a warning naming file, row and recipe id, instead of raising.
     progress : bool or str
         Passed to :class:`~polymodal.shards.ShardWriter`; a string is suffixed with the split.
 
@@ -363,17 +485,18 @@ def import_recipe1m(
         ``instructions`` one item per line, ``recipe`` = :func:`~.data.format_recipe`, ``image`` the
         file's bytes); task :data:`~.data.TASK`; ``meta`` = ``{"stage": "raw", "source": "recipe1m",
         "skipped": n, "no_image": m}``. ``skipped`` counts the split's bad recipes (field checks cover
-        the whole split, image checks the recipes read); ``no_image`` the recipes without an image
-        on disk (with ``max_per_split``, among those read).
+        the whole split, image checks the recipes read); ``no_image`` the recipes layer2 lists
+        without an image (or not at all).
 
     Raises
     ------
     ImportDataError
-        A missing or malformed ``layer1.json`` / ``layer2.json``, a missing images folder, a split
-        whose listed images are all missing (a wrong ``images``), or (without ``skip_bad``) a bad
-        recipe; the message names the file, the row and the recipe id.
+        A missing or malformed ``layer1.json`` / ``layer2.json`` / ``det_ingrs.json``, a missing
+        images folder, a split whose listed images are all missing (a wrong ``images``), or
+        (without ``skip_bad``) a bad recipe; the message names the file, the row or entry, the
+        recipe id and the field.
     ValueError
-        An unknown split or ``image_choice``, or ``max_per_split`` < 1.
+        An unknown split, ``image_choice`` or ``ingredients``, or ``max_per_split`` < 1.
     """
     if isinstance(splits, str):
         splits = (splits,)
@@ -382,17 +505,21 @@ def import_recipe1m(
         raise ValueError(f"splits must be distinct names from {list(SPLITS)}, got {list(splits)}")
     if image_choice != "first":
         raise ValueError(f"image_choice must be 'first' (the first listed image on disk), got {image_choice!r}")
+    if ingredients not in INGREDIENT_SOURCES:
+        raise ValueError(f"ingredients must be one of {list(INGREDIENT_SOURCES)}, got {ingredients!r}")
     if max_per_split is not None and (not isinstance(max_per_split, int) or max_per_split < 1):
         raise ValueError(f"max_per_split must be a positive integer or None, got {max_per_split!r}")
     source = os.fspath(source)
     images = os.fspath(images) if images is not None else storage.join(source, "images")
     layer1, layer2 = storage.join(source, LAYER1), storage.join(source, LAYER2)
+    det_ingrs = storage.join(source, DET_INGRS) if ingredients == "det_ingrs" else None
 
     skips = _Skips(skip_bad)
-    plans = _plan(layer1, layer2, splits, skips, opts)
+    plans = _plan(layer1, layer2, det_ingrs, splits, skips, opts)
     if any(p.recipes for p in plans.values()) and not storage.exists(images, opts):
         raise ImportDataError(f"{images}: images folder not found; pass images=<the folder holding the "
-                              "train/ val/ test/ image trees, or the image files> (default <source>/images)")
+                              "train/ val/ test/ image trees (Recipe1M+: the a/b/c/d tree), or the image files> "
+                              "(default <source>/images)")
     for split, plan in plans.items():
         if not plan.recipes and not plan.no_image:
             logger.warning("%s: no recipe of partition %r; its dataset will be empty", layer1, split)

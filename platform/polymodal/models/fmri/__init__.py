@@ -2,7 +2,7 @@
 delays, and voxelwise ridge with per-voxel alphas chosen by cross-validation over stories.
 
 Tasks: ``fmri.encoding`` (closed-form ridge; :mod:`.task`) and ``fmri.mlm`` (the masked-LM text
-encoder; :mod:`.mlm`). :func:`register` adds them, the ``huth`` and ``fmri-plain`` import formats,
+encoder; :mod:`.mlm`). :func:`register` adds them, the ``huth``, ``huth-pkl`` and ``fmri-plain`` import formats,
 ``data mlm``, the demo step and the Serve app.
 
 Modules: ``config``, ``features`` (Lanczos resampling, trimming, z-scoring, delays),
@@ -28,6 +28,7 @@ def register(registry) -> None:
     registry.add_task(task.EncodingTask())
     registry.add_task(mlm.MlmTask())
     registry.add_import_format(commands.HUTH)
+    registry.add_import_format(commands.HUTH_PKL)
     registry.add_import_format(commands.PLAIN)
     registry.add_data_command(commands.MLM)
     registry.add_demo_step(demo.STEP)

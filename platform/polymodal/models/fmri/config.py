@@ -59,7 +59,9 @@ class FmriConfig(StrictModel):
     bow_min_count: int = Field(1, ge=1, description="bag-of-words: a word needs this many training uses")
     delays: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
                               description="TR delays stacked by make_delayed (zero padding)")
-    trim: Trim = Field(default_factory=Trim, description="TRs (or seconds) dropped at each story's ends")
+    trim: Trim = Field(default_factory=Trim, description="TRs (or seconds) of each story's feature clock dropped "
+                                                         "at its ends, from features and responses alike; TRs the "
+                                                         "stored responses already lack are not cut from them again")
     interp_window: int = Field(3, ge=1, description="Lanczos window (lobes)")
     cutoff_mult: float = Field(1.0, gt=0, description="Lanczos cutoff as a multiple of the TR Nyquist rate")
     alphas: AlphaGrid = Field(default_factory=AlphaGrid)

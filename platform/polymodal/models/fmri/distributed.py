@@ -2,9 +2,10 @@
 
 The driver builds the :class:`~polymodal.models.fmri.ridge.RidgeBasis` (one SVD per fold plus
 the full-design SVD) once and puts it in the object store. Each task reads only its voxel chunk
-of the responses (:mod:`polymodal.models.fmri.data`), trims and z-scores it per story exactly
-like the features, solves it, and writes ``<out>/chunks/<chunk>.safetensors`` with ``coef``
-(p, v), ``best_alphas`` (v,) and ``cv_scores`` (n_alphas, v). Peak memory per task is the basis
+of the responses (:mod:`polymodal.models.fmri.data`), cuts it to the TRs of the design rows
+and z-scores it per story exactly like the features, solves it, and writes
+``<out>/chunks/<chunk>.safetensors`` with ``coef`` (p, v), ``best_alphas`` (v,) and
+``cv_scores`` (n_alphas, v). Peak memory per task is the basis
 plus one chunk, whatever the number of voxels. Chunks already written are skipped, so a rerun
 after a failure only solves what is missing.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from polymodal import storage
 from polymodal.storage import StorageOptions
 
 from .data import ChunkInfo, read_chunk, read_index
-from .features import Trim, zscore
+from .features import Trim, aligned_rows, zscore
 from .ridge import RidgeBasis, RidgeCV
 
 
@@ -36,11 +37,21 @@ class ResponseSelection:
     stories: list[str]          # in the order their rows are stacked in X
     tr: float
     trim: Trim
+    #: story -> (TRs of the feature clock before the first response row, after the last one);
+    #: a story not listed has responses on the whole clock, (0, 0)
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def cut(self, story: str, responses: np.ndarray) -> np.ndarray:
+        """The rows of one story's stored responses that line up with its design rows."""
+        before, after = self.offsets.get(story, (0, 0))
+        _, rows = aligned_rows(len(responses) + before + after, self.trim, self.tr, (before, after))
+        return responses[rows]
 
 
 def stack_responses(chunk: dict[str, np.ndarray], sel: ResponseSelection) -> np.ndarray:
-    """Per story: trim like the features, z-score; then stack in ``sel.stories`` order -> (n, v)."""
-    return np.vstack([zscore(sel.trim.apply(chunk[name], sel.tr)) for name in sel.stories]).astype(np.float32)
+    """Per story: cut to the design's TRs (:meth:`ResponseSelection.cut`), z-score; then stack
+    in ``sel.stories`` order -> (n, v)."""
+    return np.vstack([zscore(sel.cut(name, chunk[name])) for name in sel.stories]).astype(np.float32)
 
 
 def _chunk_uri(out_uri: str, chunk: ChunkInfo) -> str:
@@ -150,7 +161,7 @@ def evaluate_chunk(X_test: np.ndarray, sel: ResponseSelection, chunk: ChunkInfo,
                          f"design has {X_test.shape[0]}")
     pred = (torch.from_numpy(np.ascontiguousarray(X_test, dtype=np.float32)).to(device)
             @ torch.from_numpy(sol["coef"]).to(device)).cpu().numpy()       # (n_test, v)
-    bounds = np.cumsum([0] + [len(sel.trim.apply(raw[name], sel.tr)) for name in sel.stories])
+    bounds = np.cumsum([0] + [len(sel.cut(name, raw[name])) for name in sel.stories])
     story_r = np.stack([voxel_correlations(pred[a:b], Y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
     return {"chunk": chunk.name, "r": voxel_correlations(pred, Y).astype(np.float32),
             "story_r": story_r.astype(np.float32), "cv_score": sol["cv_scores"].max(0),

@@ -10,7 +10,10 @@ Conventions follow the Huth-lab ``ridge_utils`` code (HuthLab/deep-fMRI-dataset)
 * :func:`zscore` centres every column and divides by its std only where the std is nonzero.
 
 Two trimming conventions are supported by :class:`Trim` and applied identically to features
-and responses (the lab report's 5 s / 10 s and the Huth-lab 10 / 5 TRs differ).
+and responses (the lab report's 5 s / 10 s and the Huth-lab 10 / 5 TRs differ). Responses
+may cover only part of the feature clock (ds003020's ``.hf5`` files start 10 TRs after it and
+stop 5 before its end); :func:`aligned_rows` lines the two up and trims both without cutting
+the responses twice.
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ def zscore(X: np.ndarray) -> np.ndarray:
 class Trim(BaseModel):
     """TRs dropped at the start and end of every story, from features and responses alike.
 
+    They count TRs of the story's feature clock: where the stored responses cover only part of
+    it (ds003020), :func:`aligned_rows` cuts the responses only where the trim reaches past them.
+
     ``unit: tr`` counts TRs (Huth lab: ``start: 10, end: 5``); ``unit: s`` counts seconds and
     drops ``ceil(seconds / tr)`` TRs (the Stat 214 lab report: ``start: 5, end: 10``).
     """
@@ -121,10 +127,39 @@ def tr_times(n_trs: int, tr: float, start_time: float = 0.0) -> np.ndarray:
     return np.arange(n_trs, dtype=np.float64) * tr - start_time + tr / 2.0
 
 
-def story_design(on_trs: np.ndarray, tr: float, trim: Trim, delays: Sequence[int]) -> np.ndarray:
-    """One story's design matrix: trim, z-score per column, then stack the delays.
+def aligned_rows(n_trs: int, trim: Trim, tr: float, response: tuple[int, int] = (0, 0)) -> tuple[slice, slice]:
+    """Which feature rows and which response rows of one story line up, after trimming.
 
-    (n_trs, F) -> (n_trs - trimmed, F * len(delays)). The order is the Huth lab's: responses are
-    trimmed and z-scored the same way, so both sides have zero mean over the kept TRs.
+    ``n_trs`` is the length of the story's feature clock; ``response = (before, after)`` says
+    where its stored responses sit on that clock: they start ``before`` TRs after the clock
+    starts and stop ``after`` TRs before it ends (ds003020 as released: ``(10, 5)``; responses
+    that cover the whole clock: ``(0, 0)``). ``trim`` counts TRs of the feature clock, so TRs the
+    responses already lack are not cut from them again: the kept window is
+    ``[max(trim start, before), n_trs - max(trim end, after))`` on the clock, the features keep
+    those rows and the responses the same TRs, shifted by ``before``.
+
+    Returns ``(feature rows, response rows)`` as slices of equal length.
     """
-    return make_delayed(zscore(trim.apply(on_trs, tr)), delays)
+    start, end = trim.trs(tr)
+    before, after = (int(v) for v in response)
+    if before < 0 or after < 0 or before + after >= n_trs:
+        raise ValueError(f"responses placed {before} TRs after the start and {after} before the end of a "
+                         f"{n_trs}-TR feature clock leave no response rows")
+    first, stop = max(start, before), n_trs - max(end, after)
+    if stop <= first:
+        raise ValueError(f"trimming {start} + {end} TRs leaves nothing of a {n_trs}-TR story "
+                         f"(responses cover TRs {before}..{n_trs - after - 1})")
+    return slice(first, stop), slice(first - before, stop - before)
+
+
+def story_design(on_trs: np.ndarray, tr: float, trim: Trim, delays: Sequence[int],
+                 response: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """One story's design matrix: cut to the response window and trim, z-score per column,
+    then stack the delays.
+
+    (n_trs, F) -> (kept TRs, F * len(delays)), the kept TRs as in :func:`aligned_rows`. The
+    order is the Huth lab's (``apply_zscore_and_hrf``): responses are cut and z-scored the
+    same way, so both sides have zero mean over the kept TRs.
+    """
+    rows, _ = aligned_rows(on_trs.shape[0], trim, tr, response)
+    return make_delayed(zscore(on_trs[rows]), delays)

@@ -37,17 +37,25 @@ EXPORT_DIR = "model"
 
 @dataclass
 class Story:
-    """One story's words (midpoint times, seconds) and its TR clock."""
+    """One story's words (midpoint times, seconds), its TR clock, and where its stored
+    responses sit on that clock (``response_start`` TRs after its start, ``response_end``
+    before its end; ds003020: 10 and 5)."""
 
     words: list[str]
     times: np.ndarray
     n_trs: int
     tr: float
     start_time: float = 0.0
+    response_start: int = 0
+    response_end: int = 0
 
     @property
     def tr_times(self) -> np.ndarray:
         return tr_times(self.n_trs, self.tr, self.start_time)
+
+    @property
+    def response_offsets(self) -> tuple[int, int]:
+        return self.response_start, self.response_end
 
 
 def load_stories(root: str, opts: StorageOptions | None = None) -> dict[str, Story]:
@@ -56,7 +64,7 @@ def load_stories(root: str, opts: StorageOptions | None = None) -> dict[str, Sto
         meta = json.loads(storage.read_text(storage.join(root, "stories.json"), opts))
     except FileNotFoundError:
         raise PolymodalError(f"{root} is not an fMRI dataset root (no stories.json); write one with "
-                             "`polymodal data import --format huth|fmri-plain`") from None
+                             "`polymodal data import --format huth|huth-pkl|fmri-plain`") from None
     words_uri = storage.join(root, "words")
     manifest = shards.open_dataset(words_uri, opts)
     rows: dict[str, list[tuple[float, str]]] = {name: [] for name in meta}
@@ -72,7 +80,8 @@ def load_stories(root: str, opts: StorageOptions | None = None) -> dict[str, Sto
         if not items:
             raise PolymodalError(f"{words_uri}: story {name!r} has no words")
         out[name] = Story([w for _, w in items], np.array([t for t, _ in items]), int(m["n_trs"]),
-                          float(m["tr"]), float(m.get("start_time", 0.0)))
+                          float(m["tr"]), float(m.get("start_time", 0.0)), int(m.get("response_start", 0)),
+                          int(m.get("response_end", 0)))
     return out
 
 
@@ -156,7 +165,8 @@ def build_featurizer(mcfg: FmriConfig, train_words: list[list[str]] | None = Non
 def design(feat: Featurizer, stories: dict[str, Story], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Stacked design (rows, dim * delays) float32 and the story index of every row."""
     m = feat.mcfg
-    xs = [story_design(feat.on_trs(stories[n]), stories[n].tr, m.trim, m.delays).astype(np.float32) for n in names]
+    xs = [story_design(feat.on_trs(stories[n]), stories[n].tr, m.trim, m.delays,
+                       stories[n].response_offsets).astype(np.float32) for n in names]
     groups = np.concatenate([np.full(len(x), i) for i, x in enumerate(xs)])
     return np.vstack(xs), groups
 
@@ -196,6 +206,10 @@ class Prepared:
     featurizer: Featurizer
     tr: float
 
+    def offsets(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """story -> where its responses sit on its feature clock (see :class:`Story`)."""
+        return {n: self.stories[n].response_offsets for n in names}
+
 
 def prepare(cfg: ExperimentConfig, vocab: list[str] | None = None) -> Prepared:
     mcfg: FmriConfig = cfg.model
@@ -227,7 +241,7 @@ def fit(cfg: ExperimentConfig, *, progress: bool = True, use_ray: bool = True) -
               flush=True)
     X, groups = design(prep.featurizer, prep.stories, prep.train)
     for subject in prep.subjects:
-        sel = ResponseSelection(cfg.data.train, subject, prep.train, prep.tr, mcfg.trim)
+        sel = ResponseSelection(cfg.data.train, subject, prep.train, prep.tr, mcfg.trim, prep.offsets(prep.train))
         fit_ridge_ray(X, groups, sel, storage.join(subject_uri(cfg, subject), "ridge"), alphas=mcfg.alphas.values,
                       cv=mcfg.cv, score=mcfg.score, dtype=mcfg.dtype, device=device, opts=cfg.storage,
                       num_cpus_per_task=_chunk_cpus(cfg), use_ray=use_ray, progress=progress)
@@ -272,7 +286,7 @@ def evaluate(cfg: ExperimentConfig, prep: Prepared | None = None, *, progress: b
     device = resolve_device(mcfg.device)
     per_subject, story_rows = {}, []
     for subject in prep.subjects:
-        sel = ResponseSelection(cfg.data.train, subject, prep.test, prep.tr, mcfg.trim)
+        sel = ResponseSelection(cfg.data.train, subject, prep.test, prep.tr, mcfg.trim, prep.offsets(prep.test))
         res = evaluate_ray(X_test, sel, storage.join(subject_uri(cfg, subject), "ridge"), opts=cfg.storage,
                            device=device, num_cpus_per_task=_chunk_cpus(cfg), use_ray=use_ray, progress=progress)
         storage.write_bytes(storage.join(subject_uri(cfg, subject), "eval.safetensors"),

@@ -21,6 +21,7 @@ from .pipeline import Story
 
 #: most TRs one request may predict: the design matrix is (n_trs, features x delays) floats
 MAX_TRS = 100_000
+MIN_TRS = 2  # Lanczos interpolation onto the TR clock needs two TRs to know its sampling rate
 #: latest word time a request may give, in seconds (a day); a JSON 1e300 or Infinity would make
 #: n_trs overflow or ask for an array no replica can hold
 MAX_SECONDS = 86_400.0
@@ -39,7 +40,8 @@ class EncodeRequest(BaseModel):
 
     subject: str
     words: list[Word] = Field(..., min_length=1, description="the story, in time order")
-    n_trs: int | None = Field(None, ge=1, le=MAX_TRS, description="TRs to predict; None: until the last word ends")
+    n_trs: int | None = Field(None, ge=MIN_TRS, le=MAX_TRS,
+                              description=f"TRs to predict; None: until the last word ends (at least {MIN_TRS})")
     voxels: list[int] | None = Field(None, min_length=1, max_length=10_000, description="voxel indices")
     top_k: int = Field(10, ge=1, le=10_000, description="without voxels: the k best-predicted voxels")
 
@@ -69,7 +71,7 @@ def _check(model: EncodingModel, req: EncodeRequest) -> Story:
         bad = [v for v in req.voxels if not 0 <= v < n_voxels]
         if bad:
             raise ServeInputError("voxels", f"indices {bad[:5]} are outside 0..{n_voxels - 1}")
-    n_trs = req.n_trs or max(1, math.ceil(float(ends.max()) / model.tr))
+    n_trs = req.n_trs or max(MIN_TRS, math.ceil(float(ends.max()) / model.tr))
     if n_trs > MAX_TRS:  # only when derived: the field itself is bounded
         last = int(ends.argmax())
         raise ServeInputError(f"words.{last}.end", f"ends at {ends[last]:g} s: {n_trs} TRs of {model.tr:g} s, more "

@@ -5,7 +5,7 @@ Modules: ``metrics`` (the official QVHighlights protocol), ``spans`` (span forma
 (g)IoU, Hungarian matcher, set-prediction losses), ``injection`` (gated prefix injection into a
 frozen LLaMA), ``data`` / ``importers`` / ``synth`` (shards), ``config`` / ``model`` / ``task``
 (the ``llavilo.moment_retrieval`` task), ``inference``, ``serving``, ``commands``
-(``eval qvhighlights``), ``demo``.
+(``eval qvhighlights``, ``data import --format qvhighlights | charades-sta``), ``demo``.
 :func:`register` adds them; transformers loads lazily, on ``build_model`` / ``synth``.
 """
 
@@ -18,5 +18,7 @@ def register(registry) -> None:
 
     registry.add_task(task.MomentRetrievalTask())
     registry.add_eval_command(commands.QVHIGHLIGHTS)
+    for command in commands.import_formats():
+        registry.add_import_format(command)
     registry.add_demo_step(demo.STEP)
     registry.add_serve_app(ServeApp("llavilo", "llavilo.yaml", "serve.llavilo_app:app_builder"), __name__)

@@ -83,11 +83,13 @@ class ImportReport:
     """What an import wrote: per split ``{"uri", "rows", "skipped"}`` plus the skipped rows."""
 
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)  # "where: reason", every dropped row
+    skipped: list[str] = field(default_factory=list)  # "where: reason", every bad row skipped (skip_bad)
     clamped: int = 0  # windows whose end was clamped to the duration (Charades-STA)
+    dropped: list[str] = field(default_factory=list)  # Charades-STA lines with start >= end after the clamp
 
     def to_dict(self) -> dict[str, Any]:
-        return {"splits": self.splits, "skipped": list(self.skipped), "clamped": self.clamped}
+        return {"splits": self.splits, "skipped": list(self.skipped), "clamped": self.clamped,
+                "dropped": list(self.dropped)}
 
 
 class _Skips:
@@ -474,7 +476,7 @@ def import_qvhighlights(jsonl_by_split: Mapping[str, str], feature_dirs: Sequenc
     Returns
     -------
     ``{"splits": {split: {"uri", "rows", "skipped"}}, "skipped": ["<file>:line N ...: reason"],
-    "clamped": 0}``
+    "clamped": 0, "dropped": []}``
     """
     if not jsonl_by_split:
         raise ValueError("jsonl_by_split is empty; pass e.g. {'train': '.../highlight_train_release.jsonl'}")
@@ -561,6 +563,13 @@ def _read_sta_split(uri: str, split: str, durations: Mapping[str, float], next_q
         if vid not in durations:
             skips.bad(split, f"{where}: no duration for vid {vid!r} in the durations file(s)")
             continue
+        if clamp_end and min(ed, durations[vid]) <= st:
+            # 2D-TAN (lib/datasets/charades.py) cuts the end to the duration, then keeps a line only
+            # if start < end; lighthouse's charades_*_release.jsonl has the same rows (12,404 of
+            # 12,408 train lines) and numbers them 0, 1, ... in this order, so a drop takes no qid.
+            report.dropped.append(f"{where} (vid {vid!r}): start {st:g} >= end {min(ed, durations[vid]):g} s "
+                                  f"(end {ed:g} cut to the {durations[vid]:g}-s video)")
+            continue
         try:
             windows, clamped = _check_windows([[st, ed]], durations[vid], clamp=clamp_end)
         except ValueError as exc:
@@ -588,9 +597,17 @@ def import_charades_sta(sta_txt_by_split: Mapping[str, str], durations: str | Se
     feature_dirs, text_feature_dir, text_key, feature_dims, tef : as :func:`import_qvhighlights`
         (text features are ``qid{qid}.npz`` with the assigned qids)
     max_clips : None = enough 1-s clips for the longest video in the annotations
-    clamp_end : some Charades-STA windows end slightly after the video; cut them to the duration
-        (counted in the report's ``clamped``) instead of treating the row as bad
-    skip_bad : drop bad rows (logged and listed in the report) instead of raising
+    clamp_end : as 2D-TAN: cut an end past the video to its duration (counted in the report's
+        ``clamped``; 1,805 train / 562 test lines), then drop a line whose start is not before its
+        end (listed in the report's ``dropped``; 4 train lines) -- it takes no qid, so the qids
+        match lighthouse's ``charades_{train,test}_release.jsonl`` and its ``qid{qid}.npz`` text
+        features. False: such lines are bad rows.
+    skip_bad : drop bad rows (logged and listed in the report) instead of raising; a skipped row
+        takes no qid either (so qids after it no longer match lighthouse's)
+
+    Returns
+    -------
+    as :func:`import_qvhighlights`, plus ``"dropped"``: ``["<file>:line N (vid ...): reason"]``
     """
     if not sta_txt_by_split:
         raise ValueError("sta_txt_by_split is empty; pass e.g. {'train': '.../charades_sta_train.txt'}")
@@ -607,13 +624,17 @@ def import_charades_sta(sta_txt_by_split: Mapping[str, str], durations: str | Se
         storage.check_name(split, "split name")
         rows_by_split[split] = _read_sta_split(uri, split, dur, next_qid, clamp_end, skips, report, opts)
         next_qid += len(rows_by_split[split])
+    if report.dropped:
+        logger.warning("dropped %d line(s) with start >= end after clamping (as 2D-TAN), e.g. %s",
+                       len(report.dropped), report.dropped[0])
     if max_clips is None:
         max_clips = max([math.ceil(r.duration / clip_length - _TIME_TOL) for rows in rows_by_split.values()
                          for r in rows] + [1])
     feats = _Features(feature_dirs, text_feature_dir, text_key, feature_dims, max_clips, max_words, tef, opts)
     meta = {"dataset": "charades_sta", "clip_length": clip_length, "max_clips": max_clips, "tef": tef,
             "feature_sources": list(feature_dirs), "text_feature_dir": text_feature_dir,
-            "sources": dict(sta_txt_by_split), "qid_start": qid_start}
+            "sources": dict(sta_txt_by_split), "qid_start": qid_start, "clamped": report.clamped,
+            "dropped": len(report.dropped)}
     return _write_splits(rows_by_split, out_uri=out_uri, feats=feats, max_windows=max_windows, skips=skips,
                          report=report, meta=meta, rows_per_shard=rows_per_shard, opts=opts,
                          progress=progress).to_dict()

@@ -6,10 +6,15 @@ percentages (rounded to 2 decimals) divided by 100, so ``r1_05 == brief["MR-full
 ``r1_05`` / ``r1_07`` (R1@0.5 / R1@0.7), ``map`` (mAP averaged over IoU 0.5:0.05:0.95) and
 ``map_05`` (mAP@0.5). The primary metric is ``r1_05``. ``polymodal eval qvhighlights`` prints the
 official percentages unchanged.
+
+Benchmark hooks: a split imported without labels (the QVHighlights test release) gets no metrics
+(:meth:`MomentRetrievalTask.has_labels`); ``polymodal evaluate`` on a QVHighlights ``val`` or
+``test`` split writes the official upload files (:meth:`MomentRetrievalTask.submission_files`).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from typing import Any
 
@@ -132,8 +137,9 @@ class MomentRetrievalTask(Task):
 
         Returns ``spans`` (B, J, 2) seconds, clipped to the video and snapped to its clips,
         sorted by ``scores`` (B, J) (foreground probability), best first; ``keep`` (B, J) bool
-        (False: removed by NMS when ``model.nms_iou`` is set); ``qid``, ``duration``, ``windows``
-        (B, W, 2), ``n_windows``; with ``model.parse_generation`` also ``generated`` (B,) text.
+        (False: removed by NMS when ``model.nms_iou`` is set); ``saliency`` (B, Lv) clip logits
+        (0 on padding) with ``n_clips``; ``qid``, ``duration``, ``windows`` (B, W, 2),
+        ``n_windows``; with ``model.parse_generation`` also ``generated`` (B,) text.
         """
         from .inference import greedy_generate, snap_to_clips, temporal_nms
 
@@ -154,8 +160,10 @@ class MomentRetrievalTask(Task):
             for b in range(len(duration)):
                 keep[b] = False
                 keep[b, temporal_nms(spans[b], scores[b], cfg.nms_iou)] = True
-        result = {"spans": spans.astype(np.float32), "scores": scores, "keep": keep,
-                  "qid": batch["qid"].cpu().numpy(), "duration": duration,
+        # per-clip highlight logits (the submission's pred_saliency_scores), zeroed on padding clips
+        saliency = (out["saliency"].float() * batch["video_mask"].float()).cpu().numpy()  # (B, Lv)
+        result = {"spans": spans.astype(np.float32), "scores": scores, "keep": keep, "saliency": saliency,
+                  "n_clips": batch["n_clips"].cpu().numpy(), "qid": batch["qid"].cpu().numpy(), "duration": duration,
                   "windows": batch["windows"].float().cpu().numpy(), "n_windows": batch["n_windows"].cpu().numpy()}
         if cfg.parse_generation:
             result["generated"] = np.asarray(greedy_generate(net, batch, cfg.max_target_tokens), dtype=object)
@@ -165,6 +173,28 @@ class MomentRetrievalTask(Task):
         """The QVHighlights submission (``polymodal evaluate`` writes ``eval/<split>_predictions.jsonl``,
         which ``polymodal eval qvhighlights --submission`` reads)."""
         return submission_rows(outputs)
+
+    def has_labels(self, manifest) -> bool:
+        """False for a split imported without ``relevant_windows`` (the QVHighlights test release)."""
+        return bool(manifest.meta.get("labelled", True))
+
+    def submission_files(self, cfg, split, predictions) -> dict[str, str] | None:
+        """QVHighlights (a dataset imported by ``data import --format qvhighlights``): the
+        ``standalone_eval`` upload, ``hl_<split>_submission.jsonl`` for ``val`` and ``test``
+        (see :func:`qvh_submission`); evaluating ``test`` writes ``hl_val_submission.jsonl``
+        beside it, since the server takes both in one zip. Other datasets: None."""
+        from polymodal.shards import open_dataset
+
+        if split not in ("val", "test"):
+            return None
+        manifest = open_dataset(getattr(cfg.data, split), cfg.storage)
+        if manifest.meta.get("dataset") != "qvhighlights":
+            return None
+        files = {}
+        for s in (("val", "test") if split == "test" else ("val",)):
+            files[f"hl_{s}_submission.jsonl"] = "".join(
+                json.dumps(r) + "\n" for r in qvh_submission(predictions(s), getattr(cfg.data, s), cfg.storage))
+        return files
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Official QVHighlights MR numbers of the anchor windows as fractions (the evaluator's
@@ -247,6 +277,24 @@ def submission_rows(outputs: dict[str, np.ndarray], with_generated: bool = True)
             extra = {"generated_text": text, "generated_windows": parse_windows(text, float(outputs["duration"][i]))}
         rows.append(submission_row(int(q), outputs["spans"][i], outputs["scores"][i],
                                    keep=None if keep is None else keep[i], extra=extra))
+    return rows
+
+
+def qvh_submission(outputs: dict[str, np.ndarray], data_uri: str, opts=None) -> list[dict[str, Any]]:
+    """QVHighlights ``standalone_eval`` submission rows from :meth:`MomentRetrievalTask.predict`
+    outputs on the dataset at ``data_uri`` (read for ``query`` and ``vid``), in the dataset's
+    order: ``{"qid": int, "query": str, "vid": str, "pred_relevant_windows": [[start, end, score],
+    ...] (floats, best score first), "pred_saliency_scores": [float per 2-s clip with features]}``.
+    """
+    from .data import read_all
+
+    names = read_all(data_uri, opts, columns=["qid", "query", "vid"])
+    by_qid = {int(q): (str(t), str(v)) for q, t, v in zip(names["qid"], names["query"], names["vid"])}
+    rows = []
+    for r, sal, n in zip(submission_rows(outputs, with_generated=False), outputs["saliency"], outputs["n_clips"]):
+        query, vid = by_qid[r["qid"]]
+        rows.append({"qid": r["qid"], "query": query, "vid": vid, "pred_relevant_windows": r["pred_relevant_windows"],
+                     "pred_saliency_scores": [round(float(x), 4) for x in sal[:int(n)]]})
     return rows
 
 

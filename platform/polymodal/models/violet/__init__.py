@@ -12,7 +12,8 @@ and ``violet.mcqa``, the import formats of ``commands``, the ``demo`` step and t
 * ``video``: sparse frame sampling, PyAV decoding, JPEG frame packing for shards;
 * ``synth``: moving coloured shapes whose direction only the frame order reveals;
 * ``data`` / ``importers`` / ``ingest``: shard schemas per kind (pretrain, retrieval, mcqa, oeqa);
-  WebVid CSV, CC TSV, MSRVTT JSON and QA readers; PyAV decoding + JPEG packing + visual tokens by
+  readers of WebVid, CC3M (img2dataset), MSR-VTT, MSRVTT-QA / MSVD-QA and TGIF-QA as released;
+  PyAV decoding + JPEG packing + visual tokens by
   a Ray Data actor pool;
 * ``config`` / ``model``: ``VioletConfig`` (presets ``tiny`` / ``paper``; the ablations
   ``video_encoder: swin | mean | concat``) and ``Violet``: Video Swin -> BERT width, the sequence

@@ -3,9 +3,11 @@
 :class:`FrameExtractor` is a Ray Data callable class: each actor decodes its batch's videos with
 PyAV, takes T frames, resizes them to ``size x size``, packs them as JPEGs and, for pre-training,
 loads the visual tokenizer once (on its GPU when it has one) and adds the ``vt_codes`` targets.
-:func:`ingest` runs it with ``from_items`` + ``map_batches`` over an actor pool and writes the
-result with :class:`~polymodal.shards.ShardWriter` (manifest last); with ``use_ray=False`` the same
-extractor runs in this process.
+:func:`ingest` streams the records ``rows_per_shard`` at a time: each chunk goes through
+``from_items`` + ``map_batches`` over an actor pool (with ``use_ray=False``, the same extractor in
+this process) and becomes one shard of a :class:`~polymodal.shards.ShardWriter` (manifest last);
+``import-progress.json`` beside the shards lets a rerun of an interrupted import continue after its
+last finished shard.
 
 Choices made here
 -----------------
@@ -21,27 +23,33 @@ Choices made here
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from polymodal import storage
 from polymodal.config import StorageOptions
-from polymodal.errors import ImportDataError
-from polymodal.shards import Manifest, ShardWriter
+from polymodal.errors import ImportDataError, ShardError, StorageError
+from polymodal.shards import Manifest, ShardInfo, ShardWriter, open_dataset
 
 from .data import TASKS, answer_vocab, check_kind, columns, normalise_answer
 from .importers import Parsed, Record
 from .video import decode_frames, pack_jpegs
 
-__all__ = ["FrameExtractor", "ingest"]
+__all__ = ["FrameExtractor", "ingest", "PROGRESS_NAME"]
 
 logger = logging.getLogger(__name__)
+
+#: how far an unfinished import got, in its output folder (removed when the manifest is written)
+PROGRESS_NAME = "import-progress.json"
 
 
 class FrameExtractor:
@@ -115,20 +123,19 @@ class FrameExtractor:
         return out
 
 
-def _check_records(records: Sequence[Record], kind: str, n_frames: int) -> None:
-    first: dict[str, str] = {}
-    for r in records:
-        if r.id in first:
-            raise ImportDataError(f"{r.where}: row id {r.id!r} repeats {first[r.id]}; ids must be unique")
-        first[r.id] = r.where
-        if r.image and n_frames != 1:
-            raise ValueError(f"{r.where}: {r.source} is an image, a T=1 clip; ingest image records in a dataset "
-                             f"of their own with n_frames=1 (got n_frames={n_frames})")
-        if kind == "mcqa" and not 0 <= r.answer < len(r.options):
-            raise ValueError(f"{r.where}: an mcqa record needs options and an answer index into them; "
-                             "read it with read_mcqa")
-        if kind == "oeqa" and not r.answer_text:
-            raise ValueError(f"{r.where}: an oeqa record needs an answer_text; read it with read_oeqa")
+def _check_record(r: Record, kind: str, n_frames: int, seen: set[str]) -> None:
+    if r.id in seen:
+        raise ImportDataError(f"{r.where}: row id {r.id!r} repeats an earlier row's; ids must be unique")
+    seen.add(r.id)
+    if r.image and n_frames != 1:
+        raise ValueError(f"{r.where}: {r.source} is an image, a T=1 clip; ingest image records in a dataset "
+                         f"of their own with n_frames=1 (got n_frames={n_frames})")
+    if kind == "mcqa" and not 0 <= r.answer < len(r.options):
+        raise ValueError(f"{r.where}: an mcqa record needs options and an answer index into them; "
+                         "read it with read_mcqa or read_tgif_qa")
+    if kind == "oeqa" and not r.answer_text:
+        raise ValueError(f"{r.where}: an oeqa record needs an answer_text; read it with read_oeqa, "
+                         "read_msrvtt_qa or read_tgif_qa")
 
 
 def _batches(items: list[dict[str, Any]], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -137,6 +144,17 @@ def _batches(items: list[dict[str, Any]], batch_size: int) -> Iterator[dict[str,
         chunk = items[start:start + batch_size]
         yield {key: np.array([it[key] for it in chunk], dtype=object if isinstance(chunk[0][key], str) else None)
                for key in chunk[0]}
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for r in records:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _vq_vocab_size(path: str) -> int:
@@ -150,8 +168,38 @@ def _vq_vocab_size(path: str) -> int:
                          "written by VQModel.save_pretrained, e.g. polymodal.testing.tiny.write_tiny_vqgan>") from None
 
 
+def _import_key(records: Sequence[Record] | Parsed, settings: dict[str, Any], opts: StorageOptions | None) -> str:
+    """What an import's output depends on: its source files as they are now (or, for records
+    given directly, their ids, texts and sources) and every setting."""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode())
+    if isinstance(records, Parsed):
+        for uri in records.inputs:
+            digest.update(f"{uri}\0{storage.fingerprint(uri, opts)}\n".encode())
+    else:
+        for r in records:
+            digest.update(f"{r.id}\0{r.source}\0{r.text}\n".encode())
+    return digest.hexdigest()
+
+
+def _progress(out_uri: str, key: str, opts: StorageOptions | None) -> tuple[int, list[ShardInfo], int]:
+    """``(records done, their shards, unreadable rows)`` of an interrupted import with this
+    ``key`` at ``out_uri``; nothing when there is none, it is another import's, or a shard is gone."""
+    uri = storage.join(out_uri, PROGRESS_NAME)
+    try:
+        state = json.loads(storage.read_text(uri, opts))
+    except (FileNotFoundError, ValueError):
+        return 0, [], 0
+    if state.get("key") != key:
+        return 0, [], 0
+    shards = [ShardInfo(**s) for s in state["shards"]]
+    present = set(storage.listdir(out_uri, opts))
+    if any(s.path not in present for s in shards):
+        return 0, [], 0
+    return int(state["records"]), shards, int(state["unreadable"])
+
+
 def ingest(
-    records: Sequence[Record] | Parsed,
+    records: Iterable[Record] | Parsed,
     out_uri: str,
     *,
     kind: str,
@@ -171,14 +219,21 @@ def ingest(
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
+    resume: bool = True,
 ) -> Manifest:
     """Write the records as one VIOLET dataset of ``kind`` at ``out_uri``.
 
+    Records are taken ``rows_per_shard`` at a time: each chunk is decoded (in this process, or by
+    a Ray Data actor pool) and written as one shard, and ``out_uri/import-progress.json`` then
+    records how far the import got. Running the same import again (same source files as they are
+    now, same settings) continues after the last finished shard; once the manifest is written the
+    progress file is removed, and a rerun of a finished import returns its manifest untouched.
+
     Parameters
     ----------
-    records : sequence of Record, or Parsed
-        From :mod:`.importers`; a :class:`~.importers.Parsed` also records its file and skipped rows
-        in the manifest's meta.
+    records : Parsed, or iterable of Record
+        From :mod:`.importers` (a :class:`~.importers.Parsed` is streamed, and also records its
+        file, skipped and missing rows in the manifest's meta), or records made otherwise.
     kind : str
         One of :data:`~.data.KINDS`; the task is ``TASKS[kind]``.
     n_frames : int
@@ -199,13 +254,16 @@ def ingest(
     skip_bad : bool
         Leave out (and log) rows whose video or image cannot be read, instead of raising; their
         number is ``meta["skipped"]``.
+    resume : bool
+        Continue an interrupted run of the same import (default); False starts over.
 
     Returns
     -------
     Manifest
         Of the written dataset; ``meta`` holds ``kind``, ``n_frames``, ``size``, ``sampling``
-        ("middle"), ``jpeg_quality``, ``skipped``, and ``tokenizer`` / ``vt_vocab_size`` /
-        ``vt_grid`` (pretrain) or ``answer_vocab`` (oeqa).
+        ("middle"), ``jpeg_quality``, ``skipped``, ``import_key``, and ``tokenizer`` /
+        ``vt_vocab_size`` / ``vt_grid`` (pretrain) or ``answer_vocab`` (oeqa); from a Parsed also
+        ``source``, ``import_skipped`` and ``import_missing``.
 
     Raises
     ------
@@ -218,48 +276,82 @@ def ingest(
     check_kind(kind)
     base_meta: dict[str, Any] = dict(meta or {})
     if isinstance(records, Parsed):
-        base_meta.update(source=records.path, import_skipped=records.skipped)
-        records = records.records
-    records = list(records)
+        base_meta.update(source=records.path, import_skipped=records.skipped, import_missing=records.missing)
+    elif not isinstance(records, Sequence):
+        records = list(records)  # a one-shot iterable: kept, to check it and count its answers
     cols = columns(kind, n_frames, grid)
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an integer >= 8 (pixels), got {size!r}")
-    _check_records(records, kind, n_frames)
+    if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be a positive integer, got {rows_per_shard!r}")
     base_meta.update(kind=kind, n_frames=n_frames, size=size, sampling="middle", jpeg_quality=quality)
-    items = [r.item() for r in records]
     if kind == "pretrain":
         if tokenizer_path is None:
             raise ValueError("kind 'pretrain' stores visual-token targets; pass tokenizer_path=<a saved diffusers "
                              "VQModel folder> (polymodal.testing.tiny.write_tiny_vqgan writes a random one for tests)")
         base_meta.update(tokenizer=tokenizer_path, vt_vocab_size=_vq_vocab_size(tokenizer_path), vt_grid=list(grid))
+    index: dict[str, int] = {}
     if kind == "oeqa":
         if answers is None:
             if split != "train":
                 raise ValueError(f"split {split!r}: pass answers=<the train dataset's manifest.meta['answer_vocab']> "
                                  "so every split indexes the same vocabulary (only 'train' builds its own)")
-            answers = answer_vocab((r.answer_text for r in records), top_k)
+            counts = records.answers if isinstance(records, Parsed) else Counter(r.answer_text for r in records)
+            answers = answer_vocab(counts.elements(), top_k)
         vocab = [normalise_answer(a) for a in answers]
         index = {a: i for i, a in enumerate(vocab)}
-        for item in items:
-            item["answer"] = index.get(item["answer_text"], -1)  # -1: outside the top-K, kept for evaluation
         base_meta["answer_vocab"] = vocab
 
     kwargs = {"kind": kind, "n_frames": n_frames, "size": size, "tokenizer_path": tokenizer_path, "grid": tuple(grid),
               "opts": opts.model_dump() if opts else None, "skip_bad": skip_bad, "quality": quality}
+    # storage options (endpoint, credentials) are left out: new credentials read the same files
+    settings = {k: v for k, v in kwargs.items() if k != "opts"}
+    key = _import_key(records, {**settings, "split": split, "rows_per_shard": rows_per_shard,
+                                "answers": base_meta.get("answer_vocab"), "meta": meta}, opts)
+    base_meta["import_key"] = key
+    if resume:
+        try:
+            done = open_dataset(out_uri, opts)
+        except (ShardError, StorageError, FileNotFoundError):
+            done = None
+        if done is not None and done.meta.get("import_key") == key:
+            logger.warning("%s: already imported from the same sources and settings; nothing to do", out_uri)
+            return done
+    start, shards, unreadable = _progress(out_uri, key, opts) if resume else (0, [], 0)
+    if start:
+        logger.warning("%s: resuming after %d records (%d shards) of an interrupted run", out_uri, start, len(shards))
+    extractor: FrameExtractor | None = None
+    seen: set[str] = set()
     with ShardWriter(out_uri, task=TASKS[kind], split=split, columns=cols, rows_per_shard=rows_per_shard,
-                     meta=base_meta, opts=opts, progress=progress) as writer:
-        if items and use_ray:
-            batches = _ray_batches(items, kwargs, batch_size, concurrency)
-        elif items:
-            extractor = FrameExtractor(**kwargs)
-            batches = (extractor(batch) for batch in _batches(items, batch_size))
-        else:
-            batches = iter(())
-        for batch in batches:
-            writer.write({name: batch[name] for name in cols})
-        writer.meta["skipped"] = len(items) - writer.rows_written
-    if writer.meta["skipped"]:
-        logger.warning("%s: %d of %d rows skipped (unreadable sources)", out_uri, writer.meta["skipped"], len(items))
+                     meta=base_meta, opts=opts, progress=progress, shards=shards) as writer:
+        done_records = 0
+        for chunk in _chunks(records, rows_per_shard):
+            for r in chunk:
+                _check_record(r, kind, n_frames, seen)
+            done_records += len(chunk)
+            if done_records <= start:
+                continue  # written by the interrupted run
+            items = [r.item() for r in chunk]
+            for item in items:
+                item["answer"] = index.get(item["answer_text"], -1) if kind == "oeqa" else item["answer"]
+            before = writer.rows_written
+            if use_ray:
+                batches = _ray_batches(items, kwargs, batch_size, concurrency)
+            else:
+                extractor = extractor or FrameExtractor(**kwargs)
+                batches = (extractor(batch) for batch in _batches(items, batch_size))
+            for batch in batches:
+                writer.write({name: batch[name] for name in cols})
+            writer.flush()
+            unreadable += len(items) - (writer.rows_written - before)
+            storage.write_text(storage.join(out_uri, PROGRESS_NAME), json.dumps(
+                {"key": key, "records": done_records, "unreadable": unreadable,
+                 "shards": [s.model_dump() for s in writer.shards]}), opts)
+        writer.meta["skipped"] = unreadable
+    if unreadable:
+        logger.warning("%s: %d of %d rows skipped (unreadable sources)", out_uri, unreadable, done_records)
+    with contextlib.suppress(FileNotFoundError):
+        storage.remove(storage.join(out_uri, PROGRESS_NAME), opts=opts)
     return writer.close()
 
 

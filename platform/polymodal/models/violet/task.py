@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import partial
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -581,12 +582,13 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
 
     Returns ``{train, val, test, bert, vqgan: uri}``.
     """
-    from .importers import read_mcqa, read_msrvtt_json, read_oeqa, read_webvid_csv, write_synthetic_videos
+    from .importers import read_mcqa, read_msrvtt, read_oeqa, read_webvid, write_synthetic_videos
     from .ingest import ingest
     from polymodal.testing.tiny import write_tiny_bert, write_tiny_vqgan
 
     # kind -> (reader, the source file of write_synthetic_videos it reads)
-    readers = {"pretrain": (read_webvid_csv, "webvid"), "retrieval": (read_msrvtt_json, "msrvtt"),
+    # (every synthetic MSR-VTT video is in the json's train split; the splits below are cut here)
+    readers = {"pretrain": (read_webvid, "webvid"), "retrieval": (partial(read_msrvtt, split="train"), "msrvtt"),
                "oeqa": (read_oeqa, "oeqa"), "mcqa": (read_mcqa, "mcqa")}
     if kind not in readers:
         raise ValueError(f"no synthetic data for kind {kind!r}; use one of {', '.join(readers)}")
@@ -601,7 +603,7 @@ def write_synthetic(out_uri: str, kind: str, *, seed: int = 0, scale: float = 1.
         vqgan = os.path.join(tmp, "vqgan")
         write_tiny_vqgan(vqgan, seed=seed, codes=PRESETS["tiny"]()["visual_vocab"], factor=8)
         sources = write_synthetic_videos(os.path.join(tmp, "sources"), sum(counts.values()), seed=seed, size=64)
-        records = reader(sources[source], sources["videos"]).records
+        records = reader(sources[source], sources["webvid_root" if kind == "pretrain" else "videos"]).records
         grid = PRESETS["tiny"]()["image_size"] // PRESETS["tiny"]()["patch_size"]
         answers, start = None, 0
         for split, n in counts.items():

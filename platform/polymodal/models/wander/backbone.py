@@ -7,7 +7,12 @@ A backbone folder holds ``backbone.json`` and one ``save_pretrained`` subfolder 
         {"name": "audio", "input": "embeds",       "seq_len": 50, "feature_dim": 74,   "encoder": "audio"},
         {"name": "image", "input": "pixel_values", "seq_len": 197, "feature_dim": null, "encoder": "vit"}]}
 
-``encoder`` is a subfolder of the backbone folder or, if no such folder exists, a hub id.
+``encoder`` is a subfolder of the backbone folder or, if no such folder exists, a hub id. An
+``embeds`` modality whose ``feature_dim`` differs from its encoder's width may name a
+``projection``: a safetensors file in the folder (``weight`` (D, feature_dim), ``bias`` (D,))
+holding the input projection it was pre-trained with (``wander.pretrain`` writes one); the
+model's trainable input projection starts from it instead of a random init
+(:func:`init_input_projections`).
 Encoders are BERT-family models (``embeddings`` + ``encoder.layer``) or ViT (``embeddings`` +
 ``layers``). They are loaded with ``AutoModel.from_pretrained``, the same path real checkpoints
 take, and run *layer by layer in lock-step* (see :func:`run_layer`) so that adapters can fuse
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from polymodal.config import StrictModel
@@ -40,6 +45,17 @@ class ModalitySpec(StrictModel):
     seq_len: int = Field(..., ge=1, description="tokens seen by the encoder (ViT: patches + 1)")
     feature_dim: int | None = Field(None, ge=1, description="embeds only: input width; null = encoder hidden size")
     encoder: str = Field(..., description="subfolder of the backbone folder, or a hub id")
+    projection: str | None = Field(
+        None, description="embeds only: safetensors file in the backbone folder with the pre-trained input "
+                          "projection (weight (D, feature_dim), bias (D,)); null = random init")
+
+    @model_validator(mode="after")
+    def _projection_needs_embeds(self) -> "ModalitySpec":
+        if self.projection is not None and (self.input != "embeds" or self.feature_dim is None):
+            raise ValueError(f"modality {self.name!r}: projection applies only to an embeds input with a "
+                             f"feature_dim (got input {self.input!r}, feature_dim {self.feature_dim}); "
+                             "remove projection")
+        return self
 
 
 class BackboneSpec(StrictModel):
@@ -70,7 +86,17 @@ def read_spec(path: str | os.PathLike) -> BackboneSpec:
     if not file.is_file():
         raise ValueError(f"backbone folder {str(path)!r} has no backbone.json; create one with save_tiny_backbone "
                          "or write it by hand (see polymodal.models.wander.backbone)")
-    return BackboneSpec.model_validate(json.loads(file.read_text()))
+    try:
+        return BackboneSpec.model_validate(json.loads(file.read_text()))
+    except (ValueError, TypeError) as exc:  # json and pydantic errors are ValueErrors
+        raise ValueError(f"{file}: not a valid backbone spec: {exc}") from None
+
+
+def spec_json(spec: BackboneSpec) -> str:
+    """``backbone.json`` text of ``spec``; ``projection`` is written only where set."""
+    mods = [{k: v for k, v in m.model_dump().items() if k != "projection" or v is not None}
+            for m in spec.modalities]
+    return json.dumps({"modalities": mods}, indent=2)
 
 
 def encoder_source(path: str | os.PathLike, mod: ModalitySpec) -> str:
@@ -97,6 +123,47 @@ def load_backbone(path: str | os.PathLike) -> tuple[BackboneSpec, nn.ModuleDict]
             enc.pooler = None
         encoders[mod.name] = enc
     return spec, encoders
+
+
+def init_input_projections(proj: nn.ModuleDict, path: str | os.PathLike, spec: BackboneSpec) -> list[str]:
+    """Copy each modality's pre-trained ``projection`` file into ``proj[name]`` (an ``nn.Linear``).
+
+    ``proj`` holds the model's input projections (modality name -> Linear(feature_dim, D)); only
+    modalities whose spec names a ``projection`` are touched. A missing or malformed file, or a
+    modality that has no input projection (its feature_dim equals the encoder width), raises a
+    ValueError naming the file and the backbone.json field. Returns the modalities initialised.
+    """
+    from safetensors.torch import load_file
+
+    done = []
+    for i, mod in enumerate(spec.modalities):
+        if mod.projection is None:
+            continue
+        field = f"{Path(path) / 'backbone.json'}: modalities[{i}].projection"
+        if mod.name not in proj:
+            raise ValueError(f"{field} = {mod.projection!r}, but modality {mod.name!r} needs no input projection "
+                             f"(its feature_dim {mod.feature_dim} equals the encoder width); remove the field")
+        file = Path(path) / mod.projection
+        if not file.is_file():
+            raise ValueError(f"{field}: file {str(file)!r} does not exist; copy the whole backbone folder "
+                             "(wander.pretrain writes it next to backbone.json) or remove the field")
+        try:
+            state = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types
+            raise ValueError(f"{field}: cannot read {str(file)!r}: {exc}") from None
+        layer = proj[mod.name]
+        want = {"weight": tuple(layer.weight.shape), "bias": tuple(layer.bias.shape)}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != want:
+            raise ValueError(f"{field}: {str(file)!r} holds {got}, but modality {mod.name!r} "
+                             f"(feature_dim {mod.feature_dim}, encoder width {want['weight'][0]}) needs {want}; "
+                             "for features of another width (e.g. CMU-MOSI's audio 5 / vision 20 against "
+                             "CMU-MOSEI's 74 / 35) remove the field to start this projection at random")
+        with torch.no_grad():
+            layer.weight.copy_(state["weight"].to(layer.weight.dtype))
+            layer.bias.copy_(state["bias"].to(layer.bias.dtype))
+        done.append(mod.name)
+    return done
 
 
 def save_tiny_backbone(path: str | os.PathLike, modalities: list[dict], hidden: int = 32, layers: int = 2,
@@ -141,7 +208,7 @@ def save_tiny_backbone(path: str | os.PathLike, modalities: list[dict], hidden: 
         model.save_pretrained(path / mod.encoder)
         specs.append(mod)
     spec = BackboneSpec(modalities=specs)
-    (path / "backbone.json").write_text(json.dumps(spec.model_dump(), indent=2))
+    (path / "backbone.json").write_text(spec_json(spec))
     return spec
 
 

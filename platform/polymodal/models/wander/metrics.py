@@ -1,5 +1,6 @@
-"""Wander's metrics: single-label classification (accuracy, F1) and MOSI / MOSEI sentiment
-regression (MAE, Pearson, acc2, acc7, F1) with MMSA's conventions, over whole-split arrays.
+"""Wander's metrics: single-label classification (accuracy, F1), multi-label binary targets
+(IEMOCAP's per-emotion accuracy and F1) and MOSI / MOSEI sentiment regression (MAE, Pearson,
+acc2, acc7, F1) with MMSA's conventions, over whole-split arrays.
 
 The spine's conventions hold (:mod:`polymodal.metrics`: fractions in [0, 1], NaN or infinite
 inputs raise, an undefined metric is ``nan``); retrieval is the spine's
@@ -15,7 +16,7 @@ import numpy as np
 
 from polymodal.metrics import _as_finite
 
-__all__ = ["classification_metrics", "regression_metrics"]
+__all__ = ["classification_metrics", "multilabel_metrics", "regression_metrics"]
 
 
 def _as_int_labels(name: str, x: np.ndarray) -> np.ndarray:
@@ -94,6 +95,51 @@ def classification_metrics(
         "f1_macro": f1_macro,
         "f1_weighted": f1_weighted,
     }
+
+
+def multilabel_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Per-target accuracy and weighted F1 for K independent binary targets, and their means.
+
+    This is Multimodal-Transformer's ``eval_iemocap`` (yaohungt/Multimodal-Transformer
+    ``src/eval_metrics.py``): for each emotion, ``accuracy_score`` and
+    ``f1_score(average="weighted")`` of the 0/1 prediction against the 0/1 truth. There the model
+    emits two logits per emotion and predicts their arg-max; here it emits one logit per target
+    and predicts ``logit > 0``, which is the same decision for the logit pair ``(0, logit)``.
+
+    Parameters
+    ----------
+    logits : numpy.ndarray, shape (N, K)
+        One score per target; positive means "present".
+    labels : numpy.ndarray, shape (N, K)
+        True 0/1 targets.
+
+    Returns
+    -------
+    dict[str, float]
+        ``acc_<k>`` and ``f1_<k>`` for every target k (0-based, in the dataset's label order;
+        IEMOCAP: 0 Neutral, 1 Happy, 2 Sad, 3 Angry), ``accuracy`` and ``f1``: their means over
+        the targets. All in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        Empty input, mismatched shapes, labels other than 0/1, or NaN/inf in either argument.
+    """
+    scores = _as_finite("logits", logits, (2,))
+    true = _as_int_labels("labels", _as_finite("labels", labels, (2,)))
+    if scores.shape != true.shape:
+        raise ValueError(f"logits has shape {scores.shape} but labels has {true.shape}; both must be (N, K)")
+    if not np.isin(true, (0, 1)).all():
+        raise ValueError("labels must be 0/1 targets, got other values")
+    pred = (scores > 0).astype(np.int64)
+    out: dict[str, float] = {}
+    for k in range(true.shape[1]):
+        out[f"acc_{k}"] = float(np.mean(pred[:, k] == true[:, k]))
+        out[f"f1_{k}"] = _f1_scores(pred[:, k], true[:, k])[1]
+    n = true.shape[1]
+    out["accuracy"] = sum(out[f"acc_{k}"] for k in range(n)) / n
+    out["f1"] = sum(out[f"f1_{k}"] for k in range(n)) / n
+    return out
 
 
 def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:

@@ -87,6 +87,7 @@ class WanderModel(nn.Module):
     """See the module docstring. ``forward(inputs)`` returns
 
     - classification: ``{"logits": (B, num_classes)}``
+    - multilabel: ``{"logits": (B, num_classes)}``, one logit per binary target
     - regression: ``{"pred": (B,)}``
     - retrieval: ``{"video_emb": (B, E), "text_emb": (B, E), "logit_scale": ()}``; embeddings are
       L2-normalised and ``logit_scale`` is the multiplicative scale exp(param) (param initialised
@@ -161,7 +162,7 @@ class WanderModel(nn.Module):
             self.text_proj = nn.Linear(self.dims[q], cfg.embed_dim)
             self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))  # (1,): see WanderAdapter.gate
         else:
-            out = cfg.num_classes if head == "classification" else 1
+            out = cfg.num_classes if head in ("classification", "multilabel") else 1
             if cfg.head_hidden == 0:
                 self.head = nn.Linear(total, out)
             else:
@@ -295,7 +296,7 @@ def closed_form_trainable_count(spec: BackboneSpec, cfg: WanderConfig, head: Hea
         q, E = cfg.query_modality, cfg.embed_dim
         total += (sum(D.values()) - D[q]) * E + E + D[q] * E + E + 1
     else:
-        C = cfg.num_classes if head == "classification" else 1
+        C = cfg.num_classes if head in ("classification", "multilabel") else 1
         fin = sum(D.values())
         h = cfg.head_hidden
         total += fin * C + C if h == 0 else fin * h + h + h * C + C

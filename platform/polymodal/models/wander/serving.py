@@ -31,6 +31,11 @@ class ClassificationResponse(BaseModel):
     probabilities: list[float] = Field(..., description="softmax over num_classes")
 
 
+class MultiLabelResponse(BaseModel):
+    labels: list[int] = Field(..., description="0/1 per target: sigmoid(logit) > 0.5")
+    probabilities: list[float] = Field(..., description="sigmoid of each target's logit")
+
+
 class RegressionResponse(BaseModel):
     score: float
 
@@ -41,7 +46,8 @@ class RetrievalResponse(BaseModel):
 
 
 RESPONSES: dict[str, type[BaseModel]] = {
-    "classification": ClassificationResponse, "regression": RegressionResponse, "retrieval": RetrievalResponse}
+    "classification": ClassificationResponse, "regression": RegressionResponse, "retrieval": RetrievalResponse,
+    "multilabel": MultiLabelResponse}
 
 
 def _encoder_config(backbone: str, mod: ModalitySpec) -> Any:
@@ -153,6 +159,9 @@ def serve_predict(model: nn.Module, requests: list[BaseModel]) -> list[BaseModel
     if kind == "classification":
         probs = torch.softmax(out["logits"].float(), dim=-1).cpu().numpy()  # (B, C)
         return [ClassificationResponse(label=int(p.argmax()), probabilities=p.tolist()) for p in probs]
+    if kind == "multilabel":
+        probs = torch.sigmoid(out["logits"].float()).cpu().numpy()  # (B, K)
+        return [MultiLabelResponse(labels=(p > 0.5).astype(int).tolist(), probabilities=p.tolist()) for p in probs]
     if kind == "regression":
         return [RegressionResponse(score=float(s)) for s in out["pred"].float().cpu().numpy()]  # (B,)
     video = out["video_emb"].float().cpu().numpy()  # (B, E)

@@ -26,6 +26,9 @@ standard deviation ``noise / sqrt(seq_len)``.
   (M = 3: ``z_0 z_1 + 0.5 z_1 z_2``). ``s`` is odd in each ``z_m`` given the others, so
   ``E[y | z_m] = 0`` for every m: the best additive predictor is the constant 0. The clip is
   applied after the noise so targets stay in CMU-MOSI's range ``[-3, 3]``.
+* multilabel (``k`` = :data:`MULTILABEL_TARGETS` targets): each modality carries a random
+  sign vector ``z_m`` in ``{-1, +1}^k``; target j is ``[prod_m z_m[j] > 0]``. As for
+  classification, each target is a fair coin independent of every single modality.
 * retrieval (``k`` bits): the video side has modalities ``m0 .. m{M-2}``, each with a random
   sign vector ``z_m`` in ``{-1, +1}^k``; the query modality ``text`` carries their
   element-wise product ``w = z_0 * z_1 * ...``. Products of independent fair signs are
@@ -67,6 +70,7 @@ __all__ = [
     "default_modalities",
     "make_directions",
     "sample_classification",
+    "sample_multilabel",
     "sample_regression",
     "sample_retrieval",
     "write_synthetic",
@@ -79,12 +83,14 @@ SPLIT_ROWS = {"train": 2048, "val": 512, "test": 512}
 MIN_ROWS = 64
 #: sign bits per modality in the retrieval data set (capped at ``hidden``)
 RETRIEVAL_BITS = 12
+#: binary targets of the multilabel data set (IEMOCAP has four emotions)
+MULTILABEL_TARGETS = 4
 #: rows generated per ``ShardWriter.write`` call; bounds memory at large ``scale``
 _CHUNK = 1024
 #: standard deviation of the regression target noise
 _REGRESSION_NOISE = 0.1
-_DEFAULT_M = {"classification": 2, "regression": 3, "retrieval": 3}
-_MIN_M = {"classification": 2, "regression": 2, "retrieval": 3}
+_DEFAULT_M = {"classification": 2, "regression": 3, "retrieval": 3, "multilabel": 2}
+_MIN_M = {"classification": 2, "regression": 2, "retrieval": 3, "multilabel": 2}
 #: stream ids that keep direction sampling independent of row sampling for one seed
 _DIRECTION_STREAM = 0
 _SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
@@ -209,6 +215,42 @@ def sample_classification(
     return arrays, {"z": z}
 
 
+def sample_multilabel(
+    rng: np.random.Generator,
+    n: int,
+    directions: dict[str, np.ndarray],
+    *,
+    seq_len: int = 8,
+    noise: float = DEFAULT_NOISE,
+) -> tuple[Arrays, Arrays]:
+    """Draw ``n`` rows of the multi-label data set: ``k`` binary targets, each an XOR of signs.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n : int
+    directions : dict[str, numpy.ndarray]
+        Modality name -> ``(hidden, k)`` directions, in modality order; ``k`` is the number of
+        targets.
+    seq_len : int
+    noise : float
+
+    Returns
+    -------
+    arrays : dict[str, numpy.ndarray]
+        One float32 ``(n, seq_len, hidden)`` column per modality and ``label`` int64 ``(n, k)``
+        equal to ``[prod_m z_m > 0]`` element-wise.
+    latents : dict[str, numpy.ndarray]
+        ``z``: float64 ``(n, M, k)`` sign codes.
+    """
+    names = list(directions)
+    k = directions[names[0]].shape[1]
+    z = rng.choice(np.array([-1.0, 1.0]), size=(n, len(names), k))
+    arrays = {name: _tokens(rng, z[:, i], directions[name], seq_len, noise) for i, name in enumerate(names)}
+    arrays[LABEL] = (np.prod(z, axis=1) > 0).astype(LABEL_DTYPES["multilabel"])
+    return arrays, {"z": z}
+
+
 def _interaction(z: np.ndarray) -> np.ndarray:
     """``s = sum_m 0.5^m z_m z_{m+1}`` for z of shape (n, M); returns shape (n,)."""
     weights = 0.5 ** np.arange(z.shape[1] - 1)
@@ -327,7 +369,7 @@ def write_synthetic(
     ----------
     out_uri : str
         Folder or ``s3://`` prefix; receives ``backbone/``, ``train/``, ``val/``, ``test/``.
-    head : {"classification", "regression", "retrieval"}
+    head : {"classification", "regression", "retrieval", "multilabel"}
         Which data set (see the module docstring for each construction).
     seed : int
         Seeds the backbone weights, the modality directions and every row; the output is
@@ -378,7 +420,8 @@ def write_synthetic(
 
     sampler: Callable[..., tuple[Arrays, Arrays]]
     meta: dict[str, Any] = {"head": head, "modalities": names, "seed": seed}
-    specs = columns(head, {name: feature_spec([seq_len, hidden]) for name in names})
+    num_labels = min(MULTILABEL_TARGETS, hidden) if head == "multilabel" else None
+    specs = columns(head, {name: feature_spec([seq_len, hidden]) for name in names}, num_labels)
     if head == "classification":
         k, sampler = 1, sample_classification
         meta.update(num_classes=2, planted="label = [" + "*".join(f"z{i}" for i in range(len(names))) + " > 0]")
@@ -388,6 +431,10 @@ def write_synthetic(
             (f"{0.5 ** i:g}*" if i else "") + f"z{i}*z{i + 1}" for i in range(len(names) - 1)
         )
         meta["planted"] = f"label = clip(3*tanh({terms}) + N(0, {_REGRESSION_NOISE}^2), -3, 3)"
+    elif head == "multilabel":
+        k, sampler = num_labels, sample_multilabel
+        meta.update(num_classes=k, labels=[f"target{j}" for j in range(k)],
+                    planted="label[j] = [" + "*".join(f"z{i}[j]" for i in range(len(names))) + " > 0]")
     else:
         k, sampler = min(RETRIEVAL_BITS, hidden), sample_retrieval
         video = "*".join(f"z{i}" for i in range(len(names) - 1))

@@ -1,4 +1,5 @@
-"""Wander's three tasks, plugged into the spine: classification, regression, retrieval."""
+"""Wander's tasks, plugged into the spine: classification, regression, retrieval, multilabel, and
+``pretrain`` (self-supervised backbone pre-training, :mod:`polymodal.models.wander.pretrain`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from polymodal.cache import local_copy
 from polymodal.metrics import retrieval_metrics
 from polymodal.task import Batch, Task
 
-from .backbone import load_backbone
+from . import pretrain
+from .backbone import init_input_projections, load_backbone
 from .config import PRESETS, WanderConfig
 from .data import LABEL, SYNTH_QUERY, TASKS
-from .metrics import classification_metrics, regression_metrics
+from .metrics import classification_metrics, multilabel_metrics, regression_metrics
 from .model import WanderModel
 
 
@@ -26,8 +28,11 @@ class _WanderTask(Task):
     head: ClassVar[str]
 
     def build_model(self, cfg: WanderConfig) -> nn.Module:
-        spec, encoders = load_backbone(local_copy(cfg.backbone))
-        return WanderModel(spec, encoders, cfg, head=self.head)
+        path = local_copy(cfg.backbone)
+        spec, encoders = load_backbone(path)
+        model = WanderModel(spec, encoders, cfg, head=self.head)
+        init_input_projections(model.proj, path, spec)  # pre-trained projections (wander.pretrain), if any
+        return model
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         out = {}
@@ -53,8 +58,12 @@ class _WanderTask(Task):
     def example_request(self, cfg, data_uri):
         from polymodal.shards import first_rows
 
+        from .backbone import read_spec
+
+        # only the backbone's modalities: a dataset may carry more (MSR-VTT's expert masks)
+        names = set(read_spec(local_copy(cfg.model.backbone, cfg.storage)).names())
         row = first_rows(data_uri, 1, cfg.storage)
-        return {"inputs": {name: values[0].tolist() for name, values in row.items() if name != LABEL}}
+        return {"inputs": {name: values[0].tolist() for name, values in row.items() if name in names}}
 
     def request_model(self, cfg: WanderConfig):
         from . import serving
@@ -147,3 +156,81 @@ class RetrievalTask(_WanderTask):
     def metrics(self, outputs):
         return retrieval_metrics(outputs["text_emb"] @ outputs["video_emb"].T)
 
+
+class MultiLabelTask(_WanderTask):
+    """IEMOCAP-style: K independent binary targets (``model.num_classes`` = K), one logit each.
+
+    Loss: binary cross-entropy per target, averaged (Multimodal-Transformer trains two logits per
+    emotion with softmax cross-entropy; one logit per target is the same model for the pair
+    ``(0, logit)``). Metrics: :func:`~polymodal.models.wander.metrics.multilabel_metrics`,
+    per-target accuracy and weighted F1 as its ``eval_iemocap`` reports them.
+    """
+
+    name = TASKS["multilabel"]
+    head = "multilabel"
+    primary_metric = "accuracy"
+    # per-target metrics are named by index; 64 targets cover any multi-label set we import
+    fraction_metrics = frozenset({"accuracy", "f1"} | {f"{m}_{k}" for m in ("acc", "f1") for k in range(64)})
+    mode = "max"
+
+    def synth_overrides(self, out):
+        from .synth import MULTILABEL_TARGETS
+
+        return [*super().synth_overrides(out), f"model.num_classes={MULTILABEL_TARGETS}"]
+
+    def loss(self, model, batch):
+        logits = model(self.inputs(batch))["logits"].float()  # (B, K)
+        return F.binary_cross_entropy_with_logits(logits, batch[LABEL].float()), {}
+
+    def predict(self, model, batch):
+        logits = model(self.inputs(batch))["logits"].float()
+        return {"logits": logits.cpu().numpy(), LABEL: batch[LABEL].cpu().numpy()}
+
+    def metrics(self, outputs):
+        return multilabel_metrics(outputs["logits"], outputs[LABEL])
+
+
+class PretrainTask(Task):
+    """Self-supervised pre-training of the backbone (masked frame modelling + cross-modal InfoNCE);
+    see :mod:`polymodal.models.wander.pretrain`. Reads MMSA-format shards (the ``label`` column is
+    ignored); :meth:`fit` exports the best checkpoint's backbone to ``<run>/backbone``. Not served."""
+
+    name = "wander.pretrain"
+    primary_metric = "loss"
+    mode = "min"
+
+    model_config_cls = pretrain.PretrainConfig
+    presets = pretrain.PRESETS
+
+    def build_model(self, cfg):
+        return pretrain.build_model(cfg)
+
+    collate = _WanderTask.collate
+
+    def loss(self, model, batch):
+        module = getattr(model, "module", model)  # the DeepSpeed engine wraps the model
+        loss, mfm, nce = pretrain.objective(module.cfg, module.spec.names(), model(batch))
+        return loss, {"mfm_mse": float(mfm.detach()), "nce": float(nce.detach())}
+
+    def predict(self, model, batch):
+        module = getattr(model, "module", model)
+        out = model(batch, mask_seed=pretrain.EVAL_MASK_SEED)
+        loss, _, _ = pretrain.objective(module.cfg, module.spec.names(), out)
+        rows = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+        rows["loss"] = np.full(len(rows["nce"]), float(loss), dtype=np.float32)  # the batch's objective, per row
+        return rows
+
+    def metrics(self, outputs):
+        return pretrain.metrics(outputs)
+
+    def synth(self, out_uri, *, seed=0, scale=1.0, storage=None, progress=True):
+        return pretrain.write_pretrain_synthetic(out_uri, seed=seed, scale=scale, opts=storage, progress=progress)
+
+    def synth_overrides(self, out):
+        return [*super().synth_overrides(out), f"model.backbone={out['backbone']}"]
+
+    def fit(self, cfg, *, progress=True, local=False):
+        summary = super().fit(cfg, progress=progress, local=local)
+        uri = pretrain.export_run_backbone(self, cfg)
+        print(f"[polymodal] backbone exported: {uri} (use it as model.backbone of a Wander run)", flush=True)
+        return {**summary, "backbone": uri}
