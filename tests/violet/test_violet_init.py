@@ -123,3 +123,23 @@ def test_shipped_fine_tuning_configs_start_from_the_pretraining_run():
     for name in ("violet_paper_msrvtt_qa.yaml", "violet_paper_msrvtt_retrieval.yaml"):
         cfg = load_config(str(ROOT / "jobs" / "configs" / name))
         assert cfg.model.init == pre.run_uri, name
+
+
+def test_a_fine_tuned_export_loads_without_its_pretraining_run(setup, tmp_path):
+    """Evaluate and serve load a fine-tuned export whole; its config's ``init`` (here a run that has
+    since been deleted) is not read again."""
+    run = tmp_path / "pretrain-run"
+    _checkpoint(run / "checkpoint_000000", setup, 1)
+    qa = load_config(str(ROOT / "jobs" / "configs" / "violet_tiny_qa.yaml"),
+                     [f"model.bert={setup['cfg'].model.bert}", f"data.train={setup['root'] / 'none'}",
+                      f"model.init={run}"])
+    task = get_task("violet.oeqa")
+    torch.manual_seed(5)
+    tuned = task.build_model(qa.model)
+    write_export(tmp_path / "qa" / "model", qa, trainable_state(tuned, zero_stage=2), {"epoch": 0, "metrics": {}})
+    import shutil
+
+    shutil.rmtree(run)
+    cfg, model = task.load_checkpoint(str(tmp_path / "qa"))
+    assert cfg.model.init == str(run) and not model.training
+    assert torch.equal(model.answer_head[-1].weight, tuned.answer_head[-1].weight.detach())

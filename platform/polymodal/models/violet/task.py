@@ -187,6 +187,16 @@ class _VioletTask(Task):
             load_pretrained(model, init)
         return model
 
+    def load_checkpoint(self, checkpoint_uri: str, opts: Any = None) -> tuple[Any, nn.Module]:
+        """The shared loader, but the model is built without ``init``: the export holds every trained
+        weight, so evaluating or serving a fine-tuned run neither reads nor needs its pre-training run."""
+        from polymodal.train.checkpoint import load_trainable, read_export
+
+        cfg, weights, _ = read_export(checkpoint_uri, opts)
+        model = self.build_model(cfg.model.model_copy(update={"init": None}))
+        load_trainable(model, weights)
+        return cfg, model.eval()
+
     def fit(self, cfg: Any, *, progress: bool = True, local: bool = False) -> dict[str, Any]:
         """The shared loop's fit, after checking that ``model.init`` (when set) leads to a checkpoint,
         so a wrong path fails here, naming it, before any worker starts."""
