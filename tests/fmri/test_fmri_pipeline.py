@@ -169,6 +169,9 @@ def test_config_errors_name_the_field(fitted, tmp_path):
     cfg = validate_config(yaml.safe_load(_write_config(tmp_path, root, str(tmp_path), subjects=["S09"]).read_text()))
     with pytest.raises(ConfigError, match=r"model.subjects: unknown subjects \['S09'\]"):
         get_task("fmri.encoding").fit(cfg, progress=False, local=True)
+    mixed = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": [{"uri": root, "weight": 1.0}]})})
+    with pytest.raises(ConfigError, match="data.train: fmri.encoding reads one dataset root"):
+        get_task("fmri.encoding").fit(mixed, progress=False, local=True)
     with pytest.raises(ConfigError, match="needs model.vectors"):
         validate_config({"task": "fmri.encoding", "data": {"train": root}, "model": {"feature": "word2vec"}})
     cfg = validate_config({"task": "fmri.encoding", "data": {"train": str(tmp_path)}, "model": {}})

@@ -214,6 +214,9 @@ class Prepared:
 def prepare(cfg: ExperimentConfig, vocab: list[str] | None = None) -> Prepared:
     mcfg: FmriConfig = cfg.model
     root, opts = cfg.data.train, cfg.storage
+    if not isinstance(root, str):
+        raise ConfigError([("data.train", "fmri.encoding reads one dataset root (stories.json, words/, responses/); "
+                                          "a list of datasets to mix is for tasks trained in batches")])
     stories = load_stories(root, opts)
     train, test = split_stories(mcfg, sorted(stories), cfg.seed)
     known = list_subjects(root, opts)
