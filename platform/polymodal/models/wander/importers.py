@@ -29,7 +29,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -156,30 +156,74 @@ class _MmsaSplit:
     keep: np.ndarray  # bool (N,): rows that will be written
 
 
+def _split_features(path: str, split: str, raw: Any, modalities: Sequence[str], label_key: str,
+                    release: str) -> dict[str, np.ndarray]:
+    """The (N, seq_len, dim) feature arrays of one pickled split (a dict holding ``modalities``
+    and ``label_key``); anything else is an error naming the file, split and field. ``release``
+    says which file to use instead."""
+    keys = [*modalities, label_key]
+    if not isinstance(raw, dict):
+        raise ImportDataError(f"{path}: split {split!r} is a {type(raw).__name__}, expected a dict with keys {keys}")
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise ImportDataError(f"{path}: split {split!r} is missing key(s) {missing}; found {sorted(map(str, raw))}. "
+                              f"Use {release}")
+    features: dict[str, np.ndarray] = {}
+    for mod in modalities:
+        arr = np.asarray(raw[mod])
+        if arr.ndim != 3 or arr.dtype.kind not in "biuf":
+            raise ImportDataError(f"{path}: split {split!r} field {mod!r} must be a numeric (N, seq_len, dim) array, "
+                                  f"got shape {arr.shape} dtype {arr.dtype}")
+        features[mod] = arr
+    return features
+
+
+def _zero_neg_inf_audio(features: dict[str, np.ndarray]) -> None:
+    """Audio -inf (COVAREP's log of 0) set to 0, as MMSA's and Multimodal-Transformer's loaders do."""
+    audio = features["audio"]
+    if audio.dtype.kind == "f" and np.isneginf(audio).any():
+        features["audio"] = np.where(np.isneginf(audio), 0.0, audio).astype(audio.dtype)
+
+
+def _usable_rows(path: str, split: str, features: dict[str, np.ndarray], label_key: str, labels: np.ndarray,
+                 skip_bad: bool, hint: Callable[[int, list[str]], str] = lambda row, fields: "") -> np.ndarray:
+    """bool (N,): the rows without NaN or inf in any field. Row counts must agree. A bad row is an
+    error naming the file, split, row and fields (plus ``hint(row, fields)``), or with
+    ``skip_bad`` is logged and left out; a split with no usable row is an error."""
+    sizes = {k: v.shape[0] for k, v in features.items()} | {label_key: labels.shape[0]}
+    if len(set(sizes.values())) != 1:
+        raise ImportDataError(f"{path}: split {split!r} has inconsistent row counts {sizes}; every field must "
+                              "have the same N")
+    n = labels.shape[0]
+    keep = np.ones(n, dtype=bool)
+    reasons: dict[int, list[str]] = {}
+    for key, arr in (*features.items(), (label_key, labels)):
+        if arr.dtype.kind == "f":
+            for row in np.nonzero(~np.isfinite(arr).reshape(n, -1).all(axis=1))[0].tolist():
+                reasons.setdefault(row, []).append(key)
+                keep[row] = False
+    if reasons:
+        first = min(reasons)
+        if not skip_bad:
+            raise ImportDataError(
+                f"{path}: split {split!r} row {first}: NaN or inf in {', '.join(reasons[first])} "
+                f"({len(reasons)} bad row(s) in this split){hint(first, reasons[first])}; fix the data or pass "
+                "skip_bad=True to drop such rows")
+        log = _SkipLog(path, split)
+        for row in sorted(reasons):
+            log.skip(row, f"NaN or inf in {', '.join(reasons[row])}")
+        log.summary()
+    if not keep.any():
+        raise ImportDataError(f"{path}: split {split!r} has no usable rows ({n} in the file)")
+    return keep
+
+
 def _check_mmsa_split(
     path: str, split: str, raw: Any, fix_neg_inf: bool, skip_bad: bool
 ) -> _MmsaSplit:
     """Validate keys, shapes and finiteness of one split; mark bad rows (or raise)."""
-    if not isinstance(raw, dict):
-        raise ImportDataError(
-            f"{path}: split {split!r} is a {type(raw).__name__}, expected a dict with keys "
-            f"{[*MMSA_MODALITIES, MMSA_LABEL]}"
-        )
-    missing = [k for k in (*MMSA_MODALITIES, MMSA_LABEL) if k not in raw]
-    if missing:
-        raise ImportDataError(
-            f"{path}: split {split!r} is missing key(s) {missing}; found {sorted(map(str, raw))}. "
-            "Use an MMSA feature pickle (e.g. aligned_50.pkl / unaligned_50.pkl)"
-        )
-    features: dict[str, np.ndarray] = {}
-    for mod in MMSA_MODALITIES:
-        arr = np.asarray(raw[mod])
-        if arr.ndim != 3 or arr.dtype.kind not in "biuf":
-            raise ImportDataError(
-                f"{path}: split {split!r} key {mod!r} must be a numeric (N, seq_len, dim) array, "
-                f"got shape {arr.shape} dtype {arr.dtype}"
-            )
-        features[mod] = arr
+    features = _split_features(path, split, raw, MMSA_MODALITIES, MMSA_LABEL,
+                               "an MMSA feature pickle (e.g. aligned_50.pkl / unaligned_50.pkl)")
     labels = np.asarray(raw[MMSA_LABEL])
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -188,48 +232,16 @@ def _check_mmsa_split(
             f"{path}: split {split!r} key {MMSA_LABEL!r} must be a numeric (N,) array, "
             f"got shape {labels.shape} dtype {labels.dtype}"
         )
-    sizes = {k: v.shape[0] for k, v in features.items()} | {MMSA_LABEL: labels.shape[0]}
-    if len(set(sizes.values())) != 1:
-        raise ImportDataError(
-            f"{path}: split {split!r} has inconsistent row counts {sizes}; every key must have "
-            "the same N"
-        )
+    if fix_neg_inf:
+        _zero_neg_inf_audio(features)
 
-    if fix_neg_inf and features["audio"].dtype.kind == "f":
-        audio = features["audio"]
-        if np.isneginf(audio).any():
-            features["audio"] = np.where(np.isneginf(audio), 0.0, audio).astype(audio.dtype)
+    def hint(row: int, fields: list[str]) -> str:
+        if "audio" in fields and np.isneginf(features["audio"][row]).any():
+            return (" (CMU-MOSI/MOSEI audio features contain -inf; pass fix_neg_inf=True to set them "
+                    "to 0 as MMSA's loader does)")
+        return ""
 
-    n = labels.shape[0]
-    keep = np.ones(n, dtype=bool)
-    reasons: dict[int, list[str]] = {}
-    for key, arr in (*features.items(), (MMSA_LABEL, labels)):
-        if arr.dtype.kind != "f":
-            continue
-        finite = np.isfinite(arr).reshape(n, -1).all(axis=1)
-        for row in np.nonzero(~finite)[0].tolist():
-            reasons.setdefault(row, []).append(key)
-            keep[row] = False
-    if reasons:
-        first = min(reasons)
-        hint = (
-            " (CMU-MOSI/MOSEI audio features contain -inf; pass fix_neg_inf=True to set them "
-            "to 0 as MMSA's loader does)"
-            if "audio" in reasons[first] and np.isneginf(features["audio"][first]).any()
-            else ""
-        )
-        if not skip_bad:
-            raise ImportDataError(
-                f"{path}: split {split!r} row {first}: NaN or inf in {', '.join(reasons[first])} "
-                f"({len(reasons)} bad row(s) in this split){hint}; fix the data or pass "
-                "skip_bad=True to drop such rows"
-            )
-        log = _SkipLog(path, split)
-        for row in sorted(reasons):
-            log.skip(row, f"NaN or inf in {', '.join(reasons[row])}")
-        log.summary()
-    if not keep.any():
-        raise ImportDataError(f"{path}: split {split!r} has no usable rows ({n} in the file)")
+    keep = _usable_rows(path, split, features, MMSA_LABEL, labels, skip_bad, hint)
     return _MmsaSplit(split, features, labels, keep)
 
 
@@ -731,59 +743,16 @@ IEMOCAP_EMOTIONS = ("neutral", "happy", "sad", "angry")
 def _check_iemocap_split(path: str, split: str, raw: Any, skip_bad: bool) -> _MmsaSplit:
     """Validate one IEMOCAP split; labels (N, 4, 2) become (N, 4) 0/1 targets (arg-max of the
     last axis, as Multimodal-Transformer's dataset does). Bad rows are marked (or raise)."""
-    keys = (*IEMOCAP_MODALITIES, "labels")
-    if not isinstance(raw, dict):
-        raise ImportDataError(f"{path}: split {split!r} is a {type(raw).__name__}, expected a dict with keys {list(keys)}")
-    missing = [k for k in keys if k not in raw]
-    if missing:
-        raise ImportDataError(
-            f"{path}: split {split!r} is missing key(s) {missing}; found {sorted(map(str, raw))}. "
-            "Use Multimodal-Transformer's iemocap_data.pkl or iemocap_data_noalign.pkl"
-        )
-    features: dict[str, np.ndarray] = {}
-    for mod in IEMOCAP_MODALITIES:
-        arr = np.asarray(raw[mod])
-        if arr.ndim != 3 or arr.dtype.kind not in "biuf":
-            raise ImportDataError(
-                f"{path}: split {split!r} field {mod!r} must be a numeric (N, seq_len, dim) array, "
-                f"got shape {arr.shape} dtype {arr.dtype}"
-            )
-        features[mod] = arr
+    features = _split_features(path, split, raw, IEMOCAP_MODALITIES, "labels",
+                               "Multimodal-Transformer's iemocap_data.pkl or iemocap_data_noalign.pkl")
     labels = np.asarray(raw["labels"])
     if labels.ndim != 3 or labels.shape[1:] != (len(IEMOCAP_EMOTIONS), 2) or labels.dtype.kind not in "biuf":
         raise ImportDataError(
             f"{path}: split {split!r} field 'labels' must be a numeric (N, 4, 2) array (4 emotions "
             f"{list(IEMOCAP_EMOTIONS)} x (absent, present)), got shape {labels.shape} dtype {labels.dtype}"
         )
-    sizes = {k: v.shape[0] for k, v in features.items()} | {"labels": labels.shape[0]}
-    if len(set(sizes.values())) != 1:
-        raise ImportDataError(f"{path}: split {split!r} has inconsistent row counts {sizes}; every field must "
-                              "have the same N")
-    # Multimodal-Transformer's loader sets audio -inf (COVAREP's log of 0) to 0 before training.
-    audio = features["audio"]
-    if audio.dtype.kind == "f" and np.isneginf(audio).any():
-        features["audio"] = np.where(np.isneginf(audio), 0.0, audio).astype(audio.dtype)
-    n = labels.shape[0]
-    keep = np.ones(n, dtype=bool)
-    reasons: dict[int, list[str]] = {}
-    for key, arr in (*features.items(), ("labels", labels)):
-        if arr.dtype.kind == "f":
-            for row in np.nonzero(~np.isfinite(arr).reshape(n, -1).all(axis=1))[0].tolist():
-                reasons.setdefault(row, []).append(key)
-                keep[row] = False
-    if reasons:
-        first = min(reasons)
-        if not skip_bad:
-            raise ImportDataError(
-                f"{path}: split {split!r} row {first}: NaN or inf in field(s) {', '.join(reasons[first])} "
-                f"({len(reasons)} bad row(s) in this split); fix the data or pass skip_bad=True to drop such rows"
-            )
-        log = _SkipLog(path, split)
-        for row in sorted(reasons):
-            log.skip(row, f"NaN or inf in {', '.join(reasons[row])}")
-        log.summary()
-    if not keep.any():
-        raise ImportDataError(f"{path}: split {split!r} has no usable rows ({n} in the file)")
+    _zero_neg_inf_audio(features)  # as Multimodal-Transformer's loader does before training
+    keep = _usable_rows(path, split, features, "labels", labels, skip_bad)
     targets = np.argmax(np.where(np.isfinite(labels), labels, 0), axis=-1)  # (N, 4): 1 = emotion present
     return _MmsaSplit(split, features, targets, keep)
 
