@@ -205,6 +205,28 @@ def test_import_reads_the_release_layout(lab, fitted):
         np.testing.assert_allclose([t for _, t in words[story]], [(a + b) / 2 for _, a, b in st["kept"]])
 
 
+def test_the_release_on_s3_imports_like_the_local_copy(lab, fitted, s3_server, tmp_path):
+    """The derivative/ folder uploaded to S3 as it is (moto on 127.0.0.1) imports to the same
+    dataset as the local folder."""
+    from polymodal import storage
+
+    source = f"s3://polymodal/fmri-release/{tmp_path.name}/derivative"
+    storage.upload_dir(str(lab["aligned"]), source)
+    out = tmp_path / "from-s3"
+    import_huth(source, str(out), subjects=list(SUBJECTS), chunk=24, progress=False)
+    local, _ = fitted["aligned"]
+    assert json.loads((out / "stories.json").read_text()) == json.loads((local / "stories.json").read_text())
+    for subject in SUBJECTS:
+        index = read_index(str(out), subject)
+        assert index.stories == read_index(str(local), subject).stories
+        for chunk in index.chunks:
+            got, want = read_chunk(str(out), subject, chunk), read_chunk(str(local), subject, chunk)
+            for story in want:
+                np.testing.assert_array_equal(got[story], want[story])
+    with pytest.raises(PolymodalError, match="respdict.json not found"):
+        import_huth(f"s3://polymodal/fmri-release/{tmp_path.name}/nothing", str(tmp_path / "x"), progress=False)
+
+
 def test_planted_responses_recovered_near_their_ceiling(lab, fitted):
     root, config = fitted["aligned"]
     cfg = load_config(str(config))

@@ -10,7 +10,9 @@ from polymodal.registry import Command
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, metavar="ROOT", help="the dataset's root folder (local)")
+    p.add_argument("--source", required=True, metavar="ROOT",
+                   help="the dataset's root folder, local or s3:// (s3:// response files are downloaded once "
+                        "into the local cache, $POLYMODAL_CACHE)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the imported dataset")
     p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (default 4096)")
     cliargs.add_config(p, required=False)

@@ -12,7 +12,8 @@ around ``k * tr - start_time + tr / 2`` seconds after the audio starts. Its stor
 have ``n_trs - response_start - response_end`` rows: row 0 is feature TR ``response_start``
 (the pipeline cuts the features to those TRs, :func:`~polymodal.models.fmri.features.aligned_rows`).
 
-Three input layouts (all read from local folders):
+Three input layouts (local folders or ``s3://`` prefixes; response files on S3 are downloaded once into
+the local cache, :func:`polymodal.cache.local_file`):
 
 * **Huth lab** (``--format huth``; OpenNeuro ds003020 ``derivative/`` as released):
   ``TextGrids/{story}.TextGrid`` (words on tier index 1), ``respdict.json`` (story -> TRs) and
@@ -44,12 +45,12 @@ import json
 import pickle
 import re
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from polymodal import storage
+from polymodal.cache import local_file
 from polymodal.errors import PolymodalError
 from polymodal.shards import ShardWriter
 from polymodal.storage import StorageOptions
@@ -159,15 +160,17 @@ def write_story_meta(out: str, meta: dict[str, dict[str, Any]], opts: StorageOpt
     storage.write_text(storage.join(out, "stories.json"), json.dumps(meta, indent=2), opts)
 
 
-def _open_responses(path: Path, stack: ExitStack) -> Any:
-    """An array-like (TRs, voxels) that reads column slices lazily."""
-    if path.suffix == ".npy":
+def _open_responses(uri: str, stack: ExitStack, opts: StorageOptions | None) -> Any:
+    """An array-like (TRs, voxels) that reads column slices lazily (an ``s3://`` file is
+    downloaded once into the local cache, :func:`polymodal.cache.local_file`)."""
+    path = local_file(uri, opts)
+    if path.endswith(".npy"):
         return np.load(path, mmap_mode="r")
     import h5py
 
     handle = stack.enter_context(h5py.File(path, "r"))
     if "data" not in handle:
-        raise PolymodalError(f"{path}: no dataset 'data' (has {list(handle)})")
+        raise PolymodalError(f"{uri}: no dataset 'data' (has {list(handle)})")
     return handle["data"]
 
 
@@ -175,7 +178,8 @@ def _expected_rows(meta: dict[str, Any]) -> int:
     return int(meta["n_trs"]) - int(meta.get("response_start", 0)) - int(meta.get("response_end", 0))
 
 
-def _check_subjects(stories: dict[str, dict[str, Any]], files: dict[str, dict[str, Path]], hint: str) -> None:
+def _check_subjects(stories: dict[str, dict[str, Any]], files: dict[str, dict[str, str]], hint: str,
+                    opts: StorageOptions | None) -> None:
     """Every subject has a (TRs, voxels) file per story with the rows its story's meta expects.
 
     Run before anything is written, so a bad file leaves no half-imported dataset behind."""
@@ -189,7 +193,7 @@ def _check_subjects(stories: dict[str, dict[str, Any]], files: dict[str, dict[st
         with ExitStack() as stack:
             for story, meta in stories.items():
                 path = per_story[story]
-                shape = tuple(_open_responses(path, stack).shape)
+                shape = tuple(_open_responses(path, stack, opts).shape)
                 if len(shape) != 2:
                     raise PolymodalError(f"{path}: subject {subject!r}, story {story!r}: responses must be "
                                          f"(TRs, voxels), got shape {shape}")
@@ -201,24 +205,38 @@ def _check_subjects(stories: dict[str, dict[str, Any]], files: dict[str, dict[st
                         f"and {meta.get('response_end', 0)} after the responses; {hint})")
 
 
-def _write_subjects(out: str, stories: dict[str, dict[str, Any]], files: dict[str, dict[str, Path]],
+def _write_subjects(out: str, stories: dict[str, dict[str, Any]], files: dict[str, dict[str, str]],
                     chunk: int, opts: StorageOptions | None, progress: bool) -> None:
     for subject, per_story in files.items():
         with ExitStack() as stack:
-            arrays = {story: _open_responses(per_story[story], stack) for story in stories}
+            arrays = {story: _open_responses(per_story[story], stack, opts) for story in stories}
             write_responses(out, subject, arrays, chunk=chunk, opts=opts, progress=progress)
 
 
-def _subject_files(folders: list[Path], suffixes: tuple[str, ...],
-                   subjects: list[str] | None) -> dict[str, dict[str, Path]]:
-    """subject folder name -> story -> response file, for the chosen subjects (None: all)."""
+def _folders(uri: str, opts: StorageOptions | None) -> dict[str, str]:
+    """name -> URI of the folders directly below ``uri`` (local or ``s3://``); none if it is absent."""
+    fs, path = storage.get_fs(uri, opts)
+    try:
+        names = storage.listdir(uri, opts)
+    except FileNotFoundError:
+        return {}
+    return {name: storage.join(uri, name) for name in names if fs.isdir(f"{path.rstrip('/')}/{name}")}
+
+
+def _files(folder: str, suffixes: tuple[str, ...], opts: StorageOptions | None) -> dict[str, str]:
+    """stem -> URI of the files in ``folder`` ending in one of ``suffixes``."""
+    return {name.rsplit(".", 1)[0]: storage.join(folder, name) for name in storage.listdir(folder, opts)
+            if name.endswith(suffixes)}
+
+
+def _subject_files(folders: dict[str, str], suffixes: tuple[str, ...], subjects: list[str] | None,
+                   opts: StorageOptions | None) -> dict[str, dict[str, str]]:
+    """subject folder name -> story -> response file URI, for the chosen subjects (None: all)."""
     if subjects is not None:
-        known = {p.name for p in folders}
-        unknown = sorted(set(subjects) - known)
+        unknown = sorted(set(subjects) - set(folders))
         if unknown:
-            raise PolymodalError(f"unknown subjects {unknown}; the source has {sorted(known)}")
-    return {p.name: {f.stem: f for f in sorted(p.iterdir()) if f.suffix in suffixes}
-            for p in folders if subjects is None or p.name in subjects}
+            raise PolymodalError(f"unknown subjects {unknown}; the source has {sorted(folders)}")
+    return {name: _files(uri, suffixes, opts) for name, uri in folders.items() if subjects is None or name in subjects}
 
 
 def _choose_stories(available: list[str], stories: list[str] | None, where: str) -> list[str]:
@@ -232,32 +250,30 @@ def _choose_stories(available: list[str], stories: list[str] | None, where: str)
 
 def import_huth(root: str, out: str, *, subjects: list[str] | None = None, stories: list[str] | None = None,
                 chunk: int = 4096, opts: StorageOptions | None = None, progress: bool = True) -> dict[str, Any]:
-    """The ds003020 ``derivative/`` folder (local, as released) -> dataset at ``out``.
+    """The ds003020 ``derivative/`` folder (local or ``s3://``, as released) -> dataset at ``out``.
 
     Every chosen subject needs ``preprocessed_data/<subject>/<story>.hf5`` with
     ``respdict[story] - 20`` rows for every chosen story (see the module docstring)."""
-    base = Path(root)
-    respdict_path = base / "respdict.json"
-    if not respdict_path.exists():
+    respdict_path = storage.join(root, "respdict.json")
+    if not storage.exists(respdict_path, opts):
         raise PolymodalError(f"{respdict_path} not found: point --source at the ds003020 derivative/ folder")
-    respdict = json.loads(respdict_path.read_text())
+    respdict = json.loads(storage.read_text(respdict_path, opts))
     names = stories or sorted(respdict)
     before, after = HUTH_RESPONSE_WINDOW
     words, meta = {}, {}
     for story in names:
-        grid = base / "TextGrids" / f"{story}.TextGrid"
-        if story not in respdict or not grid.exists():
+        grid = storage.join(root, "TextGrids", f"{story}.TextGrid")
+        if story not in respdict or not storage.exists(grid, opts):
             raise PolymodalError(f"story {story!r}: needs {grid} and an entry in {respdict_path}")
-        words[story] = textgrid_words(grid.read_text(errors="replace"), source=str(grid))
-        _check_times(story, words[story], str(grid))
+        words[story] = textgrid_words(storage.read_bytes(grid, opts).decode("utf-8", errors="replace"), source=grid)
+        _check_times(story, words[story], grid)
         n_trs = int(respdict[story]) - HUTH_PAD
         if n_trs <= before + after:
             raise PolymodalError(f"{respdict_path}: story {story!r} has {respdict[story]} TRs, too few for the "
                                  f"{HUTH_PAD}-TR pad and the {before}/{after}-TR response window")
         meta[story] = {"n_trs": n_trs, "tr": HUTH_TR, "start_time": HUTH_START_TIME,
                        "response_start": before, "response_end": after}
-    folders = sorted(p for p in (base / "preprocessed_data").glob("*") if p.is_dir())
-    files = _subject_files(folders, (".hf5",), subjects)
+    files = _subject_files(_folders(storage.join(root, "preprocessed_data"), opts), (".hf5",), subjects, opts)
     hint = (f"ds003020's .hf5 files hold respdict - {HUTH_PAD + before + after} rows: the feature clock of "
             f"respdict - {HUTH_PAD} TRs cut [{before}:-{after}]")
     return _finish(out, words, meta, files, chunk, opts, progress, hint)
@@ -311,10 +327,11 @@ class DataSequenceUnpickler(pickle.Unpickler):
                                      "containers and numpy arrays")
 
 
-def read_raw_text(path: Path) -> dict[str, DataSequenceRecord]:
-    """``raw_text.pkl`` -> story -> :class:`DataSequenceRecord`; every failure names the file."""
+def read_raw_text(path: str, opts: StorageOptions | None = None) -> dict[str, DataSequenceRecord]:
+    """``raw_text.pkl`` (local or ``s3://``) -> story -> :class:`DataSequenceRecord`; every
+    failure names the file."""
     try:
-        with open(path, "rb") as fh:
+        with storage.open_uri(path, "rb", opts) as fh:
             obj = DataSequenceUnpickler(fh).load()
     except FileNotFoundError:
         raise PolymodalError(f"{path} not found: point --source at the folder holding raw_text.pkl") from None
@@ -356,18 +373,17 @@ def import_huth_pickle(root: str, out: str, *, subjects: list[str] | None = None
     """The Stat 214 lab report's data folder (``raw_text.pkl`` + ``<subject>/<story>.npy``) ->
     dataset at ``out``. ``response_window``: TRs of the feature clock (``tr_times``) before and
     after the responses (default ``(10, 5)``: the ds003020 rows they are)."""
-    base = Path(root)
-    source = base / "raw_text.pkl"
-    sequences = read_raw_text(source)
-    names = _choose_stories(list(sequences), stories, str(source))
+    source = storage.join(root, "raw_text.pkl")
+    sequences = read_raw_text(source, opts)
+    names = _choose_stories(list(sequences), stories, source)
     before, after = (int(v) for v in response_window)
     words, meta = {}, {}
     for story in names:
-        words[story], clock = _sequence_story(story, sequences[story], str(source))
-        _check_times(story, words[story], str(source))
+        words[story], clock = _sequence_story(story, sequences[story], source)
+        _check_times(story, words[story], source)
         meta[story] = {**clock, "response_start": before, "response_end": after}
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and any(p.glob("*.npy")))
-    files = _subject_files(folders, (".npy",), subjects)
+    folders = {name: uri for name, uri in _folders(root, opts).items() if _files(uri, (".npy",), opts)}
+    files = _subject_files(folders, (".npy",), subjects, opts)
     hint = (f"--response-window {before},{after} places them; the lab report's .npy files have "
             f"len(tr_times) - 15 rows")
     return _finish(out, words, meta, files, chunk, opts, progress, hint)
@@ -379,20 +395,21 @@ def import_plain(root: str, out: str, *, chunk: int = 4096, opts: StorageOptions
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    base = Path(root)
-    table_path = next((p for p in (base / "words.parquet", base / "words.csv") if p.exists()), None)
+    table_path = next((uri for uri in (storage.join(root, "words.parquet"), storage.join(root, "words.csv"))
+                       if storage.exists(uri, opts)), None)
     if table_path is None:
-        raise PolymodalError(f"{base}: needs words.parquet or words.csv (columns story, word, start, end)")
-    table = pq.read_table(table_path) if table_path.suffix == ".parquet" else pcsv.read_csv(table_path)
+        raise PolymodalError(f"{root}: needs words.parquet or words.csv (columns story, word, start, end)")
+    local = local_file(table_path, opts)
+    table = pq.read_table(local) if table_path.endswith(".parquet") else pcsv.read_csv(local)
     missing = {"story", "word", "start", "end"} - set(table.column_names)
     if missing:
         raise PolymodalError(f"{table_path}: missing columns {sorted(missing)}")
     cols = {c: table.column(c).to_pylist() for c in ("story", "word", "start", "end")}
-    meta_path = base / "stories.json"
-    if not meta_path.exists():
+    meta_path = storage.join(root, "stories.json")
+    if not storage.exists(meta_path, opts):
         raise PolymodalError(f"{meta_path} not found: story -> {{\"n_trs\": ..., \"tr\": ...}}")
     meta = {}
-    for s, m in json.loads(meta_path.read_text()).items():
+    for s, m in json.loads(storage.read_text(meta_path, opts)).items():
         try:
             meta[s] = {"n_trs": int(m["n_trs"]), "tr": float(m["tr"]), "start_time": float(m.get("start_time", 0.0)),
                        "response_start": int(m.get("response_start", 0)), "response_end": int(m.get("response_end", 0))}
@@ -411,9 +428,8 @@ def import_plain(root: str, out: str, *, chunk: int = 4096, opts: StorageOptions
             continue
         words[story].append((str(word).strip(), float(start), float(end)))
     for story, items in words.items():
-        _check_times(story, items, str(table_path))
-    folders = sorted(p for p in (base / "responses").glob("*") if p.is_dir())
-    files = _subject_files(folders, (".npy", ".hf5"), None)
+        _check_times(story, items, table_path)
+    files = _subject_files(_folders(storage.join(root, "responses"), opts), (".npy", ".hf5"), None, opts)
     hint = "set response_start / response_end in stories.json where the responses cover part of the clock"
     return _finish(out, words, meta, files, chunk, opts, progress, hint)
 
@@ -422,7 +438,7 @@ def _finish(out: str, words: dict, meta: dict, files: dict, chunk: int, opts: St
             progress: bool, hint: str) -> dict[str, Any]:
     if not files:
         raise PolymodalError("no subjects with responses found")
-    _check_subjects(meta, files, hint)
+    _check_subjects(meta, files, hint, opts)
     write_words(out, words, opts)
     _write_subjects(out, meta, files, chunk, opts, progress)
     write_story_meta(out, meta, opts)
