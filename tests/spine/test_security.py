@@ -62,7 +62,12 @@ ALLOWED_FINDINGS = {
     # every global except numpy arrays and builtin containers (test_wander_importers feeds it an
     # os.system payload). It lowers the risk of an untrusted file; it does not remove it (see
     # SECURITY.md). Nothing else in polymodal may unpickle.
+    # It also reads IEMOCAP, which Multimodal-Transformer distributes only as a pickle.
     ("platform/polymodal/models/wander/importers.py", "class SafeUnpickler subclasses pickle.Unpickler"),
+    # The Stat 214 lab report's raw_text.pkl holds the Huth lab's DataSequence objects; its
+    # find_class maps that class to a plain record and allows only numpy arrays and builtin
+    # containers besides (test_fmri_ds003020 feeds it os.system and OrderedDict).
+    ("platform/polymodal/models/fmri/importers.py", "class DataSequenceUnpickler subclasses pickle.Unpickler"),
 }
 
 
@@ -180,7 +185,7 @@ def _python_files() -> list[Path]:
 
 def test_no_unsafe_loads_in_shipped_code():
     """Checkpoints and exports are safetensors + JSON/YAML: nothing we ship unpickles, except
-    the one allowlisted, restricted MMSA importer."""
+    the allowlisted, restricted unpicklers of datasets released only as pickles."""
     seen, unexpected = set(), []
     for path in _python_files():
         rel = path.relative_to(ROOT).as_posix()
@@ -194,14 +199,17 @@ def test_no_unsafe_loads_in_shipped_code():
     assert seen == ALLOWED_FINDINGS, f"stale allowlist entries: {ALLOWED_FINDINGS - seen}"
 
 
-def test_allowlisted_unpickler_restricts_globals():
+@pytest.mark.parametrize("unpickler", ["polymodal.models.wander.importers:SafeUnpickler",
+                                       "polymodal.models.fmri.importers:DataSequenceUnpickler"])
+def test_allowlisted_unpicklers_restrict_globals(unpickler):
+    import importlib
     import pickle
 
-    from polymodal.models.wander.importers import SafeUnpickler
-
-    assert SafeUnpickler.find_class is not pickle.Unpickler.find_class
+    module, name = unpickler.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert cls.find_class is not pickle.Unpickler.find_class
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        SafeUnpickler.find_class(None, "os", "system")
+        cls.find_class(None, "os", "system")
 
 
 # =========================================================================== secrets
@@ -410,13 +418,13 @@ def test_dataset_files_cannot_point_outside_their_roots(tmp_path):
 def test_food101_image_paths_stay_inside_the_root(tmp_path):
     from PIL import Image
 
-    from polymodal.models.wander.importers import _check_record
+    from polymodal.models.wander.importers import _check_record, _Listing
 
     root = tmp_path / "food101"
     root.mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
     for rel in ("../outside.png", str(tmp_path / "outside.png")):
-        reason = _check_record(str(root), {"img": rel, "text": "t", "label": "soup"})
+        reason = _check_record(str(root), {"img": rel, "text": "t", "label": "soup"}, _Listing(None))
         assert isinstance(reason, str), f"{rel!r} was accepted as {reason[0]}"
 
 
