@@ -68,8 +68,9 @@ class ImportProgress:
         self.out_uri, self.key, self.opts, self.resume = out_uri, key, opts, resume
         self.uri = storage.join(out_uri, PROGRESS_NAME)
 
-    def finished(self) -> Manifest | None:
-        """The manifest of a dataset at ``out_uri`` already complete with this key, else None."""
+    def finished(self, *, quiet: bool = False) -> Manifest | None:
+        """The manifest of a dataset at ``out_uri`` already complete with this key, else None
+        (logged unless ``quiet``)."""
         if not self.resume:
             return None
         try:
@@ -78,7 +79,8 @@ class ImportProgress:
             return None
         if done.meta.get("import_key") != self.key:
             return None
-        logger.warning("%s: already imported from the same sources and settings; nothing to do", self.out_uri)
+        if not quiet:
+            logger.warning("%s: already imported from the same sources and settings; nothing to do", self.out_uri)
         return done
 
     def resumed(self) -> Resumed:
