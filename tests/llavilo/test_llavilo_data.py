@@ -289,6 +289,16 @@ def test_charades_sta_import(tmp_path):
     assert b["n_clips"].tolist() == [7, 5, 7] and b["n_windows"].tolist() == [1, 1, 1]
     np.testing.assert_allclose(b["video"][1, :5, 4:], data.temporal_endpoint_features(5))
     assert _read(report["splits"]["test"]["uri"])["qid"].tolist() == [103]
+    # A rerun of the finished import keeps both splits; changed annotations of one split (the qids run
+    # over both) import both again.
+    args = ({"train": str(sta), "test": str(test)}, str(csv), [str(tmp_path / "i3d")], str(tmp_path / "out"))
+    stamp = {s: (tmp_path / "out" / s / "manifest.json").stat().st_mtime_ns for s in ("train", "test")}
+    assert import_charades_sta(*args, qid_start=100, progress=False)["splits"] == report["splits"]
+    assert {s: (tmp_path / "out" / s / "manifest.json").stat().st_mtime_ns for s in stamp} == stamp
+    test.write_text("3MSZA 0.0 2.0##a person sits down.\n")
+    import_charades_sta(*args, qid_start=100, progress=False)
+    assert _read(report["splits"]["test"]["uri"])["windows"][0, 0].tolist() == [0, 2]
+    assert (tmp_path / "out" / "train" / "manifest.json").stat().st_mtime_ns != stamp["train"]
 
 
 def test_charades_sta_bad_lines_name_file_and_line(tmp_path):

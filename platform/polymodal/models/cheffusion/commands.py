@@ -66,7 +66,8 @@ def _run_recipe1m(args: argparse.Namespace) -> None:
 RECIPE1M = Command(
     "recipe1m", "Recipe1M (or Recipe1M+) as released: layer1.json + layer2.json [+ det_ingrs.json] + image tree -> "
                 "raw shards at OUT/raw/<split>, one recipe and its first listed image found on disk per row (then run "
-                "`polymodal data features`); a rerun continues an interrupted import (--restart starts over)", _recipe1m_args, _run_recipe1m)
+                "`polymodal data features`); a rerun continues an interrupted import (--restart starts over)",
+    _recipe1m_args, _run_recipe1m)
 
 
 def _features_args(p: argparse.ArgumentParser) -> None:
