@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ def test_import_writes_one_row_per_recipe_with_an_image(tmp_path: Path, fake: di
         man = open_dataset(out[split], verify="checksum")
         assert (man.task, man.split, man.num_rows) == (TASK, split, len(want))
         assert set(man.columns) == set(RAW_COLUMNS)
+        assert man.meta.pop("import_key")  # what a rerun compares (test_an_interrupted_import_resumes...)
         assert man.meta == {"stage": "raw", "source": "recipe1m", "skipped": 0, "no_image": no_image[split]}
         assert len(man.shards) == -(-len(want) // 2)  # ceil: rows_per_shard=2
         rows = _rows(out[split])
@@ -153,6 +155,54 @@ def test_import_writes_one_row_per_recipe_with_an_image(tmp_path: Path, fake: di
             assert row["image"] == want[rid]
             with Image.open(io.BytesIO(row["image"])) as img:
                 assert img.size == (8, 8)
+
+
+def _ordered(uri: str) -> list[tuple[str, bytes]]:
+    """(id, image) of every row, in the dataset's order."""
+    batch = next(iter_local_batches(uri, 100, shuffle=False))
+    return list(zip(batch["id"], batch["image"]))
+
+
+def test_an_interrupted_import_resumes_after_its_last_shard(tmp_path: Path, fake: dict[str, Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while reading the train split's second shard of recipes: the rerun reads only
+    the recipes after the first shard and writes the dataset an uninterrupted import writes; a
+    rerun of the finished import reads nothing; a changed layer1.json starts over."""
+    from polymodal.models.cheffusion import importers
+
+    source = _write(tmp_path / "recipe1m", fake)
+    whole = import_recipe1m(source, str(tmp_path / "whole"), rows_per_shard=2, progress=False)
+    real, read, fail = importers._find_image, [], {"0000aa09"}
+
+    def flaky(recipe: Any, *args: Any) -> Any:
+        read.append(recipe.id)
+        if recipe.id in fail:
+            raise OSError("connection reset")
+        return real(recipe, *args)
+
+    monkeypatch.setattr(importers, "_find_image", flaky)
+    train = ["0000aa01", "0000aa03", "0000aa09", "0000aa07"]  # layer1 order, those with an image
+    with pytest.raises(OSError, match="connection reset"):
+        import_recipe1m(source, str(tmp_path / "ds"), rows_per_shard=2, progress=False)
+    assert not (tmp_path / "ds" / "raw" / "train" / "manifest.json").exists()
+    fail.clear()
+    read.clear()
+    out = import_recipe1m(source, str(tmp_path / "ds"), rows_per_shard=2, progress=False)
+    assert [r for r in read if r in train] == train[2:]  # the first shard was not read again
+    for split in ("train", "val", "test"):
+        done, want = Manifest.load(out[split]), Manifest.load(whole[split])
+        assert (done.num_rows, [s.rows for s in done.shards], done.meta) == \
+            (want.num_rows, [s.rows for s in want.shards], want.meta)
+        assert _ordered(out[split]) == _ordered(whole[split])
+        assert not storage.exists(f"{out[split]}/import-progress.json")
+    read.clear()
+    assert import_recipe1m(source, str(tmp_path / "ds"), rows_per_shard=2, progress=False) == out
+    assert read == []  # finished with the same sources and settings: nothing to do
+    layer1 = tmp_path / "recipe1m" / "layer1.json"
+    stat = layer1.stat()
+    os.utime(layer1, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten: another version
+    import_recipe1m(source, str(tmp_path / "ds"), rows_per_shard=2, progress=False)
+    assert [r for r in read if r in train] == train
 
 
 def test_first_existing_image_is_taken_and_missing_ones_counted(tmp_path: Path, fake: dict[str, Any],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -88,6 +89,64 @@ def test_huth_layout_imports_to_s3(s3_bucket_uri, tmp_path):
     np.testing.assert_array_equal(got["storyB"], 2 * responses["storyB"][:, 4:8])
     words = next(iter_local_batches(f"{out}/words", 100, shuffle=False))
     assert list(words["word"]) == ["hello", "world", "again"] * 2
+
+
+def _everything(out):
+    """stories.json, the words and every subject's responses, chunk by chunk, of a dataset."""
+    found = {"stories": (out / "stories.json").read_text(),
+             "words": next(iter_local_batches(str(out / "words"), 100, shuffle=False))["word"].tolist()}
+    for subject in ("UTS01", "UTS02"):
+        index = read_index(str(out), subject)
+        found[subject] = (index, [read_chunk(str(out), subject, c) for c in index.chunks])
+    return found
+
+
+def test_an_interrupted_import_keeps_the_voxel_chunks_it_finished(tmp_path, monkeypatch):
+    """Interrupted while writing UTS02's second voxel chunk: the rerun writes only UTS02's last two
+    chunks and stories.json, and the dataset equals an uninterrupted import's; a rerun of the
+    finished import writes nothing; a rewritten response file rewrites its subject only."""
+    from polymodal.models.fmri import data, importers
+
+    root, _ = _huth_layout(tmp_path)
+    import_huth(str(root), str(tmp_path / "whole"), chunk=4, progress=False)
+    made, fail = [], [True]
+
+    def counting(real):
+        def make(uri, **kw):
+            made.append("/".join(uri.split("/")[-2:]))
+            if fail[0] and len(made) == 6:  # words, 3 chunks of UTS01, the first of UTS02, then this
+                raise OSError("connection reset")
+            return real(uri, **kw)
+        return make
+
+    monkeypatch.setattr(data, "ShardWriter", counting(data.ShardWriter))
+    monkeypatch.setattr(importers, "ShardWriter", counting(importers.ShardWriter))
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="connection reset"):
+        import_huth(str(root), str(out), chunk=4, progress=False)
+    assert not (out / "stories.json").exists()
+    fail[0] = False
+    made.clear()
+    import_huth(str(root), str(out), chunk=4, progress=False)
+    assert made == ["UTS02/v000004-000008", "UTS02/v000008-000010"]
+    whole = _everything(tmp_path / "whole")
+    got = _everything(out)
+    assert got["stories"] == whole["stories"] and got["words"] == whole["words"]
+    for subject in ("UTS01", "UTS02"):
+        assert got[subject][0] == whole[subject][0]
+        for mine, ref in zip(got[subject][1], whole[subject][1], strict=True):
+            assert mine.keys() == ref.keys()
+            for story in ref:
+                np.testing.assert_array_equal(mine[story], ref[story])
+    made.clear()
+    stamp = (out / "stories.json").stat().st_mtime_ns
+    import_huth(str(root), str(out), chunk=4, progress=False)
+    assert made == [] and (out / "stories.json").stat().st_mtime_ns == stamp  # finished: nothing to do
+    hf5 = root / "preprocessed_data" / "UTS01" / "storyA.hf5"
+    st = hf5.stat()
+    os.utime(hf5, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten: another version
+    import_huth(str(root), str(out), chunk=4, progress=False)
+    assert made == ["UTS01/v000000-000004", "UTS01/v000004-000008", "UTS01/v000008-000010"]
 
 
 def test_huth_layout_errors(tmp_path, s3_bucket_uri):

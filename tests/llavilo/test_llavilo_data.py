@@ -150,6 +150,47 @@ def test_qvhighlights_import_round_trip(tmp_path):
                                rtol=1e-5)
 
 
+def test_an_interrupted_qvhighlights_import_resumes_after_its_last_shard(tmp_path, monkeypatch):
+    """Interrupted while reading qid 12's features (third shard of one query): the rerun reads only
+    qid 12 and writes the dataset an uninterrupted import writes; a rerun of the finished import
+    reads nothing; a rewritten feature file starts over. (Layout as _qvh_layout's, moment_detr.)"""
+    from polymodal.models.llavilo import importers
+
+    layout = _qvh_layout(tmp_path / "src")
+    whole = import_qvhighlights(**layout, out_uri=str(tmp_path / "whole"), rows_per_shard=1, progress=False)
+    real, read, fail = importers._Features.text, [], {12}
+
+    def flaky(self, qid):
+        read.append(qid)
+        if qid in fail:
+            raise OSError("connection reset")
+        return real(self, qid)
+
+    monkeypatch.setattr(importers._Features, "text", flaky)
+    out = str(tmp_path / "out")
+    with pytest.raises(OSError, match="connection reset"):
+        import_qvhighlights(**layout, out_uri=out, rows_per_shard=1, progress=False)
+    assert not (tmp_path / "out" / "train" / "manifest.json").exists()
+    fail.clear()
+    read.clear()
+    report = import_qvhighlights(**layout, out_uri=out, rows_per_shard=1, progress=False)
+    assert read == [12]  # qids 10 and 11 were written by the interrupted run
+    assert report["splits"]["train"] == {**whole["splits"]["train"], "uri": f"{out}/train"}
+    done, want = Manifest.load(f"{out}/train"), Manifest.load(str(tmp_path / "whole" / "train"))
+    assert (done.columns, [s.rows for s in done.shards], done.meta) == (want.columns, [1, 1, 1], want.meta)
+    got, ref = _read(f"{out}/train"), _read(str(tmp_path / "whole" / "train"))
+    assert set(got) == set(ref)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name])
+    read.clear()
+    assert import_qvhighlights(**layout, out_uri=out, rows_per_shard=1, progress=False) == report
+    assert read == []  # finished with the same sources and settings: nothing to do
+    np.savez(tmp_path / "src" / "clip_text_features" / "qid10.npz", last_hidden_state=np.ones((3, 5), np.float32))
+    import_qvhighlights(**layout, out_uri=out, rows_per_shard=1, progress=False)
+    assert read == [10, 11, 12]
+    assert _read(f"{out}/train")["text"][0, 0, 0] == pytest.approx(1 / (5 ** 0.5 + 1e-5), rel=1e-5)
+
+
 def test_qvhighlights_without_text_or_labels_to_s3(tmp_path, s3_bucket_uri):
     rows = [{k: v for k, v in r.items() if k in ("qid", "query", "duration", "vid")} for r in QVH_ROWS]  # test release
     layout = _qvh_layout(tmp_path / "src", rows)
@@ -248,6 +289,16 @@ def test_charades_sta_import(tmp_path):
     assert b["n_clips"].tolist() == [7, 5, 7] and b["n_windows"].tolist() == [1, 1, 1]
     np.testing.assert_allclose(b["video"][1, :5, 4:], data.temporal_endpoint_features(5))
     assert _read(report["splits"]["test"]["uri"])["qid"].tolist() == [103]
+    # A rerun of the finished import keeps both splits; changed annotations of one split (the qids run
+    # over both) import both again.
+    args = ({"train": str(sta), "test": str(test)}, str(csv), [str(tmp_path / "i3d")], str(tmp_path / "out"))
+    stamp = {s: (tmp_path / "out" / s / "manifest.json").stat().st_mtime_ns for s in ("train", "test")}
+    assert import_charades_sta(*args, qid_start=100, progress=False)["splits"] == report["splits"]
+    assert {s: (tmp_path / "out" / s / "manifest.json").stat().st_mtime_ns for s in stamp} == stamp
+    test.write_text("3MSZA 0.0 2.0##a person sits down.\n")
+    import_charades_sta(*args, qid_start=100, progress=False)
+    assert _read(report["splits"]["test"]["uri"])["windows"][0, 0].tolist() == [0, 2]
+    assert (tmp_path / "out" / "train" / "manifest.json").stat().st_mtime_ns != stamp["train"]
 
 
 def test_charades_sta_bad_lines_name_file_and_line(tmp_path):

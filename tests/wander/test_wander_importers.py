@@ -52,6 +52,7 @@ def test_mmsa_roundtrip(tmp_path: Path, mmsa: dict) -> None:
     for split, src in (("train", "train"), ("val", "valid"), ("test", "test")):
         man = Manifest.load(out[split])
         assert man.task == "wander.regression" and man.split == split
+        assert man.meta.pop("import_key")  # what a rerun compares (test_mmsa_rerun_...)
         assert man.meta == {"head": "regression", "modalities": ["text", "audio", "vision"],
                             "source": "mmsa"}
         got = _read_all(out[split])
@@ -59,6 +60,59 @@ def test_mmsa_roundtrip(tmp_path: Path, mmsa: dict) -> None:
             assert got[mod].dtype == np.float32
             np.testing.assert_array_equal(got[mod], mmsa[src][mod].astype(np.float32))
         np.testing.assert_array_equal(got["label"], mmsa[src]["regression_labels"])
+
+
+def _same_datasets(a: dict[str, str], b: dict[str, str]) -> None:
+    """Equal rows in the same order, row counts and meta, split by split."""
+    assert a.keys() == b.keys()
+    for split in a:
+        ma, mb = Manifest.load(a[split]), Manifest.load(b[split])
+        assert (ma.num_rows, ma.meta) == (mb.num_rows, mb.meta)
+        ra, rb = _read_all(a[split]), _read_all(b[split])
+        assert ra.keys() == rb.keys()
+        for name in ra:
+            np.testing.assert_array_equal(ra[name], rb[name])
+
+
+def test_mmsa_rerun_keeps_the_splits_it_finished(tmp_path: Path, mmsa: dict,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while writing val: the rerun writes val and test only, and the datasets equal an
+    uninterrupted import's; a rerun of the finished import does not even load the pickle; a
+    rewritten pickle is imported again."""
+    from polymodal import shards
+    from polymodal.models.wander import importers
+
+    path = _write_mmsa(tmp_path, mmsa)
+    whole = import_mmsa(path, str(tmp_path / "whole"), progress=False)
+    real_writer, real_load, written, loads, fail = shards.ShardWriter, importers._load_pickle, [], [], [True]
+
+    def writer(uri: str, **kw):
+        written.append(os.path.basename(uri))
+        if fail[0] and len(written) == 2:
+            raise OSError("connection reset")
+        return real_writer(uri, **kw)
+
+    def load(*args):
+        loads.append(args[0])
+        return real_load(*args)
+
+    monkeypatch.setattr(shards, "ShardWriter", writer)
+    monkeypatch.setattr(importers, "_load_pickle", load)
+    out = str(tmp_path / "ds")
+    with pytest.raises(OSError, match="connection reset"):
+        import_mmsa(path, out, progress=False)
+    fail[0] = False
+    written.clear()
+    _same_datasets(import_mmsa(path, out, progress=False), whole)
+    assert written == ["val", "test"]
+    written.clear()
+    loads.clear()
+    assert import_mmsa(path, out, progress=False) == {s: f"{out}/{s}" for s in whole}
+    assert written == [] and loads == []  # finished: nothing to do
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten: another version
+    import_mmsa(path, out, progress=False)
+    assert written == ["train", "val", "test"]
 
 
 def test_mmsa_labels_as_column_vector(tmp_path: Path, mmsa: dict) -> None:
@@ -220,6 +274,45 @@ def test_food101_roundtrip(tmp_path: Path, tokenizer_dir: str, jsonl: bool) -> N
             np.testing.assert_array_equal(got["text"][i], ids + [0] * (6 - len(ids)))
     # hand-checked ids: [CLS] pasta with cheese [SEP] [PAD]
     np.testing.assert_array_equal(_read_all(out["train"])["text"][0], [2, 7, 8, 9, 3, 0])
+
+
+def test_an_interrupted_food101_import_resumes_after_its_last_step(
+        tmp_path: Path, tokenizer_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumable steps of 2 records (4096 in real use): interrupted while decoding train's third
+    image, the rerun decodes only train's last two and the other splits, and the datasets equal an
+    uninterrupted import's; a rerun of the finished import decodes nothing; a changed image
+    starts over."""
+    from polymodal.models.wander import importers
+
+    monkeypatch.setattr(importers, "_RESUME_EVERY", 2)
+    root = tmp_path / "food"
+    _food_tree(root)
+    kw = {"tokenizer": tokenizer_dir, "image_size": SIZE, "max_text_len": 6, "progress": False}
+    whole = import_food101(str(root), str(tmp_path / "whole"), **kw)
+    real, decoded, fail = importers._load_image, [], [True]
+
+    def load(uri: str, *args):
+        decoded.append(uri.split("images/")[1])
+        if fail[0] and uri.endswith("train/soup/2.png"):
+            raise OSError("connection reset")
+        return real(uri, *args)
+
+    monkeypatch.setattr(importers, "_load_image", load)
+    out = str(tmp_path / "ds")
+    with pytest.raises(OSError, match="connection reset"):
+        import_food101(str(root), out, **kw)
+    fail[0] = False
+    decoded.clear()
+    _same_datasets(import_food101(str(root), out, **kw), whole)
+    assert [u for u in decoded if u.startswith("train/")] == ["train/soup/2.png", "train/apple_pie/3.png"]
+    assert len(decoded) == 2 + 2 + 2  # and dev's and test's two each
+    assert [s.rows for s in Manifest.load(f"{out}/train").shards] == [2, 2]
+    decoded.clear()
+    import_food101(str(root), out, **kw)
+    assert decoded == []  # finished: nothing to do
+    _png(root / "images/test/soup/1.png", (1, 2, 3))
+    import_food101(str(root), out, **kw)
+    assert len(decoded) == 8
 
 
 def test_food101_missing_image(tmp_path: Path, tokenizer_dir: str, caplog: pytest.LogCaptureFixture) -> None:

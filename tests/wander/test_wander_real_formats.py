@@ -319,6 +319,45 @@ def test_msrvtt_mmt_is_read_as_released(tmp_path: Path, tokenizer: str) -> None:
     assert (~speech.any(axis=1)).sum() == 1
 
 
+def test_an_interrupted_msrvtt_mmt_import_resumes_after_its_last_step(tmp_path: Path, tokenizer: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumable steps of 2 videos (4096 in real use; the copy of :func:`_msrvtt`): interrupted
+    while reading train's third video, the rerun reads train's last two and the other splits'
+    videos only, and writes what an uninterrupted import writes; a finished import is kept."""
+    from polymodal.models.wander import importers
+
+    monkeypatch.setattr(importers, "_RESUME_EVERY", 2)
+    root = _msrvtt(tmp_path / "MSRVTT")
+    kw = {"tokenizer": tokenizer, "expert_tokens": 4, "max_text_words": 8, "val_size": 2, "progress": False}
+    whole = import_msrvtt_mmt(str(root), str(tmp_path / "whole"), **kw)
+    real, read, fail = importers._read_video, [], [True]
+
+    def flaky(video, *args):
+        read.append(video.vid)
+        if fail[0] and len(read) == 3:
+            raise OSError("connection reset")
+        return real(video, *args)
+
+    monkeypatch.setattr(importers, "_read_video", flaky)
+    out = str(tmp_path / "ds")
+    with pytest.raises(OSError, match="connection reset"):
+        import_msrvtt_mmt(str(root), out, **kw)
+    first_two = read[:2]
+    fail[0] = False
+    read.clear()
+    got = import_msrvtt_mmt(str(root), out, **kw)
+    assert len(read) == 2 + 2 + 3 and not set(first_two) & set(read)  # train's first step was kept
+    for split in whole:
+        mine, ref = Manifest.load(got[split]), Manifest.load(whole[split])
+        assert (mine.num_rows, mine.meta) == (ref.num_rows, ref.meta)
+        a, b = _rows(got[split]), _rows(whole[split])
+        for name in b:
+            np.testing.assert_array_equal(a[name], b[name])
+    read.clear()
+    import_msrvtt_mmt(str(root), out, **kw)
+    assert read == []  # finished: nothing to do
+
+
 def test_msrvtt_mmt_errors_name_file_line_and_field(tmp_path: Path, tokenizer: str) -> None:
     import h5py
 

@@ -48,6 +48,9 @@ def _recipe1m_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="log, count and skip bad recipes (malformed fields or entries, images missing or "
                         "undecodable) instead of failing")
+    p.add_argument("--restart", action="store_true",
+                   help="start over instead of continuing (or, once finished, keeping) an import of the same "
+                        "sources and settings into --out")
     cliargs.add_config(p, required=False)
 
 
@@ -57,13 +60,14 @@ def _run_recipe1m(args: argparse.Namespace) -> None:
     cliargs.print_uris(import_recipe1m(args.source, args.out, images=args.images, splits=args.splits,
                                        ingredients=args.ingredients, max_per_split=args.max_per_split,
                                        opts=cliargs.storage_options(args), skip_bad=args.skip_bad,
-                                       progress=not args.quiet))
+                                       progress=not args.quiet, resume=not args.restart))
 
 
 RECIPE1M = Command(
     "recipe1m", "Recipe1M (or Recipe1M+) as released: layer1.json + layer2.json [+ det_ingrs.json] + image tree -> "
                 "raw shards at OUT/raw/<split>, one recipe and its first listed image found on disk per row (then run "
-                "`polymodal data features`)", _recipe1m_args, _run_recipe1m)
+                "`polymodal data features`); a rerun continues an interrupted import (--restart starts over)",
+    _recipe1m_args, _run_recipe1m)
 
 
 def _features_args(p: argparse.ArgumentParser) -> None:

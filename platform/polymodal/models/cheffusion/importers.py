@@ -57,6 +57,7 @@ from typing import Any, Literal
 from polymodal import storage
 from polymodal.config import StorageOptions
 from polymodal.errors import ImportDataError
+from polymodal.imports import ImportProgress, import_key
 from polymodal.shards import ShardWriter
 
 from .data import RAW_COLUMNS, SPLITS, TASK, format_recipe
@@ -369,22 +370,32 @@ def _missing(recipe: _Recipe, found: _Found, layer1: str, layer2: str, images: s
 
 def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images: str, pool: ThreadPoolExecutor,
                  skips: _Skips, max_rows: int | None, rows_per_shard: int, opts: StorageOptions | None,
-                 progress: bool | str) -> None:
-    """Stream one split's recipes into ``uri``, ``_CHUNK`` images in memory at a time."""
+                 progress: bool | str, key: str, resume: bool) -> None:
+    """Stream one split's recipes into ``uri``, ``_CHUNK`` images in memory at a time, one shard per
+    ``rows_per_shard`` recipes; after each shard ``import-progress.json`` records how far it got, so a
+    rerun with the same ``key`` continues there (and one of a finished split does nothing)."""
     from polymodal.models.cheffusion.backbones import decode_image
 
-    found_any, first_missing = 0, None
+    tracker = ImportProgress(uri, key, opts, resume=resume)
+    if tracker.finished() is not None:
+        return
+    state = tracker.resumed()
+    planned = skips.count.get(split, 0)  # the field checks' skips, counted again by every run
+    if state.records:
+        skips.count[split] = planned + int(state.counters["image_skipped"])
+    found_any, first_missing = int(state.counters.get("found_any", 0)), None
     # Recipes whose images are all missing, held until a first image of the split is found: if none
     # ever is, the images root is wrong (one error for the split), not each recipe.
     pending: list[tuple[_Recipe, _Found]] = []
     desc = f"{progress} {split}" if isinstance(progress, str) else progress
-    meta = {"stage": "raw", "source": "recipe1m"}
+    meta = {"stage": "raw", "source": "recipe1m", "import_key": key}
     with ShardWriter(uri, task=TASK, split=split, columns=RAW_COLUMNS, rows_per_shard=rows_per_shard,
-                     meta=meta, opts=opts, progress=desc) as writer:
-        start = 0
+                     meta=meta, opts=opts, progress=desc, shards=state.shards) as writer:
+        start = state.records
         while start < len(plan.recipes) and (max_rows is None or writer.rows_written < max_rows):
-            # With a cap, read no more recipes than could still be written.
+            # With a cap, read no more recipes than could still be written; stop at a shard's end.
             size = _CHUNK if max_rows is None else min(_CHUNK, max_rows - writer.rows_written)
+            size = min(size, rows_per_shard - start % rows_per_shard)
             chunk = plan.recipes[start:start + size]
             start += size
             found = list(pool.map(lambda r: _find_image(r, images, decode_image, opts), chunk))
@@ -412,6 +423,10 @@ def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images:
                     "recipe": [format_recipe(r.title, r.ingredients, r.instructions) for r, _ in good],
                     "image": [data for _, data in good],
                 })
+            if found_any and (start % rows_per_shard == 0 or start >= len(plan.recipes)):
+                writer.flush()  # nothing is pending once an image was found
+                tracker.save(start, writer.shards, image_skipped=skips.count.get(split, 0) - planned,
+                             found_any=found_any)
         if pending:
             # Every listed file missing is a wrong `images` root, not a dataset without photos.
             raise ImportDataError(
@@ -422,6 +437,7 @@ def _write_split(plan: _SplitPlan, uri: str, split: str, *, layer1: str, images:
         writer.meta.update(skipped=skips.count.get(split, 0), no_image=plan.no_image)
         logger.info("%s: %d recipes written, %d without an image, %d skipped", uri, writer.rows_written,
                     plan.no_image, skips.count.get(split, 0))
+    tracker.clear()
 
 
 # --------------------------------------------------------------------------- entry point
@@ -440,6 +456,7 @@ def import_recipe1m(
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
+    resume: bool = True,
 ) -> dict[str, str]:
     """Import Recipe1M into one raw ChefFusion dataset per split (one recipe and one image per row),
     split by layer1's ``partition`` as ChefFusion's data preparation does (see the module docstring).
@@ -477,6 +494,10 @@ def import_recipe1m(
         missing on disk), with a warning naming file, row and recipe id, instead of raising.
     progress : bool or str
         Passed to :class:`~polymodal.shards.ShardWriter`; a string is suffixed with the split.
+    resume : bool
+        Continue an interrupted run of the same import (same source files and images as they are
+        now, same arguments) after its last finished shard, and leave a split it finished as it
+        is (default); False starts over. Each split is one shard per ``rows_per_shard`` recipes.
 
     Returns
     -------
@@ -484,7 +505,7 @@ def import_recipe1m(
         ``{split: dataset uri}``. Columns :data:`~.data.RAW_COLUMNS` (``ingredients`` and
         ``instructions`` one item per line, ``recipe`` = :func:`~.data.format_recipe`, ``image`` the
         file's bytes); task :data:`~.data.TASK`; ``meta`` = ``{"stage": "raw", "source": "recipe1m",
-        "skipped": n, "no_image": m}``. ``skipped`` counts the split's bad recipes (field checks cover
+        "skipped": n, "no_image": m, "import_key": k}``. ``skipped`` counts the split's bad recipes (field checks cover
         the whole split, image checks the recipes read); ``no_image`` the recipes layer2 lists
         without an image (or not at all).
 
@@ -525,11 +546,19 @@ def import_recipe1m(
             logger.warning("%s: no recipe of partition %r; its dataset will be empty", layer1, split)
 
     out = {split: storage.join(out_uri, "raw", split) for split in splits}
+    settings = {"images": images, "max_per_split": max_per_split, "ingredients": ingredients,
+                "rows_per_shard": rows_per_shard, "skip_bad": skip_bad}
+    inputs = [layer1, layer2, *([det_ingrs] if det_ingrs else [])]
+    try:
+        key = import_key([*inputs, images], settings, opts)
+    except storage.NotFoundError:  # no image files at all: every split fails or is empty
+        key = import_key(inputs, settings, opts)
     # Threads overlap S3 round trips and image decoding (Pillow releases the GIL).
     workers = 16 if storage.is_s3(images) else min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for split, plan in plans.items():
             _write_split(plan, out[split], split, layer1=layer1, images=images, pool=pool, skips=skips,
-                         max_rows=max_per_split, rows_per_shard=rows_per_shard, opts=opts, progress=progress)
+                         max_rows=max_per_split, rows_per_shard=rows_per_shard, opts=opts, progress=progress,
+                         key=f"{key}:{split}", resume=resume)
     skips.summary()
     return out

@@ -15,6 +15,9 @@ def _import_args(p: argparse.ArgumentParser) -> None:
                         "into the local cache, $POLYMODAL_CACHE)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the imported dataset")
     p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (default 4096)")
+    p.add_argument("--restart", action="store_true",
+                   help="rewrite everything instead of keeping what a run of the same import into --out already "
+                        "wrote (a rerun continues an interrupted import, keeping its finished voxel chunks)")
     cliargs.add_config(p, required=False)
 
 
@@ -51,7 +54,8 @@ def _pickle_args(p: argparse.ArgumentParser) -> None:
 def _run_import(args: argparse.Namespace) -> None:
     from . import importers
 
-    common = {"chunk": args.voxel_chunk, "opts": cliargs.storage_options(args), "progress": not args.quiet}
+    common = {"chunk": args.voxel_chunk, "opts": cliargs.storage_options(args), "progress": not args.quiet,
+              "resume": not args.restart}
     if args.format == "fmri-plain":
         out = importers.import_plain(args.source, args.out, **common)
     else:

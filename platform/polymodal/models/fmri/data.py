@@ -13,15 +13,19 @@ with the chunk, not with the ~95k voxels of a real subject.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+import logging
+from typing import Any, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from polymodal import storage
 from polymodal.errors import PolymodalError
+from polymodal.imports import ImportProgress
 from polymodal.shards import ShardWriter, iter_local_batches, open_dataset
 from polymodal.storage import StorageOptions
+
+logger = logging.getLogger(__name__)
 
 TASK = "fmri.encoding"
 #: the encoder-pretraining task (:mod:`.mlm`); named here so that :mod:`.encoders` can check a
@@ -53,11 +57,15 @@ def subject_uri(root: str, subject: str) -> str:
 
 
 def write_responses(root: str, subject: str, responses: Mapping[str, np.ndarray], *, chunk: int = 4096,
-                    opts: StorageOptions | None = None, progress: bool = False) -> ResponseIndex:
+                    opts: StorageOptions | None = None, progress: bool = False, key: str | None = None,
+                    resume: bool = True) -> ResponseIndex:
     """Store ``story -> (TRs, voxels)`` arrays voxel-chunked; every story needs the same voxels.
 
     Values may be any array-like with ``.shape`` and 2-D slicing (numpy, memory-mapped ``.npy``,
-    h5py datasets): each chunk reads only its columns."""
+    h5py datasets): each chunk reads only its columns. With a ``key`` (what the responses were
+    read from, :func:`polymodal.imports.import_key`) each chunk's manifest records it, and
+    (``resume``) a chunk already complete with the same key, e.g. from an interrupted import, is
+    kept instead of rewritten; so is an identical ``index.json``."""
     if not responses:
         raise PolymodalError(f"subject {subject!r}: no stories to write")
     shapes = {name: np.shape(arr) for name, arr in responses.items()}
@@ -69,15 +77,22 @@ def write_responses(root: str, subject: str, responses: Mapping[str, np.ndarray]
         raise PolymodalError(f"subject {subject!r}: stories have different voxel counts {shapes}")
     (n_vox,) = n_voxels
     base = subject_uri(root, subject)
-    chunks = []
+    chunks, kept = [], 0
     for start in range(0, n_vox, chunk):
         stop = min(start + chunk, n_vox)
         info = ChunkInfo(name=f"v{start:06d}-{stop:06d}", start=start, stop=stop)
         columns = {"story": {"dtype": "string"}, "tr": {"dtype": "int32"},
                    "y": {"dtype": "float32", "shape": [stop - start]}}
-        with ShardWriter(storage.join(base, info.name), task=TASK, split=subject, columns=columns,
-                         rows_per_shard=8192, opts=opts, progress=progress and f"{subject} {info.name}",
-                         meta={"subject": subject, "voxel_start": start, "voxel_stop": stop}) as writer:
+        uri = storage.join(base, info.name)
+        meta: dict[str, Any] = {"subject": subject, "voxel_start": start, "voxel_stop": stop}
+        if key is not None:
+            meta["import_key"] = key
+            if resume and ImportProgress(uri, key, opts).finished(quiet=True) is not None:
+                chunks.append(info)
+                kept += 1
+                continue
+        with ShardWriter(uri, task=TASK, split=subject, columns=columns, rows_per_shard=8192, opts=opts,
+                         progress=progress and f"{subject} {info.name}", meta=meta) as writer:
             for name, source in responses.items():
                 # slice first: h5py datasets and memory-mapped .npy files read only these columns
                 arr = np.asarray(source[:, start:stop], dtype=np.float32)
@@ -88,7 +103,13 @@ def write_responses(root: str, subject: str, responses: Mapping[str, np.ndarray]
         chunks.append(info)
     index = ResponseIndex(subject=subject, n_voxels=n_vox, stories={n: s[0] for n, s in shapes.items()},
                           chunks=chunks)
-    storage.write_text(storage.join(base, "index.json"), index.model_dump_json(indent=2), opts)
+    text, uri = index.model_dump_json(indent=2), storage.join(base, "index.json")
+    if kept:
+        logger.warning("subject %r: kept %d of %d voxel chunks already written from the same responses",
+                       subject, kept, len(chunks))
+        if kept == len(chunks) and storage.exists(uri, opts) and storage.read_text(uri, opts) == text:
+            return index
+    storage.write_text(uri, text, opts)
     return index
 
 

@@ -34,7 +34,10 @@ the local cache, :func:`polymodal.cache.local_file`):
   as ``responses/{subject}/{story}.npy`` or ``.hf5`` (dataset ``data``).
 
 Responses are read one voxel chunk at a time (``.hf5`` column slices, ``.npy`` memory-mapped), so
-a 95k-voxel subject never sits in memory whole.
+a 95k-voxel subject never sits in memory whole. ``stories.json`` is written last; a rerun of the
+same import (``resume``, the default) keeps what an interrupted run wrote: ``words/`` with the same
+words and each voxel chunk whose manifest has the same ``import_key`` (the subject's response files
+as they are now, the stories, the chunk size), so it continues with the first unfinished chunk.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import numpy as np
 from polymodal import storage
 from polymodal.cache import local_file
 from polymodal.errors import PolymodalError
+from polymodal.imports import ImportProgress, import_key
 from polymodal.shards import ShardWriter
 from polymodal.storage import StorageOptions
 
@@ -143,12 +147,14 @@ def _check_times(story: str, words: list[tuple[str, float, float]], source: str)
                              f"non-decreasing with end >= start, got start={starts[i]}, end={ends[i]}")
 
 
-def write_words(out: str, words: dict[str, list[tuple[str, float, float]]], opts: StorageOptions | None) -> None:
-    """The ``words/`` shard dataset: one row per word (story, word, start, end in seconds)."""
+def write_words(out: str, words: dict[str, list[tuple[str, float, float]]], opts: StorageOptions | None,
+                key: str | None = None) -> None:
+    """The ``words/`` shard dataset: one row per word (story, word, start, end in seconds); ``key``
+    goes in its manifest's meta (``import_key``)."""
     columns = {"story": {"dtype": "string"}, "word": {"dtype": "string"},
                "start": {"dtype": "float64"}, "end": {"dtype": "float64"}}
     with ShardWriter(storage.join(out, "words"), task=TASK, split="words", columns=columns, opts=opts,
-                     progress=False) as writer:
+                     progress=False, meta={"import_key": key} if key else None) as writer:
         for story, items in words.items():
             writer.write({"story": np.array([story] * len(items), dtype=object),
                           "word": np.array([w for w, _, _ in items], dtype=object),
@@ -206,11 +212,15 @@ def _check_subjects(stories: dict[str, dict[str, Any]], files: dict[str, dict[st
 
 
 def _write_subjects(out: str, stories: dict[str, dict[str, Any]], files: dict[str, dict[str, str]],
-                    chunk: int, opts: StorageOptions | None, progress: bool) -> None:
+                    chunk: int, opts: StorageOptions | None, progress: bool, resume: bool) -> None:
+    """Each subject's responses; voxel chunks an interrupted run of the same import (the
+    subject's response files as they are now, the same stories and chunk size) finished are kept."""
     for subject, per_story in files.items():
+        key = import_key([per_story[story] for story in stories], {"subject": subject, "stories": stories,
+                                                                   "chunk": chunk}, opts)
         with ExitStack() as stack:
             arrays = {story: _open_responses(per_story[story], stack, opts) for story in stories}
-            write_responses(out, subject, arrays, chunk=chunk, opts=opts, progress=progress)
+            write_responses(out, subject, arrays, chunk=chunk, opts=opts, progress=progress, key=key, resume=resume)
 
 
 def _folders(uri: str, opts: StorageOptions | None) -> dict[str, str]:
@@ -249,7 +259,8 @@ def _choose_stories(available: list[str], stories: list[str] | None, where: str)
 
 
 def import_huth(root: str, out: str, *, subjects: list[str] | None = None, stories: list[str] | None = None,
-                chunk: int = 4096, opts: StorageOptions | None = None, progress: bool = True) -> dict[str, Any]:
+                chunk: int = 4096, opts: StorageOptions | None = None, progress: bool = True,
+                resume: bool = True) -> dict[str, Any]:
     """The ds003020 ``derivative/`` folder (local or ``s3://``, as released) -> dataset at ``out``.
 
     Every chosen subject needs ``preprocessed_data/<subject>/<story>.hf5`` with
@@ -276,7 +287,7 @@ def import_huth(root: str, out: str, *, subjects: list[str] | None = None, stori
     files = _subject_files(_folders(storage.join(root, "preprocessed_data"), opts), (".hf5",), subjects, opts)
     hint = (f"ds003020's .hf5 files hold respdict - {HUTH_PAD + before + after} rows: the feature clock of "
             f"respdict - {HUTH_PAD} TRs cut [{before}:-{after}]")
-    return _finish(out, words, meta, files, chunk, opts, progress, hint)
+    return _finish(out, words, meta, files, chunk, opts, progress, hint, resume)
 
 
 # --------------------------------------------------------------------------- the lab report's pickle
@@ -369,7 +380,7 @@ def _sequence_story(story: str, seq: DataSequenceRecord, source: str) -> tuple[l
 def import_huth_pickle(root: str, out: str, *, subjects: list[str] | None = None,
                        stories: list[str] | None = None, response_window: tuple[int, int] = HUTH_RESPONSE_WINDOW,
                        chunk: int = 4096, opts: StorageOptions | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """The Stat 214 lab report's data folder (``raw_text.pkl`` + ``<subject>/<story>.npy``) ->
     dataset at ``out``. ``response_window``: TRs of the feature clock (``tr_times``) before and
     after the responses (default ``(10, 5)``: the ds003020 rows they are)."""
@@ -386,11 +397,11 @@ def import_huth_pickle(root: str, out: str, *, subjects: list[str] | None = None
     files = _subject_files(folders, (".npy",), subjects, opts)
     hint = (f"--response-window {before},{after} places them; the lab report's .npy files have "
             f"len(tr_times) - 15 rows")
-    return _finish(out, words, meta, files, chunk, opts, progress, hint)
+    return _finish(out, words, meta, files, chunk, opts, progress, hint, resume)
 
 
 def import_plain(root: str, out: str, *, chunk: int = 4096, opts: StorageOptions | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """The plain layout (see the module docstring) -> dataset at ``out``."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -431,16 +442,27 @@ def import_plain(root: str, out: str, *, chunk: int = 4096, opts: StorageOptions
         _check_times(story, items, table_path)
     files = _subject_files(_folders(storage.join(root, "responses"), opts), (".npy", ".hf5"), None, opts)
     hint = "set response_start / response_end in stories.json where the responses cover part of the clock"
-    return _finish(out, words, meta, files, chunk, opts, progress, hint)
+    return _finish(out, words, meta, files, chunk, opts, progress, hint, resume)
 
 
 def _finish(out: str, words: dict, meta: dict, files: dict, chunk: int, opts: StorageOptions | None,
-            progress: bool, hint: str) -> dict[str, Any]:
+            progress: bool, hint: str, resume: bool) -> dict[str, Any]:
+    """Write ``words/``, each subject's responses, then ``stories.json`` (last). A rerun of the same
+    import (``resume``) keeps what an interrupted or finished run already wrote: ``words/`` with
+    the same words, each voxel chunk with the same response files, an identical ``stories.json``."""
     if not files:
         raise PolymodalError("no subjects with responses found")
     _check_subjects(meta, files, hint, opts)
-    write_words(out, words, opts)
-    _write_subjects(out, meta, files, chunk, opts, progress)
-    write_story_meta(out, meta, opts)
+    stories_uri, stories_text = storage.join(out, "stories.json"), json.dumps(meta, indent=2)
+    found = storage.exists(stories_uri, opts)
+    same = resume and found and storage.read_text(stories_uri, opts) == stories_text
+    if found and not same:
+        storage.remove(stories_uri, opts=opts)  # the dataset is incomplete until it is written again, last
+    words_key = import_key([], {"words": words, "stories": meta})
+    if ImportProgress(storage.join(out, "words"), words_key, opts, resume=resume).finished(quiet=True) is None:
+        write_words(out, words, opts, key=words_key)
+    _write_subjects(out, meta, files, chunk, opts, progress, resume)
+    if not same:
+        write_story_meta(out, meta, opts)
     return {"stories": len(meta), "words": sum(len(w) for w in words.values()), "subjects": sorted(files),
             "out": out}

@@ -62,6 +62,9 @@ def _common_import_args(p: argparse.ArgumentParser, video: str, text: str) -> No
     p.add_argument("--skip-bad", action="store_true",
                    help="log, count and skip bad rows (malformed lines, missing or mis-shaped feature files) "
                         "instead of stopping at the first")
+    p.add_argument("--restart", action="store_true",
+                   help="start over instead of continuing (or, once finished, keeping) an import of the same "
+                        "sources and settings into --out")
     cliargs.add_config(p, required=False)
 
 
@@ -126,7 +129,7 @@ def _run_qvh_import(args: argparse.Namespace) -> None:
     video_dirs, text_dir = _feature_dirs(args)
     report = import_qvhighlights(jsonl, video_dirs, text_dir, args.out, max_clips=args.max_clips,
                                  text_key=args.text_key, skip_bad=args.skip_bad, opts=opts,
-                                 progress=not getattr(args, "quiet", False))
+                                 progress=not getattr(args, "quiet", False), resume=not args.restart)
     _print_report(report, args)
 
 
@@ -160,7 +163,7 @@ def _run_sta_import(args: argparse.Namespace) -> None:
     # qids 0, 1, ... over train then test, as lighthouse numbers its jsonl (and names the text features)
     report = import_charades_sta(txt, csvs, video_dirs, args.out, text_feature_dir=text_dir, max_clips=args.max_clips,
                                  text_key=args.text_key, skip_bad=args.skip_bad, opts=opts,
-                                 progress=not getattr(args, "quiet", False))
+                                 progress=not getattr(args, "quiet", False), resume=not args.restart)
     _print_report(report, args)
 
 
@@ -174,7 +177,8 @@ QVHIGHLIGHTS_IMPORT = Command(
                 "the types cut to the shortest and concatenated, plus 2 temporal endpoint columns "
                 "(2304 + 512 + 2 = 2818); query features: key last_hidden_state cut to 32 tokens (512). Every line "
                 "and every feature file is checked before anything is written; a bad one stops the import naming "
-                "the file, line and field (or the vid and path). Writes OUT/<split> per split.")
+                "the file, line and field (or the vid and path). Writes OUT/<split> per split; a rerun continues an "
+                "interrupted import after its last finished shard (--restart starts over).")
 
 CHARADES_STA_IMPORT = Command(
     "charades-sta", "Charades-STA (TALL txt + Charades csv durations + lighthouse features) -> LLaViLo moment retrieval",
@@ -185,7 +189,8 @@ CHARADES_STA_IMPORT = Command(
                 "and printed). Queries get qids 0, 1, ... over train then test, the numbering of lighthouse's "
                 "charades_{train,test}_release.jsonl, whose features/charades folder (1-s clips; clip/, slowfast/ "
                 "{vid}.npz with key 'features', clip_text/qid{qid}.npz) --features names. A line without '##' or "
-                "with a bad number stops the import naming the file and line. Writes OUT/train and OUT/test.")
+                "with a bad number stops the import naming the file and line. Writes OUT/train and OUT/test; a rerun "
+                "continues an interrupted import after its last finished shard (--restart starts over).")
 
 
 def import_formats() -> list[Command]:

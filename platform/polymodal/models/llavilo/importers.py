@@ -41,6 +41,7 @@ import numpy as np
 from polymodal import storage
 from polymodal.config import StorageOptions
 from polymodal.errors import ImportDataError
+from polymodal.imports import ImportProgress, import_key
 from polymodal.shards import ShardWriter
 
 from .data import (CHARADES_CLIP_LENGTH, MAX_WORDS, QVH_CLIP_LENGTH, QVH_MAX_CLIPS, TASK, moment_columns,
@@ -331,13 +332,25 @@ class _Features:
     def video_dim(self) -> int:
         return sum(d for d in self.dims if d is not None) + (2 if self.tef else 0)
 
+    def fix(self, dims: Sequence[int | None], text_dim: int | None, where: str) -> None:
+        """Take the widths an earlier run's rows of ``where`` were written with."""
+        for s, d in enumerate(dims):
+            if self.dims[s] is None and d is not None:
+                self.dims[s], self.first[s] = int(d), where
+        if self.text_dim is None and text_dim is not None:
+            self.text_dim, self.text_first = int(text_dim), where
+
 
 # --------------------------------------------------------------------------- writing
 
 
-def _chunks(rows: list[_Row], size: int) -> Iterator[list[_Row]]:
-    for i in range(0, len(rows), size):
-        yield rows[i:i + size]
+def _chunks(rows: list[_Row], start: int, size: int, shard: int) -> Iterator[tuple[int, list[_Row]]]:
+    """``(rows done after it, chunk)`` from ``rows[start:]``, ``size`` rows at a time and never
+    across a multiple of ``shard`` (where a shard ends and the import's progress is saved)."""
+    while start < len(rows):
+        n = min(size, shard - start % shard)
+        yield start + n, rows[start:start + n]
+        start += n
 
 
 def _encode(rows: list[_Row], feats: _Features, max_windows: int, saliency: bool, text: bool, split: str,
@@ -391,7 +404,13 @@ def _encode(rows: list[_Row], feats: _Features, max_windows: int, saliency: bool
 
 def _write_splits(rows_by_split: dict[str, list[_Row]], *, out_uri: str, feats: _Features,
                   max_windows: int | None, skips: _Skips, report: ImportReport, meta: dict[str, Any],
-                  rows_per_shard: int, opts: StorageOptions | None, progress: bool) -> ImportReport:
+                  rows_per_shard: int, opts: StorageOptions | None, progress: bool, inputs: list[str],
+                  settings: dict[str, Any], resume: bool) -> ImportReport:
+    """Write each split at ``out_uri/<split>``, one shard per ``rows_per_shard`` queries, saving the
+    import's progress after each (:class:`~polymodal.imports.ImportProgress`): a rerun with the same
+    ``inputs`` (as they are now) and ``settings`` continues an interrupted split after its last
+    shard and leaves a finished one as it is. A resumed split's report lists only the rows it
+    skipped itself (its count includes the earlier run's)."""
     # Missing files fail (or drop their rows) before anything is written.
     for split, rows in rows_by_split.items():
         kept = []
@@ -406,6 +425,8 @@ def _write_splits(rows_by_split: dict[str, list[_Row]], *, out_uri: str, feats: 
         max_windows = max([len(r.windows) for rows in rows_by_split.values() for r in rows
                            if r.windows is not None] + [1])
     text = feats.text_dir is not None
+    key = import_key([*inputs, *feats.dirs, *([feats.text_dir] if text else [])],
+                     {**settings, "max_windows": max_windows, "rows_per_shard": rows_per_shard}, opts)
     for split, rows in rows_by_split.items():
         kept = []
         for r in rows:
@@ -418,29 +439,48 @@ def _write_splits(rows_by_split: dict[str, list[_Row]], *, out_uri: str, feats: 
     for split, rows in rows_by_split.items():
         uri = storage.join(out_uri, split)
         saliency = bool(rows) and all(r.scores is not None for r in rows)
-        written = 0
-        # The writer opens once the first batch fixes the feature widths; leaving the stack on an
-        # exception writes no manifest, so a half-written split never looks complete.
+        tracker = ImportProgress(uri, f"{key}:{split}", opts, resume=resume)
+        if (done := tracker.finished()) is not None:
+            report.splits[split] = {"uri": uri, "rows": done.num_rows, "skipped": done.meta["skipped"]}
+            feats.fix(done.meta["feature_dims"], done.columns["text"].shape[-1] if text else None, uri)
+            continue
+        state = tracker.resumed()
+        planned = skips.count.get(split, 0)  # the checks above, made again by every run
+        if state.records:
+            skips.count[split] = planned + int(state.counters["skipped"])
+            feats.fix(state.counters["feature_dims"], state.counters["text_dim"], uri)
+        written = sum(s.rows for s in state.shards)
+        # The writer opens once the first batch fixes the feature widths (a resumed split's first
+        # shards fixed them); leaving the stack on an exception writes no manifest, so a
+        # half-written split never looks complete.
         with ExitStack() as stack:
             writer: ShardWriter | None = None
-            for chunk in _chunks(rows, _CHUNK):
+            text_shape = state.counters.get("text_shape")
+            for done_rows, chunk in _chunks(rows, state.records, _CHUNK, rows_per_shard):
                 batch = _encode(chunk, feats, max_windows, saliency, text, split, skips)
-                if batch is None:
-                    continue
-                if writer is None:
-                    text_shape = batch["text"].shape[1:] if text else None
+                if batch is not None and writer is None and not state.shards:
+                    text_shape = list(batch["text"].shape[1:]) if text else None
+                if writer is None and (batch is not None or state.shards):
                     columns = moment_columns(max_clips=feats.max_clips, video_dim=feats.video_dim(),
                                              max_windows=max_windows, saliency=saliency, text_shape=text_shape)
                     split_meta = {**meta, "feature_dims": list(feats.dims), "saliency": saliency,
-                                  "labelled": any(r.windows is not None for r in rows)}
+                                  "labelled": any(r.windows is not None for r in rows), "import_key": tracker.key}
                     writer = stack.enter_context(ShardWriter(
                         uri, task=TASK, split=split, columns=columns, meta=split_meta,
-                        rows_per_shard=rows_per_shard, opts=opts, progress=f"{split} -> {uri}" if progress else False))
-                writer.write(batch)
-                written += len(batch["qid"])
+                        rows_per_shard=rows_per_shard, opts=opts, progress=f"{split} -> {uri}" if progress else False,
+                        shards=state.shards))
+                if batch is not None:
+                    writer.write(batch)
+                    written += len(batch["qid"])
+                if writer is not None and (done_rows % rows_per_shard == 0 or done_rows == len(rows)):
+                    writer.flush()
+                    tracker.save(done_rows, writer.shards, skipped=skips.count.get(split, 0) - planned,
+                                 text_shape=text_shape, feature_dims=list(feats.dims), text_dim=feats.text_dim)
             if writer is None:
                 raise ImportDataError(f"split {split!r}: no usable rows (skipped {skips.count.get(split, 0)}); "
                                       "nothing to write")
+            writer.meta["skipped"] = skips.count.get(split, 0)
+        tracker.clear()
         report.splits[split] = {"uri": uri, "rows": written, "skipped": skips.count.get(split, 0)}
     skips.summary()
     if report.skipped:
@@ -457,7 +497,7 @@ def import_qvhighlights(jsonl_by_split: Mapping[str, str], feature_dirs: Sequenc
                         max_windows: int | None = None, max_words: int = MAX_WORDS, text_key: str | None = None,
                         feature_dims: Sequence[int] | None = None, tef: bool = True, skip_bad: bool = False,
                         rows_per_shard: int = 1024, opts: StorageOptions | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """QVHighlights jsonl + npz features -> one dataset per split at ``out_uri/<split>``.
 
     Parameters
@@ -472,6 +512,9 @@ def import_qvhighlights(jsonl_by_split: Mapping[str, str], feature_dirs: Sequenc
     feature_dims : expected width per source (else the first video fixes it)
     tef : append Moment-DETR's temporal endpoint features (2 columns)
     skip_bad : drop bad rows (logged and listed in the report) instead of raising
+    resume : continue an interrupted run of the same import (same files as they are now, same
+        arguments) after its last finished shard (one per ``rows_per_shard`` queries), and leave a
+        split it finished as it is (default); False starts over
 
     Returns
     -------
@@ -496,9 +539,12 @@ def import_qvhighlights(jsonl_by_split: Mapping[str, str], feature_dirs: Sequenc
     meta = {"dataset": "qvhighlights", "clip_length": clip_length, "max_clips": max_clips, "tef": tef,
             "feature_sources": list(feature_dirs), "text_feature_dir": text_feature_dir,
             "sources": dict(jsonl_by_split)}
+    settings = {**meta, "max_words": max_words, "text_key": text_key, "feature_dims": feature_dims,
+                "skip_bad": skip_bad}
     return _write_splits(rows_by_split, out_uri=out_uri, feats=feats, max_windows=max_windows, skips=skips,
                          report=report, meta=meta, rows_per_shard=rows_per_shard, opts=opts,
-                         progress=progress).to_dict()
+                         progress=progress, inputs=list(jsonl_by_split.values()), settings=settings,
+                         resume=resume).to_dict()
 
 
 # --------------------------------------------------------------------------- Charades-STA
@@ -586,7 +632,8 @@ def import_charades_sta(sta_txt_by_split: Mapping[str, str], durations: str | Se
                         max_windows: int = 1, max_words: int = MAX_WORDS, text_key: str | None = None,
                         feature_dims: Sequence[int] | None = None, tef: bool = True, qid_start: int = 0,
                         clamp_end: bool = True, skip_bad: bool = False, rows_per_shard: int = 1024,
-                        opts: StorageOptions | None = None, progress: bool = True) -> dict[str, Any]:
+                        opts: StorageOptions | None = None, progress: bool = True,
+                        resume: bool = True) -> dict[str, Any]:
     """Charades-STA txt + durations + npz features -> one dataset per split at ``out_uri/<split>``.
 
     Parameters
@@ -604,6 +651,7 @@ def import_charades_sta(sta_txt_by_split: Mapping[str, str], durations: str | Se
         features. False: such lines are bad rows.
     skip_bad : drop bad rows (logged and listed in the report) instead of raising; a skipped row
         takes no qid either (so qids after it no longer match lighthouse's)
+    resume : as :func:`import_qvhighlights`
 
     Returns
     -------
@@ -635,6 +683,12 @@ def import_charades_sta(sta_txt_by_split: Mapping[str, str], durations: str | Se
             "feature_sources": list(feature_dirs), "text_feature_dir": text_feature_dir,
             "sources": dict(sta_txt_by_split), "qid_start": qid_start, "clamped": report.clamped,
             "dropped": len(report.dropped)}
+    settings = {**meta, "max_windows": max_windows, "max_words": max_words, "text_key": text_key,
+                "feature_dims": feature_dims, "clamp_end": clamp_end, "skip_bad": skip_bad,
+                "durations": dict(durations) if isinstance(durations, Mapping) else None}
+    inputs = [*sta_txt_by_split.values(), *([] if isinstance(durations, Mapping) else
+                                            [durations] if isinstance(durations, str) else durations)]
     return _write_splits(rows_by_split, out_uri=out_uri, feats=feats, max_windows=max_windows, skips=skips,
                          report=report, meta=meta, rows_per_shard=rows_per_shard, opts=opts,
-                         progress=progress).to_dict()
+                         progress=progress, inputs=inputs, settings=settings,
+                         resume=resume).to_dict()

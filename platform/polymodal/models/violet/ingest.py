@@ -23,7 +23,6 @@ Choices made here
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -37,8 +36,9 @@ import numpy as np
 
 from polymodal import storage
 from polymodal.config import StorageOptions
-from polymodal.errors import ImportDataError, ShardError, StorageError
-from polymodal.shards import Manifest, ShardInfo, ShardWriter, open_dataset
+from polymodal.errors import ImportDataError
+from polymodal.imports import PROGRESS_NAME, ImportProgress, import_key
+from polymodal.shards import Manifest, ShardWriter
 
 from .data import TASKS, answer_vocab, check_kind, columns, normalise_answer
 from .importers import Parsed, Record
@@ -48,8 +48,6 @@ __all__ = ["FrameExtractor", "ingest", "PROGRESS_NAME"]
 
 logger = logging.getLogger(__name__)
 
-#: how far an unfinished import got, in its output folder (removed when the manifest is written)
-PROGRESS_NAME = "import-progress.json"
 
 
 class FrameExtractor:
@@ -171,31 +169,12 @@ def _vq_vocab_size(path: str) -> int:
 def _import_key(records: Sequence[Record] | Parsed, settings: dict[str, Any], opts: StorageOptions | None) -> str:
     """What an import's output depends on: its source files as they are now (or, for records
     given directly, their ids, texts and sources) and every setting."""
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode())
     if isinstance(records, Parsed):
-        for uri in records.inputs:
-            digest.update(f"{uri}\0{storage.fingerprint(uri, opts)}\n".encode())
-    else:
-        for r in records:
-            digest.update(f"{r.id}\0{r.source}\0{r.text}\n".encode())
+        return import_key(records.inputs, settings, opts)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode())
+    for r in records:
+        digest.update(f"{r.id}\0{r.source}\0{r.text}\n".encode())
     return digest.hexdigest()
-
-
-def _progress(out_uri: str, key: str, opts: StorageOptions | None) -> tuple[int, list[ShardInfo], int]:
-    """``(records done, their shards, unreadable rows)`` of an interrupted import with this
-    ``key`` at ``out_uri``; nothing when there is none, it is another import's, or a shard is gone."""
-    uri = storage.join(out_uri, PROGRESS_NAME)
-    try:
-        state = json.loads(storage.read_text(uri, opts))
-    except (FileNotFoundError, ValueError):
-        return 0, [], 0
-    if state.get("key") != key:
-        return 0, [], 0
-    shards = [ShardInfo(**s) for s in state["shards"]]
-    present = set(storage.listdir(out_uri, opts))
-    if any(s.path not in present for s in shards):
-        return 0, [], 0
-    return int(state["records"]), shards, int(state["unreadable"])
 
 
 def ingest(
@@ -309,17 +288,11 @@ def ingest(
     key = _import_key(records, {**settings, "split": split, "rows_per_shard": rows_per_shard,
                                 "answers": base_meta.get("answer_vocab"), "meta": meta}, opts)
     base_meta["import_key"] = key
-    if resume:
-        try:
-            done = open_dataset(out_uri, opts)
-        except (ShardError, StorageError, FileNotFoundError):
-            done = None
-        if done is not None and done.meta.get("import_key") == key:
-            logger.warning("%s: already imported from the same sources and settings; nothing to do", out_uri)
-            return done
-    start, shards, unreadable = _progress(out_uri, key, opts) if resume else (0, [], 0)
-    if start:
-        logger.warning("%s: resuming after %d records (%d shards) of an interrupted run", out_uri, start, len(shards))
+    tracker = ImportProgress(out_uri, key, opts, resume=resume)
+    if (done := tracker.finished()) is not None:
+        return done
+    state = tracker.resumed()
+    start, shards, unreadable = state.records, state.shards, int(state.counters.get("unreadable", 0))
     extractor: FrameExtractor | None = None
     seen: set[str] = set()
     with ShardWriter(out_uri, task=TASKS[kind], split=split, columns=cols, rows_per_shard=rows_per_shard,
@@ -344,15 +317,13 @@ def ingest(
                 writer.write({name: batch[name] for name in cols})
             writer.flush()
             unreadable += len(items) - (writer.rows_written - before)
-            storage.write_text(storage.join(out_uri, PROGRESS_NAME), json.dumps(
-                {"key": key, "records": done_records, "unreadable": unreadable,
-                 "shards": [s.model_dump() for s in writer.shards]}), opts)
+            tracker.save(done_records, writer.shards, unreadable=unreadable)
         writer.meta["skipped"] = unreadable
     if unreadable:
         logger.warning("%s: %d of %d rows skipped (unreadable sources)", out_uri, unreadable, done_records)
-    with contextlib.suppress(FileNotFoundError):
-        storage.remove(storage.join(out_uri, PROGRESS_NAME), opts=opts)
-    return writer.close()
+    manifest = writer.close()
+    tracker.clear()
+    return manifest
 
 
 def _ray_batches(items: list[dict[str, Any]], kwargs: dict[str, Any], batch_size: int,

@@ -12,6 +12,9 @@ def _common(p: argparse.ArgumentParser, source_help: str) -> None:
     p.add_argument("--source", required=True, help=source_help)
     p.add_argument("--out", required=True, help="folder or s3:// URI for the train/val/test splits")
     p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
+    p.add_argument("--restart", action="store_true",
+                   help="start over; by default a rerun of the same import (same source files as they are now, "
+                        "same options) into --out keeps the splits it finished and continues an interrupted one")
     cliargs.add_config(p, required=False)
 
 
@@ -23,7 +26,7 @@ def _run_mmsa(args: argparse.Namespace) -> None:
     from .importers import import_mmsa
 
     cliargs.print_uris(import_mmsa(args.source, args.out, opts=cliargs.storage_options(args),
-                                   skip_bad=args.skip_bad, progress=not args.quiet))
+                                   skip_bad=args.skip_bad, progress=not args.quiet, resume=not args.restart))
 
 
 def _iemocap_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +38,7 @@ def _run_iemocap(args: argparse.Namespace) -> None:
     from .importers import import_iemocap
 
     cliargs.print_uris(import_iemocap(args.source, args.out, opts=cliargs.storage_options(args),
-                                      skip_bad=args.skip_bad, progress=not args.quiet))
+                                      skip_bad=args.skip_bad, progress=not args.quiet, resume=not args.restart))
 
 
 def _food101_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +61,7 @@ def _run_food101(args: argparse.Namespace) -> None:
     cliargs.print_uris(import_food101(args.source, args.out, tokenizer=args.tokenizer, layout=args.layout,
                                       image_size=args.image_size, max_text_len=args.max_text_len,
                                       val_size=args.val_size, seed=args.seed, opts=cliargs.storage_options(args),
-                                      skip_bad=args.skip_bad, progress=not args.quiet))
+                                      skip_bad=args.skip_bad, progress=not args.quiet, resume=not args.restart))
 
 
 def _msrvtt_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +88,7 @@ def _run_msrvtt(args: argparse.Namespace) -> None:
         args.source, args.out, tokenizer=args.tokenizer, experts=cliargs.names(args.experts),
         expert_tokens=args.expert_tokens, max_text_words=args.max_text_words, train_captions=args.train_captions,
         val_size=args.val_size, opts=cliargs.storage_options(args), skip_bad=args.skip_bad,
-        progress=not args.quiet))
+        progress=not args.quiet, resume=not args.restart))
 
 
 MMSA = Command("mmsa", "CMU-MOSI / MOSEI as the MMSA pickle (train/valid/test of text, audio, vision, labels)",

@@ -39,6 +39,7 @@ import numpy as np
 from polymodal import storage
 from polymodal.config import StorageOptions
 from polymodal.errors import ImportDataError, StorageError
+from polymodal.imports import ImportProgress, import_key
 
 from .data import LABEL, LABEL_DTYPES, TASKS, columns, feature_spec
 
@@ -50,6 +51,29 @@ logger = logging.getLogger(__name__)
 _CHUNK = 256
 #: at most this many per-row warnings per split; the rest are summarised in one line
 _MAX_ROW_WARNINGS = 20
+#: records per resumable step of the image and video importers: their rows are flushed as a shard
+#: and ``import-progress.json`` records how far the split got
+_RESUME_EVERY = 16 * _CHUNK
+
+
+def _trackers(out: dict[str, str], key: str, opts: StorageOptions | None,
+              resume: bool) -> dict[str, ImportProgress]:
+    """One :class:`~polymodal.imports.ImportProgress` per output split (key ``<key>:<split>``)."""
+    return {split: ImportProgress(uri, f"{key}:{split}", opts, resume=resume) for split, uri in out.items()}
+
+
+def _steps(items: Sequence[Any], start: int, size: int) -> Iterator[tuple[int, Sequence[Any]]]:
+    """``(items done after it, chunk)`` over ``items[start:]``, ``size`` at a time, never across a
+    multiple of :data:`_RESUME_EVERY` (``start`` is one, or 0)."""
+    while start < len(items):
+        n = min(size, _RESUME_EVERY - start % _RESUME_EVERY)
+        yield start + n, items[start:start + n]
+        start += n
+
+
+def _checkpoint(done: int, total: int) -> bool:
+    """Whether a resumable step of ``total`` items ends after ``done``."""
+    return done % _RESUME_EVERY == 0 or done == total
 
 
 class _SkipLog:
@@ -253,6 +277,7 @@ def import_mmsa(
     skip_bad: bool = False,
     progress: bool | str = True,
     fix_neg_inf: bool = False,
+    resume: bool = True,
 ) -> dict[str, str]:
     """Import a CMU-MOSI / CMU-MOSEI feature pickle in the MMSA layout.
 
@@ -282,6 +307,10 @@ def import_mmsa(
     fix_neg_inf : bool
         Replace ``-inf`` in ``audio`` by 0 before checking, as MMSA's own loader does for the
         COVAREP features of CMU-MOSI/MOSEI.
+    resume : bool
+        Keep the splits a run with the same pickle (as it is now) and arguments finished
+        (manifest meta ``import_key``); with all three finished the pickle is not even loaded
+        (default). False rewrites every split.
 
     Returns
     -------
@@ -299,6 +328,12 @@ def import_mmsa(
     from polymodal.shards import ShardWriter
 
     path = os.fspath(pickle_path)
+    out = {split: storage.join(out_uri, split) for split in MMSA_SPLITS.values()}
+    key = import_key([path], {"format": "mmsa", "skip_bad": skip_bad, "fix_neg_inf": fix_neg_inf}, opts)
+    trackers = _trackers(out, key, opts, resume)
+    finished = {split for split, t in trackers.items() if t.finished() is not None}
+    if len(finished) == len(out):
+        return out
     data = _load_pickle(path)
     if not isinstance(data, dict):
         raise ImportDataError(
@@ -325,14 +360,14 @@ def import_mmsa(
 
     specs = columns("regression", {mod: feature_spec(shapes[mod]) for mod in MMSA_MODALITIES})
     meta = {"head": "regression", "modalities": list(MMSA_MODALITIES), "source": "mmsa"}
-    out: dict[str, str] = {}
     for sp in splits:
         split_out = MMSA_SPLITS[sp.name]
-        out[split_out] = storage.join(out_uri, split_out)
+        if split_out in finished:
+            continue
         rows = np.nonzero(sp.keep)[0]
         with ShardWriter(
             out[split_out], task=TASKS["regression"], split=split_out, columns=specs,
-            meta=meta, opts=opts, progress=progress,
+            meta={**meta, "import_key": trackers[split_out].key}, opts=opts, progress=progress,
         ) as writer:
             for start in range(0, rows.size, _CHUNK):
                 idx = rows[start : start + _CHUNK]
@@ -539,11 +574,6 @@ def _load_image(uri: str, size: int, opts: StorageOptions | None = None) -> np.n
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _food101_layout(root: str, layout: str, opts: StorageOptions | None) -> str:
     if layout not in FOOD101_LAYOUTS:
         raise ValueError(f"layout must be one of {list(FOOD101_LAYOUTS)}, got {layout!r}")
@@ -602,6 +632,7 @@ def import_food101(
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
+    resume: bool = True,
 ) -> dict[str, str]:
     """Import UPMC-Food101 (image + recipe-page text, 101 classes) into shards.
 
@@ -644,6 +675,10 @@ def import_food101(
         ``train``), each logged as a warning naming file and record, instead of raising.
     progress : bool or str
         Passed to :class:`~polymodal.shards.ShardWriter`.
+    resume : bool
+        Continue an interrupted run with the same files under ``root`` (as they are now) and
+        arguments after its last finished step of 4096 records (one shard each), and keep the
+        splits it finished (default); False starts over.
 
     Returns
     -------
@@ -688,19 +723,27 @@ def import_food101(
         "layout": layout,
         "pad_token_id": int(tok.pad_token_id),
     }
-    out: dict[str, str] = {}
+    out = {FOOD101_SPLITS[split]: storage.join(out_uri, FOOD101_SPLITS[split]) for split in checked}
+    key = import_key([root], {"format": "food101", "tokenizer": tokenizer, "layout": layout, "image_size": image_size,
+                              "max_text_len": max_text_len, "val_size": val_size, "seed": seed,
+                              "skip_bad": skip_bad}, opts)
+    trackers = _trackers(out, key, opts, resume)
     # Decoding dominates; Pillow releases the GIL and S3 reads wait on the network, so threads overlap.
     workers = 16 if storage.is_s3(root) else min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for split, (path, records, log) in checked.items():
             split_out = FOOD101_SPLITS[split]
-            out[split_out] = storage.join(out_uri, split_out)
-            written = 0
+            tracker = trackers[split_out]
+            if tracker.finished() is not None:
+                continue
+            state = tracker.resumed()
+            planned = log.count  # the checks' skips, made again by every run
+            log.count += int(state.counters.get("skipped", 0))
             with ShardWriter(
                 out[split_out], task=TASKS["classification"], split=split_out, columns=specs,
-                meta=meta, opts=opts, progress=progress,
+                meta={**meta, "import_key": tracker.key}, opts=opts, progress=progress, shards=state.shards,
             ) as writer:
-                for chunk in _chunks(records, _CHUNK):
+                for done, chunk in _steps(records, state.records, _CHUNK):
                     images = list(pool.map(lambda r: _load_image(r.image, image_size, opts), chunk))
                     good: list[tuple[_Record, np.ndarray]] = []
                     for rec, img in zip(chunk, images):
@@ -713,21 +756,23 @@ def import_food101(
                             log.skip(rec.index, img)
                         else:
                             good.append((rec, img))
-                    if not good:
-                        continue
-                    ids = tok(
-                        [rec.text for rec, _ in good], padding="max_length", truncation=True,
-                        max_length=max_text_len, return_tensors="np",
-                    )["input_ids"]
-                    writer.write({
-                        "image": np.stack([img for _, img in good]),
-                        "text": ids.astype(np.int64),
-                        LABEL: np.array([class_id[rec.label] for rec, _ in good],
-                                        dtype=LABEL_DTYPES["classification"]),
-                    })
-                    written += len(good)
-                if written == 0:
+                    if good:
+                        ids = tok(
+                            [rec.text for rec, _ in good], padding="max_length", truncation=True,
+                            max_length=max_text_len, return_tensors="np",
+                        )["input_ids"]
+                        writer.write({
+                            "image": np.stack([img for _, img in good]),
+                            "text": ids.astype(np.int64),
+                            LABEL: np.array([class_id[rec.label] for rec, _ in good],
+                                            dtype=LABEL_DTYPES["classification"]),
+                        })
+                    if _checkpoint(done, len(records)):
+                        writer.flush()
+                        tracker.save(done, writer.shards, skipped=log.count - planned)
+                if writer.rows_written == 0:
                     raise ImportDataError(f"{path}: no usable records left in split {split!r}")
+            tracker.clear()
             log.summary()
     return out
 
@@ -764,6 +809,7 @@ def import_iemocap(
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
+    resume: bool = True,
 ) -> dict[str, str]:
     """Import IEMOCAP as Multimodal-Transformer distributes it (``iemocap_data.pkl``, word-aligned,
     or ``iemocap_data_noalign.pkl``).
@@ -790,6 +836,8 @@ def import_iemocap(
         Drop rows with NaN/inf features or labels (each logged, naming split and row) instead of raising.
     progress : bool or str
         Passed to :class:`~polymodal.shards.ShardWriter`.
+    resume : bool
+        As :func:`import_mmsa`: keep the splits a run with the same pickle and arguments finished.
 
     Returns
     -------
@@ -807,6 +855,11 @@ def import_iemocap(
     from polymodal.shards import ShardWriter
 
     path = os.fspath(pickle_path)
+    out = {split: storage.join(out_uri, split) for split in IEMOCAP_SPLITS.values()}
+    trackers = _trackers(out, import_key([path], {"format": "iemocap", "skip_bad": skip_bad}, opts), opts, resume)
+    finished = {split for split, t in trackers.items() if t.finished() is not None}
+    if len(finished) == len(out):
+        return out
     data = _load_pickle(path, "IEMOCAP", opts)
     if not isinstance(data, dict):
         raise ImportDataError(f"{path}: top level is a {type(data).__name__}, expected a dict with keys "
@@ -828,13 +881,14 @@ def import_iemocap(
     specs = columns("multilabel", {mod: feature_spec(shapes[mod]) for mod in IEMOCAP_MODALITIES}, num_labels=k)
     meta = {"head": "multilabel", "num_classes": k, "labels": list(IEMOCAP_EMOTIONS),
             "modalities": list(IEMOCAP_MODALITIES), "source": "iemocap"}
-    out: dict[str, str] = {}
     for sp in splits:
         split_out = IEMOCAP_SPLITS[sp.name]
-        out[split_out] = storage.join(out_uri, split_out)
+        if split_out in finished:
+            continue
         rows = np.nonzero(sp.keep)[0]
-        with ShardWriter(out[split_out], task=TASKS["multilabel"], split=split_out, columns=specs, meta=meta,
-                         opts=opts, progress=progress) as writer:
+        with ShardWriter(out[split_out], task=TASKS["multilabel"], split=split_out, columns=specs,
+                         meta={**meta, "import_key": trackers[split_out].key}, opts=opts,
+                         progress=progress) as writer:
             for start in range(0, rows.size, _CHUNK):
                 idx = rows[start : start + _CHUNK]
                 batch = {mod: sp.features[mod][idx].astype(np.float32) for mod in IEMOCAP_MODALITIES}
@@ -990,6 +1044,7 @@ def import_msrvtt_mmt(
     opts: StorageOptions | None = None,
     skip_bad: bool = False,
     progress: bool | str = True,
+    resume: bool = True,
 ) -> dict[str, str]:
     """Import MSR-VTT with MMT's seven expert features (gabeur/mmt, ``MSRVTT.tar.gz``) for
     text-to-video retrieval (``wander.retrieval``).
@@ -1031,6 +1086,10 @@ def import_msrvtt_mmt(
     skip_bad : bool
         Drop videos whose HDF5 file is missing or malformed (each logged) instead of raising.
     progress : bool or str
+    resume : bool
+        Continue an interrupted run with the same lists and HDF5 files (as they are now) and
+        arguments after its last finished step of 4096 videos, and keep the splits it finished
+        (default); False starts over.
 
     Returns
     -------
@@ -1101,18 +1160,28 @@ def import_msrvtt_mmt(
                  "inputs": {"text": "input_ids", **{e: "embeds" for e in expert_dims}},
                  "experts": expert_dims, "masks": {e: e + MASK_SUFFIX for e in expert_dims},
                  "source": "msrvtt-mmt", "pad_token_id": int(tok.pad_token_id)}
-    out: dict[str, str] = {}
+    out = {split: storage.join(out_uri, split) for split in plan}
+    h5_root = storage.join(root, MSRVTT_H5)
+    key = import_key([lists, *([h5_root] if storage.exists(h5_root, opts) else [])], {
+        "format": "msrvtt-mmt", "tokenizer": tokenizer, "experts": list(experts), "expert_tokens": expert_tokens,
+        "max_text_words": max_text_words, "train_captions": train_captions, "val_size": val_size,
+        "skip_bad": skip_bad}, opts)
+    trackers = _trackers(out, key, opts, resume)
     workers = 16 if storage.is_s3(root) else min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for split, videos in plan.items():
-            out[split] = storage.join(out_uri, split)
+            tracker = trackers[split]
+            if tracker.finished() is not None:
+                continue
+            state = tracker.resumed()
             log = _SkipLog(storage.join(lists, MSRVTT_TEST_LIST if split == "test" else MSRVTT_TRAIN_LIST), split)
-            absent = dict.fromkeys(expert_dims, 0)
-            meta = dict(base_meta)
+            log.count = int(state.counters.get("skipped", 0))
+            absent = dict(state.counters.get("absent", dict.fromkeys(expert_dims, 0)))
+            meta = {**base_meta, "import_key": tracker.key}
             with ShardWriter(out[split], task=TASKS["retrieval"], split=split, columns=specs, meta=meta, opts=opts,
-                             progress=progress) as writer:
+                             progress=progress, shards=state.shards) as writer:
                 # chunks of videos bound memory: one train row of all experts at 30 tokens is ~0.8 MB
-                for n, chunk in enumerate(_chunks(videos, _VIDEO_CHUNK)):
+                for done, chunk in _steps(videos, state.records, _VIDEO_CHUNK):
                     read = pool.map(lambda v: _read_video(v, expert_dims, expert_tokens, train_captions,
                                                           max_text_words, opts), chunk)
                     texts: list[str] = []
@@ -1121,7 +1190,7 @@ def import_msrvtt_mmt(
                         if isinstance(got, str):
                             if not skip_bad:
                                 raise ImportDataError(f"{got} (or pass skip_bad=True to drop such videos)")
-                            log.skip(n * _VIDEO_CHUNK + j, got)
+                            log.skip(done - len(chunk) + j, got)
                             continue
                         caps, feats, masks = got
                         for e in expert_dims:
@@ -1131,16 +1200,19 @@ def import_msrvtt_mmt(
                             for e in expert_dims:
                                 rows[e].append(feats[e])
                                 rows[e + MASK_SUFFIX].append(masks[e])
-                    if not texts:
-                        continue
-                    batch = {c: np.stack(v) for c, v in rows.items()}
-                    batch["text"] = tok(texts, padding="max_length", truncation=True, max_length=max_text_words,
-                                        return_tensors="np")["input_ids"].astype(np.int64)
-                    writer.write(batch)
+                    if texts:
+                        batch = {c: np.stack(v) for c, v in rows.items()}
+                        batch["text"] = tok(texts, padding="max_length", truncation=True, max_length=max_text_words,
+                                            return_tensors="np")["input_ids"].astype(np.int64)
+                        writer.write(batch)
+                    if _checkpoint(done, len(videos)):
+                        writer.flush()
+                        tracker.save(done, writer.shards, skipped=log.count, absent=absent)
                 if writer.rows_written == 0:
                     raise ImportDataError(f"{log.source}: no usable videos left in split {split!r}")
                 meta["absent_experts"] = absent  # videos without each expert; the manifest is written on close
                 writer.meta = meta
+            tracker.clear()
             log.summary()
     return out
 
