@@ -9,6 +9,15 @@ import os
 from typing import Any
 
 
+def add_restart(p: argparse.ArgumentParser, keeps: str = "its finished shards") -> None:
+    """``--restart`` of a ``data import`` format: by default a rerun of the same import (same
+    sources as they are now, same options) into ``--out`` keeps ``keeps`` and continues an
+    interrupted run (:mod:`polymodal.imports`)."""
+    p.add_argument("--restart", action="store_true",
+                   help=f"start over; by default a rerun of the same import (same source files as they are now, "
+                        f"same options) into --out keeps {keeps} and continues an interrupted one")
+
+
 def add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--config PATH_OR_URI`` and repeated ``--set dotted.key=value``."""
     p.add_argument("--config", required=required, metavar="PATH_OR_URI",

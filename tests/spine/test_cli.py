@@ -20,6 +20,22 @@ def test_help_lists_every_command(capsys):
         assert command in out
 
 
+def _import_formats() -> list[str]:
+    from polymodal.registry import registry
+
+    return registry().names("import format")
+
+
+@pytest.mark.parametrize("fmt", _import_formats())
+def test_every_import_format_resumes_and_says_so(fmt, capsys):
+    """Every registered `data import` format continues an interrupted import; --restart starts over."""
+    with pytest.raises(SystemExit) as info:
+        main(["data", "import", "--format", fmt, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--restart" in out and "continues an interrupted one" in out, out
+
+
 @pytest.fixture(scope="module")
 def local_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "wander"

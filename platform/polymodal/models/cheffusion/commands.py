@@ -48,9 +48,7 @@ def _recipe1m_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="log, count and skip bad recipes (malformed fields or entries, images missing or "
                         "undecodable) instead of failing")
-    p.add_argument("--restart", action="store_true",
-                   help="start over instead of continuing (or, once finished, keeping) an import of the same "
-                        "sources and settings into --out")
+    cliargs.add_restart(p)
     cliargs.add_config(p, required=False)
 
 

@@ -15,9 +15,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
                         "into the local cache, $POLYMODAL_CACHE)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the imported dataset")
     p.add_argument("--voxel-chunk", type=int, default=4096, help="voxels per stored response chunk (default 4096)")
-    p.add_argument("--restart", action="store_true",
-                   help="rewrite everything instead of keeping what a run of the same import into --out already "
-                        "wrote (a rerun continues an interrupted import, keeping its finished voxel chunks)")
+    cliargs.add_restart(p, "its finished voxel chunks")
     cliargs.add_config(p, required=False)
 
 

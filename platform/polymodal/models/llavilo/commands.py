@@ -62,9 +62,7 @@ def _common_import_args(p: argparse.ArgumentParser, video: str, text: str) -> No
     p.add_argument("--skip-bad", action="store_true",
                    help="log, count and skip bad rows (malformed lines, missing or mis-shaped feature files) "
                         "instead of stopping at the first")
-    p.add_argument("--restart", action="store_true",
-                   help="start over instead of continuing (or, once finished, keeping) an import of the same "
-                        "sources and settings into --out")
+    cliargs.add_restart(p)
     cliargs.add_config(p, required=False)
 
 

@@ -137,9 +137,7 @@ def _args(fmt: str, p: argparse.ArgumentParser) -> None:
                         "RAY_ADDRESS, or a local one)")
     p.add_argument("--concurrency", type=int,
                    help="actors in the pool (default: one per GPU for pre-training on GPUs, else one per two CPUs)")
-    p.add_argument("--restart", action="store_true",
-                   help="start over instead of continuing (or, once finished, keeping) an import of the same "
-                        "sources and settings into --out")
+    cliargs.add_restart(p)
     cliargs.add_config(p, required=False)
 
 

@@ -12,9 +12,7 @@ def _common(p: argparse.ArgumentParser, source_help: str) -> None:
     p.add_argument("--source", required=True, help=source_help)
     p.add_argument("--out", required=True, help="folder or s3:// URI for the train/val/test splits")
     p.add_argument("--skip-bad", action="store_true", help="log and skip malformed rows instead of failing")
-    p.add_argument("--restart", action="store_true",
-                   help="start over; by default a rerun of the same import (same source files as they are now, "
-                        "same options) into --out keeps the splits it finished and continues an interrupted one")
+    cliargs.add_restart(p, "the splits it finished")
     cliargs.add_config(p, required=False)
 
 
