@@ -52,17 +52,18 @@ def wait_for_new_replica(app: str, old: int, timeout_s: float = 120) -> int:
     raise AssertionError(f"no replica replaced pid {old} within {timeout_s} s")
 
 
-async def load(url: str, body: dict, seconds: float, concurrency: int = 8) -> list[tuple[float, int, dict, bytes]]:
+async def load(url: str, body: dict, seconds: float,
+               concurrency: int = 8) -> list[tuple[float, float, int, dict, bytes]]:
     """POST ``body`` back to back from ``concurrency`` clients for ``seconds``:
-    [(start time, status, headers, body)] of every request, each bounded by a 60 s timeout."""
-    out: list[tuple[float, int, dict, bytes]] = []
+    [(start time, end time, status, headers, body)] of every request, each bounded by a 60 s timeout."""
+    out: list[tuple[float, float, int, dict, bytes]] = []
     stop = time.time() + seconds
     async with httpx.AsyncClient(timeout=60) as client:
         async def worker() -> None:
             while time.time() < stop:
                 t = time.time()
                 r = await client.post(url, json=body)  # a timeout raises and fails the test
-                out.append((t, r.status_code, dict(r.headers), r.content))
+                out.append((t, time.time(), r.status_code, dict(r.headers), r.content))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return out
@@ -87,15 +88,18 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(ray_cluste
 
         results = asyncio.run(run())
         successor = wait_for_new_replica("killed", victim)
-        statuses = [s for _, s, _, _ in results]
+        statuses = [s for _, _, s, _, _ in results]
         assert set(statuses) <= {200, 503}, sorted(set(statuses))
-        failed = [(h, b) for _, s, h, b in results if s == 503]
-        # the requests the replica held when it died: a clean 503 each, nothing else failed
-        assert failed, "no request was in flight at the kill"
+        # requests were in flight when the replica died (8 clients back to back) ...
+        in_flight = [s for start, end, s, _, _ in results if start < killed_at[0] < end]
+        assert in_flight, "no request was in flight at the kill"
+        # ... and each ended as a clean 503, or as a 200 when Serve's router handed it to the
+        # successor (both seen on 2 cores); nothing hung and nothing else failed
+        failed = [(h, b) for _, _, s, h, b in results if s == 503]
         for headers, content in failed:
             assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
             assert b"stopped before it answered" in content and b"Traceback" not in content
-        assert sum(s == 200 for t, s, _, _ in results if t > killed_at[0]) > 10  # served again after it
+        assert sum(s == 200 for t, _, s, _, _ in results if t > killed_at[0]) > 10  # served again after it
         assert successor != victim
         assert httpx.post(f"{url}/v1/predict", json=body, timeout=60).status_code == 200
 
