@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The demo and the tests use tiny local models only and never reach the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test test-slow test-faults test-all venv clean bench
 

@@ -18,6 +18,9 @@ import os
 import secrets
 import sys
 import time
+
+# tiny local models only: never ask the Hugging Face hub (set before transformers is imported)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent

@@ -7,10 +7,14 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import pytest
+# Tests never reach the network: hub ids resolve only from the local cache. Set before
+# huggingface_hub is imported (it reads the variable once), and inherited by Ray workers.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from polymodal import storage
-from polymodal.s3server import EmbeddedS3
+import pytest  # noqa: E402
+
+from polymodal import storage  # noqa: E402
+from polymodal.s3server import EmbeddedS3  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""Local copies of remote model folders (backbones, exports) for ``from_pretrained``."""
+"""Pretrained weights from anywhere: a local folder, an ``s3://`` folder (downloaded once per
+version into the polymodal cache) or a Hugging Face hub id (passed through to ``from_pretrained``,
+which downloads it into the standard Hugging Face cache unless ``HF_HUB_OFFLINE=1``; the test suite
+and the demo set it and never reach the network). Large models load straight into their training
+dtype and device (:func:`pretrained_kwargs`), never as a full fp32 copy on the host first."""
 
 from __future__ import annotations
 
@@ -65,13 +69,26 @@ def local_file(uri: str, opts: StorageOptions | None = None) -> str:
     return str(dest)
 
 
-def load_causal_lm(uri: str, opts: StorageOptions | None = None, dtype=None):
-    """(frozen eval-mode ``AutoModelForCausalLM``, its tokenizer) from a ``save_pretrained`` folder
-    (local or ``s3://``) or a hub id already in the local cache; never downloads."""
+def pretrained_kwargs(dtype=None, device=None) -> dict:
+    """``from_pretrained`` arguments that materialise the weights once, in ``dtype`` (default
+    fp32) and on ``device`` (default the host): the model is built on the meta device and each
+    tensor is read straight into place (``low_cpu_mem_usage``), so a 7B LLM meant for bf16 on a GPU
+    never exists as a 27 GB fp32 copy in host memory."""
     import torch
+
+    kwargs: dict = {"dtype": dtype or torch.float32, "low_cpu_mem_usage": True}
+    if device is not None and torch.device(device).type != "cpu":
+        kwargs["device_map"] = {"": torch.device(device)}
+    return kwargs
+
+
+def load_causal_lm(uri: str, opts: StorageOptions | None = None, dtype=None, device=None):
+    """(frozen eval-mode ``AutoModelForCausalLM``, its tokenizer) from a ``save_pretrained`` folder
+    (local or ``s3://``) or a hub id, loaded straight into ``dtype`` on ``device``
+    (:func:`pretrained_kwargs`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = local_copy(uri, opts)
-    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(dtype, device))
+    tokenizer = AutoTokenizer.from_pretrained(path)
     return lm.requires_grad_(False).eval(), tokenizer

@@ -96,15 +96,18 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 8000, 
 
 
 def load_tokenizer(uri: str, opts: StorageOptions | None = None):
-    """A fast tokenizer with ``[PAD]`` and ``[MASK]`` (as :func:`train_tokenizer` writes) from a local
-    folder or URI (no hub look-up)."""
+    """A fast tokenizer with ``[PAD]`` and ``[MASK]`` (as :func:`train_tokenizer` writes, or a
+    pretrained one such as ``bert-base-uncased``) from a local folder, an ``s3://`` folder or a hub id."""
     from transformers import AutoTokenizer
 
     path = Path(local_copy(uri, opts))
-    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+    if path.exists() and not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
         raise PolymodalError(f"tokenizer {uri!r}: {path} holds no tokenizer.json; make one with "
                              "polymodal.text.train_tokenizer")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except OSError as exc:  # a hub id that is not cached while offline, a typo, no network
+        raise PolymodalError(f"tokenizer {uri!r}: not a local folder, and the hub says: {exc}") from None
     if not getattr(tok, "is_fast", False) or tok.mask_token_id is None or tok.pad_token_id is None:
         raise PolymodalError(f"tokenizer {uri!r}: masked language modelling needs a fast tokenizer with "
                              "[PAD] and [MASK] tokens")

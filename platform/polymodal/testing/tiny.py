@@ -1,5 +1,5 @@
 """Tiny random library models for tests and demos, written with ``save_pretrained`` to a local
-folder that ``from_pretrained(..., local_files_only=True)`` reads back (no download).
+folder that ``from_pretrained`` reads back the way it reads real weights.
 
 Every writer seeds torch itself, so a given ``seed`` always writes the same weights. Writers of
 text models first train a WordPiece vocabulary on ``texts`` (:func:`polymodal.text.train_tokenizer`)
@@ -35,7 +35,7 @@ def write_tiny_llama(out_dir: PathLike, texts: Sequence[str], *, seed: int = 0, 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     train_tokenizer(texts, str(out_dir), vocab_size=vocab_size, lowercase=True)
-    tokenizer = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
@@ -55,7 +55,7 @@ def write_tiny_opt(out_dir: PathLike, texts: Sequence[str], *, seed: int = 0, hi
 
     texts = [str(t) for t in texts]
     train_tokenizer(texts, str(out_dir), vocab_size=vocab_size, lowercase=True)
-    tok = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out_dir)
     tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token  # a sequence is [CLS] text [SEP]
     tok.save_pretrained(out_dir)
     torch.manual_seed(seed)
@@ -93,7 +93,7 @@ def write_tiny_bert(out_dir: PathLike, texts: Sequence[str], *, seed: int = 0, h
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     train_tokenizer(texts, str(out_dir), vocab_size=vocab_size)
-    vocab = len(AutoTokenizer.from_pretrained(out_dir, local_files_only=True))
+    vocab = len(AutoTokenizer.from_pretrained(out_dir))
     torch.manual_seed(seed)
     BertForMaskedLM(BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                                intermediate_size=2 * hidden, vocab_size=vocab, max_position_embeddings=64,
@@ -137,7 +137,7 @@ def write_tiny_stable_diffusion(out_dir: PathLike, texts: Sequence[str], *, seed
 
     tok_dir = Path(out_dir) / "_tokenizer"
     train_tokenizer(texts, str(tok_dir), vocab_size=vocab_size, lowercase=True, model_max_length=tokens)
-    tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
