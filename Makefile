@@ -6,17 +6,30 @@ STAMP := $(VENV)/.installed
 # The demo and the tests use tiny local models only and never reach the Hugging Face hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-slow test-faults test-all venv clean bench
+LOCKTOOL := .lock-tool
+
+.PHONY: demo test test-slow test-faults test-all venv lock clean bench
 
 venv: $(STAMP)
 
-# torch==2.13.0 is pinned (a CPU build is on disk here); constraints.txt keeps the
-# s3fs/aiobotocore/boto3 trio consistent.
-$(STAMP): pyproject.toml constraints.txt
+# requirements.lock holds every package at the version CI tested (torch 2.13.0: a CPU build is on
+# disk here), so a fresh machine installs exactly that; polymodal itself goes on top, editable.
+$(STAMP): pyproject.toml requirements.lock
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Regenerate requirements.lock from pyproject.toml (extras test and gpu) with pip-tools;
+# constraints.txt pins this machine's torch and the s3fs/aiobotocore/boto3 trio, which must move
+# together. The lock names torch without its local build tag, so a CUDA build of the same
+# release satisfies it too (the GPU image), and leaves polymodal itself out.
+lock:
+	test -x $(LOCKTOOL)/bin/pip-compile || ($(PY) -m venv $(LOCKTOOL) && $(LOCKTOOL)/bin/pip install -q pip-tools)
+	$(LOCKTOOL)/bin/pip-compile -q --extra test --extra gpu --strip-extras --no-emit-index-url \
+		--no-emit-find-links -c constraints.txt -o requirements.lock pyproject.toml
+	sed -i -e '/^polymodal @ /,+1d' -e 's/^torch==\([0-9.]*\)+[a-z0-9]*/torch==\1/' requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/python jobs/demo.py
@@ -47,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve_soak.py
 
 clean:
-	rm -rf $(VENV) demo_out runs .pytest_cache
+	rm -rf $(VENV) $(LOCKTOOL) demo_out runs .pytest_cache

@@ -11,6 +11,8 @@ from typing import Sequence
 
 from polymodal.cliargs import add_config, load, print_uris, storage_options
 from polymodal.errors import PolymodalError
+from polymodal.logs import ENV, LEVELS, level_from
+from polymodal.logs import configure as configure_logging
 from polymodal.registry import registry
 
 
@@ -181,11 +183,24 @@ def _format_as_command(argv: list[str]) -> list[str]:
     return [*argv[:at + 2], name, *rest]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("polymodal")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _quiet_parent() -> argparse.ArgumentParser:
-    # -q works before or after the subcommand (`polymodal -q train` and `jobs/train.py -q`)
+    # -q, -v and --log-level work before or after the subcommand (`polymodal -q train`, `jobs/train.py -q`)
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
+    parent.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="log what polymodal does (-v: INFO, -vv: DEBUG)")
+    parent.add_argument("--log-level", type=str.upper, choices=LEVELS, metavar="LEVEL", default=argparse.SUPPRESS,
+                        help=f"{', '.join(LEVELS)}")
     return parent
 
 
@@ -195,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, tune, evaluate and serve multimodal research systems on Ray.",
         epilog="Example: polymodal data synth --task TASK --out data/x && polymodal train --config "
                "jobs/configs/X_tiny.yaml --set optim.epochs=2. `polymodal data synth --help` lists the tasks.")
+    parser.add_argument("--version", action="version", version=f"polymodal {_version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what polymodal does (-v: INFO, -vv: DEBUG), here and in the Ray workers")
+    parser.add_argument("--log-level", type=str.upper, choices=LEVELS, metavar="LEVEL",
+                        help=f"log level of polymodal's loggers: {', '.join(LEVELS)} (default WARNING, or "
+                             f"${ENV})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     quiet = _quiet_parent()
 
@@ -318,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code)
     if getattr(args, "bucket", "") is None:
         args.bucket = ["polymodal"]
+    configure_logging(level_from(args.verbose, args.log_level))
     try:
         args.func(args)
     except PolymodalError as exc:

@@ -44,7 +44,9 @@ def init_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        from polymodal.logs import ray_runtime_env
+
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, runtime_env=ray_runtime_env())
 
 
 def names(text: str | None) -> list[str]:

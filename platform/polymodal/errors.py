@@ -56,3 +56,15 @@ class ServeInputError(PolymodalError, ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+def require(module: str, extra: str, what: str):
+    """Import ``module`` (an optional dependency) or raise a :class:`PolymodalError` that names the
+    extra to install: ``require("av", "video", "decoding videos")``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PolymodalError(f"{what} needs the {module.split('.')[0]!r} package: pip install "
+                             f"'polymodal[{extra}]' ({exc})") from None

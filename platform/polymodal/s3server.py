@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from polymodal.errors import StorageError
+from polymodal.errors import StorageError, require
 
 _HOST = "127.0.0.1"  # never 0.0.0.0: this server takes any credentials
 _DUMMY_KEY = "testing"
@@ -30,7 +30,7 @@ _REGION = "us-east-1"
 
 
 def _handler_class() -> type:
-    from moto.server import MotoRequestHandler
+    MotoRequestHandler = require("moto.server", "demo", "the embedded S3 server").MotoRequestHandler
 
     class TrackedHandler(MotoRequestHandler):
         """moto's request handler that registers its connection with the server.
@@ -88,7 +88,9 @@ class EmbeddedS3:
         """
         if self._server is not None:
             return self
-        from moto.server import DomainDispatcherApplication, create_backend_app
+        moto_server = require("moto.server", "demo", "the embedded S3 server")
+        DomainDispatcherApplication, create_backend_app = moto_server.DomainDispatcherApplication, \
+            moto_server.create_backend_app
         from werkzeug.serving import ThreadedWSGIServer
 
         if self.quiet:

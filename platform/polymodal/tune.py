@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from polymodal import storage
 from polymodal.config import ExperimentConfig, apply_overrides, read_yaml, set_dotted, validate_config
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, require
 
 _DOTTED = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 _DOTTED_RE = re.compile(_DOTTED)
@@ -253,6 +253,8 @@ def validate_space(cfg: ExperimentConfig, space: SearchSpace, source: str | None
                                                      "(the epochs a trial runs); lower it or raise optim.epochs"))
     if errors:
         raise ConfigError(errors, source)
+    if space.search.algorithm == "optuna":  # before Ray starts
+        require("optuna", "tune", "search.algorithm: optuna")
 
 
 def _space_errors(exc: ValidationError) -> list[tuple[str, str]]:
@@ -363,9 +365,10 @@ def _make_trial_fn(setup: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     def polymodal_trial(config: dict[str, Any]) -> None:
         from ray import tune
 
-        from polymodal import shards
+        from polymodal import logs, shards
         from polymodal.registry import get_task
 
+        logs.configure()  # the level the CLI was given (POLYMODAL_LOG_LEVEL)
         trial_id = tune.get_context().get_trial_id()
         raw = trial_raw_config(setup["base"], config)
         # the trial id names the Train run, so a resumed trial finds its own checkpoints
@@ -483,7 +486,9 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     opened = None if swept_data else task.open_data(base_cfg)
     manifests = None if opened is None else {k: m.model_dump(mode="json") for k, m in opened.items()}
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=progress)
+        from polymodal.logs import ray_runtime_env
+
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=progress, runtime_env=ray_runtime_env())
     concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)))
     _check_state_api(space)
 

@@ -409,6 +409,9 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from polymodal import logs
+
+    logs.configure()  # the level the CLI was given (POLYMODAL_LOG_LEVEL)
     cfg = validate_config(loop_config["config"])
     ctx = ray.train.get_context()
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
@@ -577,7 +580,9 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
 
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+        from polymodal.logs import ray_runtime_env
+
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True, runtime_env=ray_runtime_env())
     result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
     return summarize_result(cfg, result)
 
