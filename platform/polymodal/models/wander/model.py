@@ -2,12 +2,14 @@
 
 Data flow for one batch (M modalities, modality m has l_m tokens of width D_m)::
 
-    inputs[m] --(input projection, embeds only)--> embeddings_m            # (B, l_m, D_m)
+    inputs[m] --(input projection, embeds only;                          # (B, l_m, D_m)
+                 image processor's mean/std, pixel_values only)--> embeddings_m
+    mask_m = input_ids != pad_token_id (input_ids only; else all real)     # (B, l_m)
     for k in 0..max depth - 1:                                             # lock-step
-        h_m = block_k^m(h_m) for every m                                   # (B, l_m, D_m)
-        method wander:  [h_m] = WanderAdapter_k([h_m for fused m])         # cross-modal
+        h_m = block_k^m(h_m, mask_m) for every m                           # (B, l_m, D_m)
+        method wander:  [h_m] = WanderAdapter_k([h_m for fused m], masks)  # cross-modal
         method houlsby: h_m = HoulsbyAdapter_k^m(h_m)                      # per modality
-    pooled_m = first token (or mean) of final h_m                           # (B, D_m)
+    pooled_m = first token (or mean over real tokens) of final h_m          # (B, D_m)
     head(concat_m pooled_m)
 
 ``lora`` injects LoRA into each encoder's query/value projections (peft), ``full`` trains
