@@ -113,11 +113,16 @@ def cmd_params(args) -> None:
     print(f"{'variant':<28} {'trainable':>12} {'total':>12} {'trainable %':>12}")
     for extra in variants:
         cfg = validate_config(apply_overrides(base.to_dict(), extra)) if extra else base
-        model = get_task(cfg.task).build_model(cfg.model)
+        task = get_task(cfg.task)
+        model = task.build_model(cfg.model)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         name = extra[0] if extra else "(config)"
-        print(f"{name:<28} {n_train:>12,} {n_all:>12,} {100 * n_train / max(n_all, 1):>11.3f}%")
+        line = f"{name:<28} {n_train:>12,} {n_all:>12,} {100 * n_train / max(n_all, 1):>11.3f}%"
+        # the paper's own count(s) for this configuration, where the task knows them
+        for row, ref in (task.reference_params(cfg.model) or {}).items():
+            line += f"   paper {ref:,} ({row}): ours/paper {n_train / ref:.3f}"
+        print(line)
 
 
 def cmd_models_stage(args) -> None:
@@ -278,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("params", parents=[quiet],
-                       help="trainable-parameter counts of the configured model (and variants)")
+                       help="trainable-parameter counts of the configured model (and variants), beside the paper's "
+                            "count where the task knows it")
     add_config(p)
     p.add_argument("--vary", metavar="KEY=V1,V2,...",
                    help="one row per value, e.g. --vary model.hidden=64,128")

@@ -71,14 +71,26 @@ class OptimConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    schedule: Literal["constant", "linear", "cosine", "step"] = Field(
+        "cosine", description="after warm-up: constant, linear or cosine decay to 0, or step: the lr times "
+                              "gamma every step_size epochs (torch's StepLR stepped once per epoch)")
     warmup_steps: int = Field(0, ge=0)
+    step_size: int | None = Field(None, ge=1, description="schedule step: epochs between two decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="schedule step: lr factor at each decay")
     batch_size: int = Field(32, ge=1, description="micro-batch per worker")
     grad_accum: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA, fp32 on CPU")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+
+    @model_validator(mode="after")
+    def _step_size_with_step(self) -> "OptimConfig":
+        if self.schedule == "step" and self.step_size is None:
+            raise ValueError("schedule 'step' needs optim.step_size (epochs between two lr decays by optim.gamma)")
+        if self.schedule != "step" and self.step_size is not None:
+            raise ValueError(f"optim.step_size applies only to schedule 'step', not {self.schedule!r}; remove it")
+        return self
 
 
 class DeepSpeedOptions(StrictModel):

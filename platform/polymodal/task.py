@@ -50,6 +50,12 @@ class Task(ABC):
         Parameters that must not train have ``requires_grad=False`` on return.
         """
 
+    def reference_params(self, cfg: BaseModel) -> dict[str, int] | None:
+        """Trainable-parameter counts the paper reports for the model section ``cfg``:
+        ``{paper row: count}``, printed by ``polymodal params`` beside ours. None (the default):
+        the paper states no count for this configuration."""
+        return None
+
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         """Numpy columns (already shaped per the manifest) -> tensors. Override to pad."""
         return {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in columns.items()}

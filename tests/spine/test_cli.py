@@ -76,6 +76,21 @@ def test_params_prints_one_row_per_variant(local_data, tmp_path, capsys):
     assert as_int["model.method=none"] < as_int["model.method=wander"] < as_int["model.method=full"]
 
 
+def test_params_prints_the_papers_count_and_the_ratio(local_data, tmp_path, capsys, monkeypatch):
+    """A task that knows the paper's trainable count for a configuration gets it printed beside ours."""
+    from polymodal.registry import get_task
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"task: wander.classification\nmodel: {{preset: tiny, backbone: {local_data / 'backbone'}}}\n"
+                   f"data: {{train: {local_data / 'train'}}}\n")
+    task_cls = type(get_task("wander.classification"))
+    monkeypatch.setattr(task_cls, "reference_params", lambda self, model_cfg: {"Table 9, d = 8": 1000})
+    assert main(["params", "--config", str(cfg)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    ours = int(row.split()[1].replace(",", ""))
+    assert "paper 1,000 (Table 9, d = 8)" in row and f"ours/paper {ours / 1000:.3f}" in row
+
+
 def test_bad_override_is_reported_with_its_path(local_data, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"task: wander.classification\nmodel: {{preset: tiny, backbone: x}}\n"

@@ -55,17 +55,24 @@ def build_deepspeed_config(cfg: ExperimentConfig, *, world_size: int, device_typ
     return config
 
 
-def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
+def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str,
+                  steps_per_epoch: int = 1, step_size: int | None = None, gamma: float = 0.1) -> float:
     """Factor on the base lr at optimizer step ``step`` (0-based): linear warm-up, then
-    constant, linear decay to 0, or cosine decay to 0 at ``total_steps``."""
+    constant, linear decay to 0, cosine decay to 0 at ``total_steps``, or ``step``: StepLR
+    stepped once per epoch, ``gamma ** (epoch // step_size)`` with ``epoch = step // steps_per_epoch``
+    (``steps_per_epoch`` counts optimizer steps)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "step":
+        if step_size is None or step_size < 1:
+            raise ValueError(f"schedule 'step' needs step_size >= 1 (epochs), got {step_size!r}")
+        return gamma ** ((step // max(1, steps_per_epoch)) // step_size)
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     if schedule == "linear":
         return 1.0 - progress
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {schedule!r}; choose constant, linear or cosine")
+    raise ValueError(f"unknown schedule {schedule!r}; choose constant, linear, cosine or step")

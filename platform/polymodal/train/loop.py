@@ -327,11 +327,13 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     ds_config = build_deepspeed_config(cfg, world_size=info.world_size, device_type=device_type)
     precision = resolve_precision(cfg.optim.precision, device_type)
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    total_steps = max(1, cfg.optim.epochs * math.ceil(steps_per_epoch / cfg.optim.grad_accum))
+    optim_steps_per_epoch = math.ceil(steps_per_epoch / cfg.optim.grad_accum)
+    total_steps = max(1, cfg.optim.epochs * optim_steps_per_epoch)
 
     def schedule(optimizer):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-            s, total_steps=total_steps, warmup_steps=cfg.optim.warmup_steps, schedule=cfg.optim.schedule))
+            s, total_steps=total_steps, warmup_steps=cfg.optim.warmup_steps, schedule=cfg.optim.schedule,
+            steps_per_epoch=optim_steps_per_epoch, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma))
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config,
                                            lr_scheduler=schedule)

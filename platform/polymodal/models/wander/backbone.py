@@ -18,8 +18,12 @@ Encoders are BERT-family models (``embeddings`` + ``encoder.layer``) or ViT (``e
 take, and run *layer by layer in lock-step* (see :func:`run_layer`) so that adapters can fuse
 across modalities between layers.
 
-No attention mask is used: every modality is a fixed-length sequence (features are padded or
-cropped to ``seq_len`` when the data set is written), so all tokens attend to all tokens.
+Every modality is a fixed-length sequence (features are padded or cropped to ``seq_len`` when the
+data set is written). An ``input_ids`` modality is masked where it holds its encoder's
+``pad_token_id`` (:func:`token_mask`): pad tokens are never attended to (:func:`run_layer`), pooled
+or fused. ``embeds`` and ``pixel_values`` tokens are all real. A ``pixel_values`` modality reads
+images as floats in [0, 1] and normalises them with its encoder folder's image processor
+(:func:`image_normalization`: ``preprocessor_config.json``'s rescale, image_mean and image_std).
 """
 
 from __future__ import annotations
@@ -253,13 +257,60 @@ def run_embeddings(encoder: nn.Module, kind: str, x: Tensor) -> Tensor:
     raise ValueError(f"unknown input kind {kind!r}; choose one of embeds, input_ids, pixel_values")
 
 
-def run_layer(encoder: nn.Module, k: int, h: Tensor) -> Tensor:
-    """Run block k on hidden states h (B, l, D) -> (B, l, D), with no attention mask.
+def token_mask(encoder: nn.Module, kind: str, x: Tensor) -> Tensor | None:
+    """(B, l) bool, True at real tokens, for an ``input_ids`` input whose encoder has a
+    ``pad_token_id``; None (every token real) otherwise."""
+    pad = getattr(encoder.config, "pad_token_id", None)
+    if kind != "input_ids" or pad is None:
+        return None
+    return x != pad
+
+
+def additive_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """(B, l) bool -> (B, 1, 1, l) additive attention mask: 0 at real keys, the dtype's minimum at pads."""
+    if mask is None:
+        return None
+    return (~mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
+
+
+def run_layer(encoder: nn.Module, k: int, h: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Run block k on hidden states h (B, l, D) -> (B, l, D); ``mask`` (B, l) bool, True at real
+    tokens, keeps every query from attending to pad keys (None: all tokens attend to all).
 
     transformers 5.x blocks return a tensor; older ones return a tuple whose first item is it.
     """
-    out = layers(encoder)[k](h, None)
+    out = layers(encoder)[k](h, additive_mask(mask, h.dtype))
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def image_normalization(path: str | os.PathLike, spec: BackboneSpec) -> dict[str, tuple[float, list[float], list[float]]]:
+    """Each ``pixel_values`` modality's image processor as ``name -> (scale, mean, std)``, read with
+    ``AutoImageProcessor`` from its encoder folder (or hub id): pixels in [0, 1] become
+    ``(x * scale - mean) / std`` per channel, where ``scale = 255 * rescale_factor`` (1 for the
+    usual 1/255; 255 if the processor does not rescale) and mean 0 / std 1 if it does not normalise.
+
+    An encoder without a ``preprocessor_config.json`` (the tiny random backbones of tests) is left out:
+    its pixels reach the ViT as they are.
+    """
+    from transformers import AutoImageProcessor
+
+    out = {}
+    for mod in spec.modalities:
+        if mod.input != "pixel_values":
+            continue
+        src = encoder_source(path, mod)
+        if Path(src).is_dir() and not (Path(src) / "preprocessor_config.json").is_file():
+            continue
+        try:
+            proc = AutoImageProcessor.from_pretrained(src)
+        except OSError:  # a hub id without a processor, or offline with nothing cached
+            continue
+        scale = 255.0 * float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 255.0
+        norm = getattr(proc, "do_normalize", True)
+        mean, std = (proc.image_mean, proc.image_std) if norm else (0.0, 1.0)
+        mean, std = ([float(v)] * 3 if isinstance(v, (int, float)) else [float(c) for c in v] for v in (mean, std))
+        out[mod.name] = (scale, mean, std)
+    return out
 
 
 def finalize(encoder: nn.Module, h: Tensor) -> Tensor:

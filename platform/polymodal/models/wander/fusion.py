@@ -19,6 +19,7 @@ so the cost is linear in M and nothing of size l_1*...*l_M or d_1*...*d_M is eve
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -249,6 +250,46 @@ def rebuild_full_weights(fusion: SequenceFusion) -> tuple[Tensor, Tensor]:
     return build(list(fusion.factors_t), "p"), build(list(fusion.factors_h), "o")
 
 
+class OuterProductFusion(nn.Module):
+    """Sequence fusion with the full (unfactored) weights of Eq. 9-10: the paper's SF-OP ablation.
+
+    Parameters ``W_t`` (out_len, l_1..l_M) and ``W_h`` (out_dim, d_1..d_M): what
+    :class:`SequenceFusion` keeps in CP form, here kept whole, so their size is exponential in M.
+    ``forward`` computes :func:`outer_product_fusion` without building the tensor product Z: the
+    token axes are contracted one modality at a time, then the feature axes with ``W_h``.
+
+    Shapes: ``forward([h_1, ..., h_M])`` with ``h_m`` (B, l_m, d_m) returns (B, out_len, out_dim).
+    """
+
+    def __init__(self, in_dims: list[int], seq_lens: list[int], out_dim: int, out_len: int):
+        super().__init__()
+        in_dims, seq_lens = list(in_dims), list(seq_lens)
+        if not in_dims or len(in_dims) != len(seq_lens):
+            raise ValueError(f"in_dims and seq_lens need one entry per modality and equal lengths, "
+                             f"got in_dims={in_dims}, seq_lens={seq_lens}")
+        if 2 * len(in_dims) > len(_LETTERS):
+            raise ValueError(f"OuterProductFusion supports at most {len(_LETTERS) // 2} modalities, "
+                             f"got {len(in_dims)}")
+        _check_sizes(in_dims=in_dims, seq_lens=seq_lens, out_dim=out_dim, out_len=out_len)
+        self.in_dims, self.seq_lens, self.out_dim, self.out_len = in_dims, seq_lens, out_dim, out_len
+        # unit-variance output for unit-variance inputs: each weight entry ~ N(0, 1 / fan-in)
+        fan_t, fan_h = math.prod(seq_lens), math.prod(in_dims)
+        self.W_t = nn.Parameter(torch.randn(out_len, *seq_lens) / fan_t ** 0.5)
+        self.W_h = nn.Parameter(torch.randn(out_dim, *in_dims) / fan_h ** 0.5)
+
+    def forward(self, xs: list[Tensor]) -> Tensor:
+        """xs[m]: (B, l_m, d_m)  ->  (B, out_len, out_dim)."""
+        _check_inputs(xs, self.in_dims, self.seq_lens, "OuterProductFusion")
+        M = len(xs)
+        js, is_ = _LETTERS[:M], _LETTERS[M:2 * M]
+        state, sub = self.W_t, "p" + js  # (P, l_1..l_M)
+        for m, x in enumerate(xs):  # swap token axis j_m for feature axis i_m: (B, P, i_1..i_m, j_m+1..j_M)
+            out = ("" if m else "b") + sub.replace(js[m], is_[m])
+            state = torch.einsum(f"{sub},b{js[m]}{is_[m]}->{out}", state, x)
+            sub = out
+        return torch.einsum(f"{sub},o{is_}->bpo", state, self.W_h)  # (B, P, O)
+
+
 class VectorFusion(nn.Module):
     """Vector-level low-rank fusion (LMF-style; the paper's Table 6 comparison).
 
@@ -287,4 +328,4 @@ class VectorFusion(nn.Module):
         return prod.sum(dim=1)                              # (B, O)
 
 
-__all__ = ["SequenceFusion", "VectorFusion", "outer_product_fusion", "rebuild_full_weights", "RANK_MODES"]
+__all__ = ["SequenceFusion", "OuterProductFusion", "VectorFusion", "outer_product_fusion", "rebuild_full_weights", "RANK_MODES"]

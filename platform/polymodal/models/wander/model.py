@@ -2,12 +2,14 @@
 
 Data flow for one batch (M modalities, modality m has l_m tokens of width D_m)::
 
-    inputs[m] --(input projection, embeds only)--> embeddings_m            # (B, l_m, D_m)
+    inputs[m] --(input projection, embeds only;                          # (B, l_m, D_m)
+                 image processor's mean/std, pixel_values only)--> embeddings_m
+    mask_m = input_ids != pad_token_id (input_ids only; else all real)     # (B, l_m)
     for k in 0..max depth - 1:                                             # lock-step
-        h_m = block_k^m(h_m) for every m                                   # (B, l_m, D_m)
-        method wander:  [h_m] = WanderAdapter_k([h_m for fused m])         # cross-modal
+        h_m = block_k^m(h_m, mask_m) for every m                           # (B, l_m, D_m)
+        method wander:  [h_m] = WanderAdapter_k([h_m for fused m], masks)  # cross-modal
         method houlsby: h_m = HoulsbyAdapter_k^m(h_m)                      # per modality
-    pooled_m = first token (or mean) of final h_m                           # (B, D_m)
+    pooled_m = first token (or mean over real tokens) of final h_m          # (B, D_m)
     head(concat_m pooled_m)
 
 ``lora`` injects LoRA into each encoder's query/value projections (peft), ``full`` trains
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from polymodal.models.wander.adapter import HoulsbyAdapter, WanderAdapter
 from polymodal.models.wander.backbone import (BackboneSpec, ModalitySpec, encoder_source, finalize, hidden_size,
-                                              is_vit, layers, run_embeddings, run_layer)
+                                              is_vit, layers, run_embeddings, run_layer, token_mask)
 from polymodal.models.wander.config import WanderConfig
 from polymodal.models.wander.data import HEADS, HeadKind
 
@@ -51,13 +53,15 @@ def _adapter_layers(cfg: WanderConfig, depths: dict[str, int], adapted: list[str
     depth = min(depths[n] for n in adapted)
     if cfg.adapter_layers is None:
         return list(range(depth))  # "every layer": every block all adapted encoders have
-    ks = list(cfg.adapter_layers)
-    if len(set(ks)) != len(ks):
-        raise ValueError(f"adapter_layers has repeated entries {ks}; list each layer once")
-    bad = [k for k in ks if not 0 <= k < depth]
+    bad = [k for k in cfg.adapter_layers if not -depth <= k < depth]
     if bad:
         raise ValueError(f"adapter_layers {bad} out of range: the adapted encoders ({', '.join(adapted)}) have "
-                         f"{depth} layers, so allowed values are 0..{depth - 1}; or use null for all layers")
+                         f"{depth} layers, so allowed values are 0..{depth - 1} or -{depth}..-1 (from the last); "
+                         "or use null for all layers")
+    ks = [k % depth for k in cfg.adapter_layers]  # -1 -> depth - 1
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"adapter_layers {list(cfg.adapter_layers)} name a layer twice (as {ks} of {depth}); "
+                         "list each layer once")
     return sorted(ks)
 
 
@@ -95,7 +99,8 @@ class WanderModel(nn.Module):
       ``logit_scale * video_emb @ text_emb.T``.
     """
 
-    def __init__(self, backbone_spec: BackboneSpec, encoders: nn.ModuleDict, cfg: WanderConfig, head: HeadKind):
+    def __init__(self, backbone_spec: BackboneSpec, encoders: nn.ModuleDict, cfg: WanderConfig, head: HeadKind,
+                 image_norm: dict[str, tuple[float, list[float], list[float]]] | None = None):
         super().__init__()
         spec = backbone_spec
         _check_head_cfg(spec, cfg, head)
@@ -118,6 +123,17 @@ class WanderModel(nn.Module):
             m.name: nn.Linear(m.feature_dim, self.dims[m.name]) for m in spec.modalities
             if m.input == "embeds" and m.feature_dim is not None and m.feature_dim != self.dims[m.name]})
 
+        # Image normalisation of each pixel_values modality (its image processor's statistics):
+        # pixels in [0, 1] -> (x * scale - mean) / std; buffers, so they follow the model's device.
+        self.image_norm = sorted((image_norm or {}).keys())
+        for name, (scale, mean, std) in (image_norm or {}).items():
+            if spec.get(name).input != "pixel_values":
+                raise ValueError(f"image_norm names modality {name!r}, whose input is not pixel_values")
+            self.register_buffer(f"_pixel_mean_{name}", torch.tensor(mean).view(1, -1, 1, 1) / scale,
+                                 persistent=False)
+            self.register_buffer(f"_pixel_std_{name}", torch.tensor(std).view(1, -1, 1, 1) / scale,
+                                 persistent=False)
+
         # Freeze the backbone (everything trains under "full").
         for p in self.encoders.parameters():
             p.requires_grad = cfg.method == "full"
@@ -133,7 +149,9 @@ class WanderModel(nn.Module):
             for k in self.adapter_layers:
                 acts = [_activation(encoders[n]) for n in self.adapted]
                 self.wander[str(k)] = WanderAdapter(dims, lens, cfg.down_dim, cfg.rank_h, cfg.rank_t, acts,
-                                                    rank_mode=cfg.rank_mode, dropout=cfg.dropout)
+                                                    rank_mode=cfg.rank_mode, dropout=cfg.dropout,
+                                                    fusion=cfg.fusion, nonlinearity=cfg.nonlinearity,
+                                                    residual=cfg.residual)
         elif cfg.method == "houlsby":
             self.adapter_layers = _adapter_layers(cfg, self.depths, self.adapted)
             for k in self.adapter_layers:
@@ -187,11 +205,13 @@ class WanderModel(nn.Module):
             if x.dim() != 4 or x.shape[1] != ch:
                 raise ValueError(f"modality {mod.name!r} (pixel_values) must be (B, {ch}, H, W), got {tuple(x.shape)}")
 
-    def encode(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Final hidden states per modality: name -> (B, l_m, D_m)."""
+    def encode(self, inputs: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+        """Final hidden states per modality, name -> (B, l_m, D_m), and each modality's token mask,
+        name -> (B, l_m) bool (True at real tokens) or None (every token real)."""
         if not isinstance(inputs, dict):
             raise ValueError(f"inputs must be a dict modality name -> tensor, got {type(inputs).__name__}")
         hs: dict[str, Tensor] = {}
+        masks: dict[str, Tensor | None] = {}
         batch = None
         for mod in self.spec.modalities:
             if mod.name not in inputs:
@@ -203,8 +223,11 @@ class WanderModel(nn.Module):
                 batch = x.shape[0]
             elif x.shape[0] != batch:
                 raise ValueError(f"modality {mod.name!r} has batch size {x.shape[0]}, others have {batch}")
+            masks[mod.name] = token_mask(self.encoders[mod.name], mod.input, x)
             if mod.name in self.proj:
                 x = self.proj[mod.name](x)                             # (B, l, D)
+            if mod.name in self.image_norm:                            # the ViT's own processor statistics
+                x = (x - getattr(self, f"_pixel_mean_{mod.name}")) / getattr(self, f"_pixel_std_{mod.name}")
             h = run_embeddings(self.encoders[mod.name], mod.input, x)  # (B, l, D)
             if h.shape[1] != mod.seq_len:
                 raise ValueError(f"modality {mod.name!r}: the encoder produced {h.shape[1]} tokens but backbone.json "
@@ -214,28 +237,36 @@ class WanderModel(nn.Module):
         for k in range(max(self.depths.values())):
             for n, enc in self.encoders.items():
                 if k < self.depths[n]:
-                    hs[n] = run_layer(enc, k, hs[n])
+                    hs[n] = run_layer(enc, k, hs[n], masks[n])
             if k in adapter_at and self.cfg.method == "wander":
-                fused = self.wander[str(k)]([hs[n] for n in self.adapted])
+                fused = self.wander[str(k)]([hs[n] for n in self.adapted], [masks[n] for n in self.adapted])
                 hs.update(zip(self.adapted, fused))
             elif k in adapter_at and self.cfg.method == "houlsby":
                 for n, ad in self.houlsby[str(k)].items():
                     hs[n] = ad(hs[n])
-        return {n: finalize(self.encoders[n], h) for n, h in hs.items()}
+        return {n: finalize(self.encoders[n], h) for n, h in hs.items()}, masks
 
-    def pool(self, hs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """name -> (B, D_m): first token, or the mean over tokens."""
+    def pool(self, hs: dict[str, Tensor], masks: dict[str, Tensor | None] | None = None) -> dict[str, Tensor]:
+        """name -> (B, D_m): first token, or the mean over the real (unpadded) tokens."""
         if self.cfg.pooling == "mean":
-            return {n: h.mean(dim=1) for n, h in hs.items()}
+            out = {}
+            for n, h in hs.items():
+                mask = (masks or {}).get(n)
+                if mask is None:
+                    out[n] = h.mean(dim=1)
+                else:
+                    w = mask.unsqueeze(-1).to(h.dtype)                              # (B, l, 1)
+                    out[n] = (h * w).sum(1) / w.sum(1).clamp(min=1)
+            return out
         return {n: h[:, 0] for n, h in hs.items()}
 
     def features(self, inputs: dict[str, Tensor]) -> Tensor:
         """Pooled features of all modalities, concatenated in backbone order: (B, sum D_m)."""
-        pooled = self.pool(self.encode(inputs))
+        pooled = self.pool(*self.encode(inputs))
         return torch.cat([pooled[n] for n in self.spec.names()], dim=-1)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        pooled = self.pool(self.encode(inputs))
+        pooled = self.pool(*self.encode(inputs))
         if self.head_kind == "retrieval":
             q = self.cfg.query_modality
             video = torch.cat([pooled[n] for n in self.spec.names() if n != q], dim=-1)  # (B, sum D)
@@ -306,7 +337,12 @@ def closed_form_trainable_count(spec: BackboneSpec, cfg: WanderConfig, head: Hea
         d, L = cfg.down_dim, sum(spec.get(n).seq_len for n in adapted)
         Dw = D[adapted[0]]
         per = sum(Dw * d + d for _ in adapted)                                  # Down_m
-        per += sum(cfg.rank_h * Dw * d + cfg.rank_t * L * spec.get(n).seq_len for n in adapted)  # factors
+        if cfg.fusion == "sequence":                                            # CP factors
+            per += sum(cfg.rank_h * Dw * d + cfg.rank_t * L * spec.get(n).seq_len for n in adapted)
+        elif cfg.fusion == "outer":                                             # full W_t, W_h
+            per += L * math.prod(spec.get(n).seq_len for n in adapted) + Dw * d ** len(adapted)
+        else:                                                                   # vector fusion factors
+            per += len(adapted) * cfg.rank_h * Dw * d
         total += n_layers * (per + 1)                                           # + gate
     elif cfg.method == "houlsby":
         b = cfg.houlsby_dim
@@ -317,3 +353,40 @@ def closed_form_trainable_count(spec: BackboneSpec, cfg: WanderConfig, head: Hea
     elif cfg.method == "full":
         total += sum(_full_encoder_count(c) for c in confs.values())
     return total
+
+
+#: Table 1 of the paper (UPMC-Food101 on ViT-B/16 + BERT-base): Wander's trainable parameters,
+#: head included, per down-projection width d
+TABLE1_TRAINABLE = {64: 3_100_000, 128: 4_900_000}
+
+
+def is_vit_b16_bert_base(spec: BackboneSpec, confs: dict) -> bool:
+    """Whether the backbone is Table 1's: a ViT-B/16 at 224 px (197 tokens) and a BERT-base text encoder.
+
+    ``confs``: modality name -> the encoder's transformers config.
+    """
+    kinds = sorted((m.input, confs[m.name].model_type) for m in spec.modalities)
+    if kinds != [("input_ids", "bert"), ("pixel_values", "vit")]:
+        return False
+    base = all(c.hidden_size == 768 and c.num_hidden_layers == 12 and c.intermediate_size == 3072
+               for c in confs.values())
+    vit = next(c for c in confs.values() if c.model_type == "vit")
+    return base and vit.patch_size == 16 and vit.image_size == 224
+
+
+def table1_reference(cfg: WanderConfig, path: str) -> dict[str, int] | None:
+    """Table 1's count for a classification model section ``cfg`` on the backbone folder ``path``:
+    the paper's Wander (``method: wander``, sequence fusion) at d = 64 or 128 with UPMC-Food101's 101
+    classes on ViT-B/16 + BERT-base; None for anything else. Reads only the encoders' config.json."""
+    from transformers import AutoConfig
+
+    from polymodal.models.wander.backbone import read_spec
+
+    if cfg.method != "wander" or cfg.fusion != "sequence" or cfg.down_dim not in TABLE1_TRAINABLE \
+            or cfg.num_classes != 101:
+        return None
+    spec = read_spec(path)
+    confs = {m.name: AutoConfig.from_pretrained(encoder_source(path, m)) for m in spec.modalities}
+    if not is_vit_b16_bert_base(spec, confs):
+        return None
+    return {f"Table 1, UPMC-Food101, Wander d = {cfg.down_dim}": TABLE1_TRAINABLE[cfg.down_dim]}

@@ -4,7 +4,7 @@ A request carries ONE example, every modality of the backbone under ``inputs``::
 
     {"inputs": {"m0": [[...32 floats], ... 8 rows], "m1": [[...], ...]}}    # embeds: seq_len x feature_dim
     {"inputs": {"text": [101, 2023, ...]}}                                # input_ids: seq_len ints
-    {"inputs": {"image": [[[...W], ...H], ...C]}}                         # pixel_values: C x H x W floats
+    {"inputs": {"image": [[[...W], ...H], ...C]}}                         # pixel_values: C x H x W floats in [0, 1]
 
 Pydantic checks the JSON types; :func:`serve_predict` checks shapes against the model and
 raises :class:`~polymodal.errors.ServeInputError` naming ``inputs.<modality>``.

@@ -15,7 +15,7 @@ from polymodal.metrics import retrieval_metrics
 from polymodal.task import Batch, Task
 
 from . import pretrain
-from .backbone import init_input_projections, load_backbone
+from .backbone import image_normalization, init_input_projections, load_backbone
 from .config import PRESETS, WanderConfig
 from .data import LABEL, SYNTH_QUERY, TASKS
 from .metrics import classification_metrics, multilabel_metrics, regression_metrics
@@ -30,7 +30,7 @@ class _WanderTask(Task):
     def build_model(self, cfg: WanderConfig) -> nn.Module:
         path = local_copy(cfg.backbone)
         spec, encoders = load_backbone(path)
-        model = WanderModel(spec, encoders, cfg, head=self.head)
+        model = WanderModel(spec, encoders, cfg, head=self.head, image_norm=image_normalization(path, spec))
         init_input_projections(model.proj, path, spec)  # pre-trained projections (wander.pretrain), if any
         return model
 
@@ -38,7 +38,8 @@ class _WanderTask(Task):
         out = {}
         for k, v in columns.items():
             t = torch.from_numpy(np.require(v, requirements=["C", "W"]))
-            # images are stored as uint8 to keep shards small; the encoder wants floats in [0, 1]
+            # images are stored as uint8 to keep shards small; the model reads floats in [0, 1] and
+            # normalises them with the ViT's image processor (WanderModel.encode)
             out[k] = t.float().div_(255.0) if t.dtype == torch.uint8 else t
         return out
 
@@ -106,6 +107,14 @@ class ClassificationTask(_WanderTask):
 
     def metrics(self, outputs):
         return classification_metrics(outputs["logits"], outputs[LABEL])
+
+
+    def reference_params(self, cfg: WanderConfig) -> dict[str, int] | None:
+        """Table 1's trainable counts (UPMC-Food101, ViT-B/16 + BERT-base, head included) for the
+        paper's Wander at d = 64 and d = 128; see :func:`~polymodal.models.wander.model.table1_reference`."""
+        from .model import table1_reference
+
+        return table1_reference(cfg, local_copy(cfg.backbone))
 
 
 class RegressionTask(_WanderTask):
