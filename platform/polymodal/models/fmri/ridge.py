@@ -331,7 +331,7 @@ class RidgeCV(RegressorMixin, BaseEstimator):
     """Ridge with one alpha per voxel (target), chosen by (grouped) cross-validation.
 
     A scikit-learn regressor: parameters are stored as given and validated in :meth:`fit`, so it
-    can be cloned, grid-searched, put in a ``Pipeline`` (e.g. after a ``StandardScaler``) and
+    can be cloned, put in a ``Pipeline`` (e.g. after a ``StandardScaler``) and
     passed to ``cross_val_score``; :meth:`score` is the R^2 of :meth:`predict` averaged over
     targets (``RegressorMixin``). Inputs may be array-likes (validated by scikit-learn) or torch
     tensors (kept on their device, e.g. CUDA). No intercept: centre X and Y first.
