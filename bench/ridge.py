@@ -49,7 +49,7 @@ def compare(n: int, p: int, v: int, n_alphas: int, folds: int, n_stories: int) -
           f"({n_stories} stories); torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     t0 = time.perf_counter()
-    ours = RidgeCV(alphas, cv=splits, score="correlation").fit(X, Y)
+    ours = RidgeCV(alphas, cv=splits, scoring="correlation").fit(X, Y)
     t_ours = time.perf_counter() - t0
     print(f"polymodal RidgeCV (torch, float32):  {t_ours:8.2f} s")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from polymodal.models.fmri import RidgeCV, lanczos_interp, make_delayed
 from polymodal.models.fmri.features import Trim, lanczos_fun, zscore
@@ -122,7 +123,7 @@ def test_cv_scores_match_direct_solves(score, kind, method):
     X, Y, groups = _problem(v=20)
     X = _degenerate(kind, X)
     alphas = np.logspace(0, 4, 5)
-    model = RidgeCV(alphas, cv=4, score=score, dtype="float64", method=method).fit(X, Y, groups=groups)
+    model = RidgeCV(alphas, cv=4, scoring=score, dtype="float64", method=method).fit(X, Y, groups=groups)
     splits = group_kfold_splits(groups, 4)
     want = np.zeros((len(alphas), Y.shape[1]))
     for tr, va in splits:
@@ -155,7 +156,7 @@ def test_agrees_with_himalaya(score, method):
     X, Y = X.astype(np.float32), Y.astype(np.float32)
     alphas = np.logspace(0, 4, 10)
     splits = group_kfold_splits(groups, 5)
-    ours = RidgeCV(alphas, cv=splits, score=score, method=method).fit(X, Y)
+    ours = RidgeCV(alphas, cv=splits, scoring=score, method=method).fit(X, Y)
     ref = HimalayaRidgeCV(alphas=alphas, cv=splits, solver_params={
         "score_func": correlation_score if score == "correlation" else r2_score}).fit(X, Y)
     same = np.isclose(ours.best_alphas_, np.asarray(ref.best_alphas_), rtol=1e-6)
@@ -179,17 +180,18 @@ def test_float32_float64_chunks_and_torch_input_agree():
 
 def test_bad_input_is_a_clear_error():
     X, Y, _ = _problem()
+    # parameters are stored as given and checked by fit (scikit-learn's contract)
     with pytest.raises(ValueError, match="positive"):
-        RidgeCV([0.0, 1.0])
-    with pytest.raises(ValueError, match="score"):
-        RidgeCV([1.0], score="mse")
+        RidgeCV([0.0, 1.0]).fit(X, Y)
+    with pytest.raises(ValueError, match="scoring"):
+        RidgeCV([1.0], scoring="mse").fit(X, Y)
     with pytest.raises(ValueError, match="240 samples .* but Y has 239"):
         RidgeCV([1.0]).fit(X, Y[:-1])
     bad = Y.copy()
     bad[3, 4] = np.nan
     with pytest.raises(ValueError, match="Y contains NaN"):
         RidgeCV([1.0]).fit(X, bad)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         RidgeCV([1.0]).predict(X)
     with pytest.raises(ValueError, match="features"):
         RidgeCV([1.0], cv=3).fit(X, Y).predict(X[:, :5])

@@ -95,7 +95,7 @@ def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_u
     todo = [c for c in index.chunks if not storage.exists(_chunk_uri(out_uri, c), opts)]
     summaries = []
     if todo:  # a finished run needs no decomposition of X
-        basis = RidgeCV(alphas, cv=cv, score=score, dtype=dtype, device=device).basis(X, groups)
+        basis = RidgeCV(alphas, cv=cv, scoring=score, dtype=dtype, device=device).basis(X, groups)
         summaries = list(_run_chunks(solve_chunk, basis, todo, (sel,), out_uri, opts, device, use_ray,
                                      num_cpus_per_task, progress and f"ridge {sel.subject}"))
     result = {"subject": sel.subject, "n_voxels": index.n_voxels, "chunks": [c.model_dump() for c in index.chunks],

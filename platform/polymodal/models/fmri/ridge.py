@@ -25,11 +25,14 @@ object store.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 Score = Literal["correlation", "r2"]
 Method = Literal["auto", "svd", "gram"]
@@ -72,8 +75,13 @@ def group_kfold_splits(groups: Sequence, n_splits: int) -> list[tuple[np.ndarray
 
 def resolve_splits(cv: int | Iterable, n_samples: int, groups: Sequence | None = None
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, val) index pairs from ``cv``: an int (KFold, or GroupKFold over ``groups``), a
+    scikit-learn splitter (anything with ``split(X, y, groups)``, e.g. ``GroupKFold(5)``) or an
+    iterable of (train_idx, val_idx)."""
     if isinstance(cv, (int, np.integer)):
         return group_kfold_splits(groups, int(cv)) if groups is not None else kfold_splits(n_samples, int(cv))
+    if hasattr(cv, "split"):  # splitters only need the number of rows of X
+        cv = cv.split(np.zeros((n_samples, 1)), None, groups)
     splits = [(np.asarray(tr, dtype=np.int64), np.asarray(va, dtype=np.int64)) for tr, va in cv]
     if not splits:
         raise ValueError("cv gave no (train, val) splits")
@@ -95,6 +103,8 @@ def _tensors_to(obj: Any, device: str | torch.device) -> dict[str, torch.Tensor]
 
 def _to_tensor(a, device: torch.device, dtype: torch.dtype, name: str) -> torch.Tensor:
     t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    if t.is_complex():
+        raise ValueError(f"Complex data not supported: {name} is {t.dtype}")
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples x {'features' if name == 'X' else 'voxels'}), "
                          f"got shape {tuple(t.shape)}")
@@ -304,18 +314,43 @@ class RidgeBasis:
 # --------------------------------------------------------------------------- estimator
 
 
-class RidgeCV:
-    """Ridge with one alpha per voxel, chosen by (grouped) cross-validation; sklearn-style.
+@dataclass(frozen=True)
+class _Settings:
+    """:class:`RidgeCV`'s parameters, validated and resolved for one ``fit``/``predict``."""
+
+    alphas: np.ndarray     # (n_alphas,) float64
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def np_dtype(self) -> type:
+        return np.float32 if self.dtype == torch.float32 else np.float64
+
+
+class RidgeCV(RegressorMixin, BaseEstimator):
+    """Ridge with one alpha per voxel (target), chosen by (grouped) cross-validation.
+
+    A scikit-learn regressor: parameters are stored as given and validated in :meth:`fit`, so it
+    can be cloned, put in a ``Pipeline`` (e.g. after a ``StandardScaler``) and
+    passed to ``cross_val_score``; :meth:`score` is the R^2 of :meth:`predict` averaged over
+    targets (``RegressorMixin``). Inputs may be array-likes (validated by scikit-learn) or torch
+    tensors (kept on their device, e.g. CUDA). No intercept: centre X and Y first.
 
     Parameters
     ----------
     alphas : sequence of float
         Candidate penalties (> 0), e.g. ``np.logspace(0, 4, 10)``.
-    cv : int or iterable of (train_idx, val_idx)
-        An int is an unshuffled KFold, or a GroupKFold when ``fit`` gets ``groups`` (stories).
-    score : {"correlation", "r2"}
-        Per-voxel validation score; the best alpha maximises its mean over folds.
-    device, dtype : where and how to compute; ``"float32"`` (default) or ``"float64"``.
+    cv : int, splitter or iterable of (train_idx, val_idx)
+        An int is an unshuffled KFold, or a GroupKFold when ``fit`` gets ``groups`` (stories);
+        a scikit-learn splitter (``split(X, y, groups)``, e.g. ``GroupKFold(5)``) gets ``groups``
+        too. Give fixed index splits as a list (it is read at every ``fit``).
+    scoring : {"correlation", "r2"}
+        Per-voxel validation score; the best alpha maximises its mean over folds. (Not named
+        ``score``: that is the estimator's R^2 method.)
+    device : str or torch.device
+        Where to compute, e.g. ``"cpu"`` or ``"cuda"``.
+    dtype : {"float32", "float64"}
+        Compute precision (and that of ``coef_`` and of predictions).
     voxel_chunk : int, optional
         Voxels per batch (memory bound). Default: as many as keep the work arrays near 256 MB.
     method : {"auto", "svd", "gram"}
@@ -323,69 +358,160 @@ class RidgeCV:
         ``X^T X``; folds must partition the samples), ``svd`` (thin SVDs), or ``auto``: ``gram``
         when it applies and ``p <= n_train``, else ``svd``. Results agree to float precision.
 
-    Attributes (after ``fit``): ``best_alphas_`` (v,), ``coef_`` (p, v), ``cv_scores_`` (n_alphas, v).
+    Attributes (after ``fit``)
+    --------------------------
+    coef_ : (p, v) array, or (p,) when ``y`` was 1-D
+    best_alphas_ : (v,) array, the alpha each target got (v = 1 for a 1-D ``y``)
+    cv_scores_ : (n_alphas, v) array, mean validation score of every alpha and target
+    n_features_in_ : int; ``feature_names_in_`` too when X had string column names
     """
 
-    def __init__(self, alphas=(1.0,), cv: int | Iterable = 5, score: Score = "correlation",
+    def __init__(self, alphas: Sequence[float] = (1.0,), cv: int | Iterable = 5, scoring: Score = "correlation",
                  device: str | torch.device = "cpu", dtype: str = "float32", voxel_chunk: int | None = None,
                  method: Method = "auto"):
-        self.alphas = np.asarray(alphas, dtype=np.float64).ravel()
-        if self.alphas.size == 0 or not np.all(self.alphas > 0):
-            raise ValueError(f"alphas must be a non-empty list of positive numbers, got {alphas!r}")
-        if score not in ("correlation", "r2"):
-            raise ValueError(f"score must be 'correlation' or 'r2', got {score!r}")
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        if voxel_chunk is not None and voxel_chunk < 1:
-            raise ValueError(f"voxel_chunk must be a positive integer, got {voxel_chunk!r}")
-        if method not in ("auto", "svd", "gram"):
-            raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
-        self.cv, self.score, self.voxel_chunk, self.method = cv, score, voxel_chunk, method
-        self.device = torch.device(device)
-        self.dtype = getattr(torch, dtype)
+        self.alphas = alphas
+        self.cv = cv
+        self.scoring = scoring
+        self.device = device
+        self.dtype = dtype
+        self.voxel_chunk = voxel_chunk
+        self.method = method
 
-    def fit(self, X, Y, groups: Sequence | None = None) -> "RidgeCV":
-        Xt = _to_tensor(X, self.device, self.dtype, "X")
-        Yt = _to_tensor(Y, self.device, self.dtype, "Y")
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True      # one alpha per target (voxel)
+        tags.target_tags.single_output = True
+        return tags
+
+    # ------------------------------------------------------------------ validation
+
+    def _settings(self) -> _Settings:
+        """The parameters, checked together: one ValueError lists every bad one."""
+        errors = []
+        try:
+            alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            alphas = np.empty(0)
+        if alphas.size == 0 or not np.all(np.isfinite(alphas) & (alphas > 0)):
+            errors.append(f"alphas must be a non-empty list of positive numbers, got {self.alphas!r}")
+        cv = self.cv
+        if isinstance(cv, bool) or isinstance(cv, str) or (isinstance(cv, numbers.Integral) and cv < 2) or not (
+                isinstance(cv, numbers.Integral) or hasattr(cv, "split") or hasattr(cv, "__iter__")):
+            errors.append(f"cv must be an int >= 2, a splitter with split(X, y, groups) (e.g. sklearn's "
+                          f"GroupKFold) or a list of (train_idx, val_idx), got {cv!r}")
+        if not (isinstance(self.scoring, str) and self.scoring in ("correlation", "r2")):
+            errors.append(f"scoring must be 'correlation' or 'r2', got {self.scoring!r}")
+        device = None
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            errors.append(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {self.device!r}")
+        if not (isinstance(self.dtype, str) and self.dtype in ("float32", "float64")):
+            errors.append(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.voxel_chunk is not None and (isinstance(self.voxel_chunk, bool)
+                                             or not isinstance(self.voxel_chunk, numbers.Integral)
+                                             or self.voxel_chunk < 1):
+            errors.append(f"voxel_chunk must be a positive integer or None, got {self.voxel_chunk!r}")
+        if not (isinstance(self.method, str) and self.method in ("auto", "svd", "gram")):
+            errors.append(f"method must be 'auto', 'svd' or 'gram', got {self.method!r}")
+        if errors:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(errors))
+        return _Settings(alphas, device, getattr(torch, self.dtype))
+
+    def _check_X(self, X, st: _Settings, reset: bool | None) -> torch.Tensor:
+        """X (n, p) as a tensor on ``st.device``. ``reset``: True (fit) records ``n_features_in_``
+        (and column names), False (predict) checks X against them, None (basis) only validates."""
+        if isinstance(X, torch.Tensor):  # kept on its device: no round trip through numpy
+            Xt = _to_tensor(X, st.device, st.dtype, "X")
+            if Xt.shape[1] == 0:
+                raise ValueError(f"X has 0 features (shape {tuple(Xt.shape)}); at least 1 is required")
+            if reset:
+                self.n_features_in_ = Xt.shape[1]
+                self.__dict__.pop("feature_names_in_", None)
+            elif reset is False and Xt.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {Xt.shape[1]} features, but {type(self).__name__} is expecting "
+                                 f"{self.n_features_in_} features as input")
+            return Xt
+        params = dict(dtype=st.np_dtype, order="C", ensure_min_samples=1 if reset is False else 2)
+        if reset is None:
+            A = check_array(X, input_name="X", estimator=self, **params)
+        else:
+            A = validate_data(self, X, reset=reset, **params)
+        if not A.flags.writeable:  # e.g. a read-only memmap; torch wants writable memory
+            A = A.copy()
+        return torch.from_numpy(A).to(st.device)
+
+    @staticmethod
+    def _check_y(y, st: _Settings) -> tuple[torch.Tensor, bool]:
+        """y (n,) or (n, v) -> (n, v) tensor on ``st.device`` and whether y was 1-D."""
+        if y is None:
+            raise ValueError("RidgeCV requires y to be passed, but the target y is None")
+        if isinstance(y, torch.Tensor):
+            one_target = y.ndim == 1
+            return _to_tensor(y[:, None] if one_target else y, st.device, st.dtype, "Y"), one_target
+        A = check_array(y, dtype=st.np_dtype, order="C", ensure_2d=False, input_name="Y")
+        if A.ndim == 0:
+            raise ValueError(f"y must be 1-D (samples) or 2-D (samples x voxels), got a scalar: {y!r}")
+        one_target = A.ndim == 1
+        A = A[:, None] if one_target else A
+        if not A.flags.writeable:
+            A = A.copy()
+        return torch.from_numpy(A).to(st.device), one_target
+
+    # ------------------------------------------------------------------ fit / predict
+
+    def fit(self, X, y, groups: Sequence | None = None) -> "RidgeCV":
+        """Choose every target's alpha by CV over ``cv`` and refit on all of X.
+
+        X (n, p); y (n, v) voxel responses, or (n,) for one target; groups (n,) story labels:
+        with an int ``cv`` the folds never split a story (GroupKFold), with a splitter they are
+        passed to its ``split``. Returns self.
+        """
+        st = self._settings()
+        Xt = self._check_X(X, st, reset=True)
+        Yt, one_target = self._check_y(y, st)
         if Xt.shape[0] != Yt.shape[0]:
             raise ValueError(f"X has {Xt.shape[0]} samples (rows) but Y has {Yt.shape[0]}")
-        basis = self.basis(Xt, groups)
+        basis = self._basis(Xt, groups, st)
         n_vox = Yt.shape[1]
         chunk = self.chunk_size(basis, n_vox)
-        scores = np.empty((len(self.alphas), n_vox), dtype=np.float64)
+        scores = np.empty((len(st.alphas), n_vox), dtype=np.float64)
         best = np.empty(n_vox, dtype=np.int64)
-        coef = np.empty((Xt.shape[1], n_vox), dtype=np.float32 if self.dtype == torch.float32 else np.float64)
+        coef = np.empty((Xt.shape[1], n_vox), dtype=st.np_dtype)
         for v0 in range(0, n_vox, chunk):
             sc, b, w = basis.solve(Yt[:, v0:v0 + chunk])
             scores[:, v0:v0 + chunk], best[v0:v0 + chunk], coef[:, v0:v0 + chunk] = \
                 sc.cpu().numpy(), b.cpu().numpy(), w.cpu().numpy()
-        self.cv_scores_, self.best_alphas_, self.coef_ = scores, self.alphas[best], coef
-        self.n_features_in_ = Xt.shape[1]
+        self.cv_scores_, self.best_alphas_ = scores, st.alphas[best]
+        self.coef_ = coef[:, 0].copy() if one_target else coef
         return self
 
     def basis(self, X, groups: Sequence | None = None) -> RidgeBasis:
-        """The X-side decomposition for these settings (for solving voxels in separate chunks/tasks)."""
-        Xt = _to_tensor(X, self.device, self.dtype, "X")
+        """The X-side decomposition for these settings (for solving voxels in separate chunks/tasks);
+        needs no ``fit``."""
+        st = self._settings()
+        return self._basis(self._check_X(X, st, reset=None), groups, st)
+
+    def _basis(self, Xt: torch.Tensor, groups: Sequence | None, st: _Settings) -> RidgeBasis:
         if groups is not None and len(groups) != Xt.shape[0]:
             raise ValueError(f"groups has {len(groups)} entries but X has {Xt.shape[0]} samples")
         splits = resolve_splits(self.cv, Xt.shape[0], groups)
-        alphas = torch.as_tensor(self.alphas, device=self.device, dtype=self.dtype)
-        return RidgeBasis.build(Xt, splits, alphas, self.score, self.method)
+        alphas = torch.as_tensor(st.alphas, device=st.device, dtype=st.dtype)
+        return RidgeBasis.build(Xt, splits, alphas, self.scoring, self.method)
 
     def chunk_size(self, basis: RidgeBasis, n_voxels: int) -> int:
         """Voxels per batch: ``voxel_chunk``, else as many as keep the float64 (r, v) work
         arrays (about 8 of them) near 256 MB."""
         if self.voxel_chunk:
-            return self.voxel_chunk
+            return int(self.voxel_chunk)
         r = len(basis.s)
-        budget = 256 * 2 ** 20 // (8 * 8 * max(r, len(self.alphas)))
+        budget = 256 * 2 ** 20 // (8 * 8 * max(r, len(basis.alphas)))
         return max(1, min(n_voxels, budget))
 
     def predict(self, X) -> np.ndarray:
-        if not hasattr(self, "coef_"):
-            raise RuntimeError("RidgeCV is not fitted yet: call fit(X, Y) first")
-        Xt = _to_tensor(X, self.device, self.dtype, "X")
-        if Xt.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {Xt.shape[1]} features but the model was fitted with {self.n_features_in_}")
-        coef = torch.as_tensor(self.coef_, device=self.device, dtype=self.dtype)
+        """X (n, p) -> predictions (n, v), or (n,) when ``fit`` got a 1-D y; a numpy array."""
+        check_is_fitted(self, "coef_", msg="This %(name)s instance is not fitted yet: call fit(X, y) before predict.")
+        st = self._settings()
+        Xt = self._check_X(X, st, reset=False)
+        coef = torch.as_tensor(self.coef_, device=st.device, dtype=st.dtype)
         return (Xt @ coef).cpu().numpy()
