@@ -71,7 +71,8 @@ def test_presets_validate(preset):
 
 def test_config_reports_every_error_at_once():
     with pytest.raises(ValueError) as err:
-        VioletConfig(bert="x", image_size=65, swin_dim=30, swin_heads=4, head="oeqa", frames=9, max_frames=8)
+        VioletConfig(bert="x", visual="swin", image_size=65, swin_dim=30, swin_heads=4, head="oeqa", frames=9,
+                     max_frames=8)
     message = str(err.value)
     for part in ("patch_size", "swin_heads", "max_frames", "num_answers"):
         assert part in message
