@@ -90,6 +90,18 @@ def test_missing_bert_folder_names_the_fix(tmp_path):
 # ----------------------------------------------------------------------------- trunk
 
 
+def test_real_backbone_layout_feeds_the_cross_modal_encoder(bert_dir):
+    """A reduced torchvision swin3d_t (width 4, 4 stages of one block) as the backbone: its last
+    stage's 2 x 2 tokens per 64-px frame, 8 x 4 wide, projected to BERT's width with p_v added."""
+    model = make(bert_dir, visual="swin3d_t", swin3d_embed_dim=4, swin3d_depths=(1, 1, 1, 1),
+                 swin3d_heads=(1, 1, 2, 2))
+    assert model.video_proj.in_features == model.cfg.visual_dim == 32
+    ids, mask = text(model)
+    out = model(frames(), ids, mask)
+    assert out["video"].shape == (B, T * 2 * 2, model.width)
+    assert "features.6.0.attn.relative_position_bias_table" in dict(model.video_encoder.swin.named_parameters())
+
+
 def test_output_shapes(bert_dir):
     model = make(bert_dir)
     ids, mask = text(model)

@@ -167,13 +167,14 @@ def paper() -> dict[str, Any]:
     bert-base-uncased (``bert`` must be given).
 
     ``visual_weights`` names torchvision's Kinetics-400 Swin-B (ImageNet-1K-initialised); it is
-    downloaded when online; offline, point it at the file (local or s3://).
+    downloaded when online; offline, point it at the file (local or s3://). Stochastic depth 0.2
+    is the authors' ``video_swin.py`` (the paper does not state it).
 
     Optimiser (for the training section, not this one): AdamW, betas (0.9, 0.98), weight decay
     1e-3, learning rate 2e-5 in pre-training and 1.2e-5 in fine-tuning.
     """
-    return {"visual": "swin3d_b", "visual_weights": "KINETICS400_V1", "image_size": 224, "patch_size": 32,
-            "frames": 4, "max_frames": 8, "swin_window": (8, 7, 7), "visual_vocab": 8192, "mask_ratio": 0.15}
+    return {"visual": "swin3d_b", "visual_weights": "KINETICS400_V1", "visual_drop_path": 0.2, "image_size": 224,
+            "patch_size": 32, "frames": 4, "max_frames": 8, "swin_window": (8, 7, 7), "visual_vocab": 8192, "mask_ratio": 0.15}
 
 
 PRESETS = {"tiny": tiny, "paper": paper}

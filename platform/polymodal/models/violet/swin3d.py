@@ -30,6 +30,7 @@ made with torchvision's own module.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -147,6 +148,13 @@ class PatchEmbed3d(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 4, 1))  # (B, T', H', W', C)
 
 
+@functools.lru_cache(maxsize=8)
+def _full_window_index(window: Triple) -> Tensor:
+    """:func:`.swin.relative_position_index` of a full window, on the CPU (also under a meta-device
+    context) and computed once per window: Swin-B's 24 blocks share one (392, 392) table."""
+    return relative_position_index(window, device="cpu")
+
+
 class ShiftedWindowAttention3d(nn.Module):
     """Multi-head self-attention inside (shifted) 3D windows with a relative position bias.
 
@@ -172,7 +180,7 @@ class ShiftedWindowAttention3d(nn.Module):
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros(math.prod(2 * w - 1 for w in self.window_size), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(self.window_size))
+        self.register_buffer("relative_position_index", _full_window_index(self.window_size).clone())
 
     def windows(self, size: Sequence[int]) -> tuple[Triple, Triple]:
         """(window, shift) this layer uses on a (T, H, W) input: per axis a window at least as large as
