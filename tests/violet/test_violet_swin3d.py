@@ -44,8 +44,9 @@ def _torchvision_state(reference) -> dict[str, torch.Tensor]:
 
 
 def _reduced_cfg(**kw) -> VioletConfig:
-    """A VIOLET config on the reference's reduced swin3d_t: 64 px frames, last-stage grid 2 x 2."""
-    return VioletConfig(bert="unused", visual="swin3d_t", image_size=64, swin3d_embed_dim=4,
+    """A VIOLET config on the reference's reduced swin3d_t: 32 px frames, last-stage grid 1 x 1."""
+    kw = {"image_size": 32, **kw}
+    return VioletConfig(bert="unused", visual="swin3d_t", swin3d_embed_dim=4,
                         swin3d_depths=(2, 2, 2, 2), swin3d_heads=(1, 1, 2, 2), swin_window=(2, 2, 2), **kw)
 
 
@@ -87,14 +88,14 @@ def test_folded_patch_kernel_keeps_a_still_clips_response(reference, tmp_path):
     tv.load_state_dict(_torchvision_state(reference))
     ours = swin3d.SwinTransformer3d(swin3d.VIOLET_PATCH, **REDUCED).eval()
     swin3d.load_torchvision_weights(ours, str(path), arch="swin3d_t")
-    still = reference["input"].float()[:, :, :1]  # (1, 3, 1, 64, 64): one frame
+    still = reference["input"].float()[:, :, :1, :32, :32]  # (1, 3, 1, 32, 32): one frame
     with torch.no_grad():
         expected = tv.forward_features(still.expand(-1, -1, 8, -1, -1))  # 8 frames -> 4 temporal tokens
         got = ours.forward_features(still.expand(-1, -1, 4, -1, -1))  # 4 frames, one token each
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    moving = reference["input"].float()[:, :, :4]
+    moving = reference["input"].float()[:, :, :4, :32, :32]
     with torch.no_grad():
-        assert ours.forward_features(moving).shape == (1, 4, 2, 2, 32)  # every frame keeps its tokens
+        assert ours.forward_features(moving).shape == (1, 4, 1, 1, 32)  # every frame keeps its tokens
 
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
@@ -210,12 +211,12 @@ def test_table3_ablations_on_swin3d(mode):
     keeps each frame to itself, ``mean`` averages the frames (order cannot matter)."""
     torch.manual_seed(0)
     encoder = VideoEncoder(_reduced_cfg(video_encoder=mode, use_mvm=mode != "mean")).eval()
-    frames = torch.randn(1, 4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    frames = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     changed = frames.clone()
-    changed[:, 3] = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    changed[:, 3] = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         out, out_changed = encoder(frames), encoder(changed)
-        assert out.shape == (1, 1 if mode == "mean" else 4, 2, 2, 32)
+        assert out.shape == (1, 1 if mode == "mean" else 4, 1, 1, 32)
         assert encoder.num_tokens(4) == out[0].numel() // 32
         if mode == "mean":
             torch.testing.assert_close(encoder(frames.flip(1)), out, atol=1e-5, rtol=1e-5)

@@ -178,7 +178,8 @@ def _run(fmt: str, args: argparse.Namespace) -> None:
         from polymodal.cache import local_copy
 
         vq = local_copy(args.vq_tokenizer, opts)  # an s3:// folder comes down once; a hub id passes through
-        if os.path.exists(vq) and not os.path.isfile(os.path.join(vq, "config.json")):
+        local = os.path.isabs(vq) or vq.startswith(".") or os.path.exists(vq)  # else a hub id
+        if local and not os.path.isfile(os.path.join(vq, "config.json")):
             raise PolymodalError(f"--vq-tokenizer {args.vq_tokenizer}: no config.json there; pass a folder written "
                                  "by VQModel.save_pretrained (local or s3://) or a hub id")
         args.vq_tokenizer = vq
