@@ -155,8 +155,8 @@ class VioletConfig(StrictModel):
 def tiny() -> dict[str, Any]:
     """Small settings for tests and the demo: 64 px frames (a 2 x 2 grid of 32 px patches), the
     one-stage ``swin`` backbone 32 wide with 2 blocks, and the tiny VQ-GAN's 64 codes."""
-    return {"visual": "swin", "image_size": 64, "patch_size": 32, "frames": 4, "max_frames": 8, "swin_dim": 32, "swin_depth": 2,
-            "swin_heads": 4, "swin_window": (2, 2, 2), "visual_vocab": 64, "max_text_tokens": 24}
+    return {"visual": "swin", "image_size": 64, "patch_size": 32, "frames": 4, "max_frames": 8, "swin_dim": 32,
+            "swin_depth": 2, "swin_heads": 4, "swin_window": (2, 2, 2), "visual_vocab": 64, "max_text_tokens": 24}
 
 
 def paper() -> dict[str, Any]:
@@ -174,7 +174,8 @@ def paper() -> dict[str, Any]:
     1e-3, learning rate 2e-5 in pre-training and 1.2e-5 in fine-tuning.
     """
     return {"visual": "swin3d_b", "visual_weights": "KINETICS400_V1", "visual_drop_path": 0.2, "image_size": 224,
-            "patch_size": 32, "frames": 4, "max_frames": 8, "swin_window": (8, 7, 7), "visual_vocab": 8192, "mask_ratio": 0.15}
+            "patch_size": 32, "frames": 4, "max_frames": 8, "swin_window": (8, 7, 7), "visual_vocab": 8192,
+            "mask_ratio": 0.15}
 
 
 PRESETS = {"tiny": tiny, "paper": paper}
