@@ -71,7 +71,8 @@ def test_presets_validate(preset):
 
 def test_config_reports_every_error_at_once():
     with pytest.raises(ValueError) as err:
-        VioletConfig(bert="x", image_size=65, swin_dim=30, swin_heads=4, head="oeqa", frames=9, max_frames=8)
+        VioletConfig(bert="x", visual="swin", image_size=65, swin_dim=30, swin_heads=4, head="oeqa", frames=9,
+                     max_frames=8)
     message = str(err.value)
     for part in ("patch_size", "swin_heads", "max_frames", "num_answers"):
         assert part in message
@@ -87,6 +88,18 @@ def test_missing_bert_folder_names_the_fix(tmp_path):
 
 
 # ----------------------------------------------------------------------------- trunk
+
+
+def test_real_backbone_layout_feeds_the_cross_modal_encoder(bert_dir):
+    """A reduced torchvision swin3d_t (width 4, 4 stages of one block) as the backbone: its last
+    stage's 2 x 2 tokens per 64-px frame, 8 x 4 wide, projected to BERT's width with p_v added."""
+    model = make(bert_dir, visual="swin3d_t", swin3d_embed_dim=4, swin3d_depths=(1, 1, 1, 1),
+                 swin3d_heads=(1, 1, 2, 2))
+    assert model.video_proj.in_features == model.cfg.visual_dim == 32
+    ids, mask = text(model)
+    out = model(frames(), ids, mask)
+    assert out["video"].shape == (B, T * 2 * 2, model.width)
+    assert "features.6.0.attn.relative_position_bias_table" in dict(model.video_encoder.swin.named_parameters())
 
 
 def test_output_shapes(bert_dir):

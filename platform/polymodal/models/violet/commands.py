@@ -119,8 +119,8 @@ def _args(fmt: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=224, help="frames are resized to SIZE x SIZE px (default 224)")
     if spec.kind == "pretrain":
         p.add_argument("--vq-tokenizer", required=True, metavar="PATH",
-                       help="diffusers VQModel folder (save_pretrained) whose codes become the masked visual-token "
-                            "targets")
+                       help="diffusers VQModel whose codes become the masked visual-token targets: a "
+                            "save_pretrained folder, local or s3://, or a hub id")
         p.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"),
                        help="visual-token grid per frame (default SIZE/32 per side: the model's 32 px patch grid, "
                             "7 7 at 224 px)")
@@ -175,9 +175,14 @@ def _run(fmt: str, args: argparse.Namespace) -> None:
         raise PolymodalError(f"--frames {n_frames}: sample at least one frame per video")
     grid = (1, 1)  # the vt_codes grid; only pretrain datasets have that column
     if kind == "pretrain":
-        if not os.path.isfile(os.path.join(args.vq_tokenizer, "config.json")):
-            raise PolymodalError(f"--vq-tokenizer {args.vq_tokenizer}: no config.json there; pass a local folder "
-                                 "written by VQModel.save_pretrained")
+        from polymodal.cache import local_copy
+
+        vq = local_copy(args.vq_tokenizer, opts)  # an s3:// folder comes down once; a hub id passes through
+        local = os.path.isabs(vq) or vq.startswith(".") or os.path.exists(vq)  # else a hub id
+        if local and not os.path.isfile(os.path.join(vq, "config.json")):
+            raise PolymodalError(f"--vq-tokenizer {args.vq_tokenizer}: no config.json there; pass a folder written "
+                                 "by VQModel.save_pretrained (local or s3://) or a hub id")
+        args.vq_tokenizer = vq
         grid = _grid(args)
     answers = None
     if kind == "oeqa":

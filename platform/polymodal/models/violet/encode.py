@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# ImageNet statistics: the paper's Video Swin is ImageNet-initialised, so frames are standardised alike.
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
+from .swin3d import KINETICS400_MEAN, KINETICS400_STD
+
 #: (text, video) pairs per pass through BERT when scoring a full matrix (evaluation and serving)
 SCORE_CHUNK = 128
 
@@ -22,10 +21,16 @@ def param_dtype(net: nn.Module) -> torch.dtype:
     return net.video_proj.weight.dtype
 
 
-def normalise_frames(frames: Tensor, dtype: torch.dtype) -> Tensor:
-    """uint8 (B, T, 3, S, S) -> standardised ``dtype`` pixels (B, T, 3, S, S)."""
-    mean = torch.tensor(PIXEL_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=frames.device).view(1, 1, 3, 1, 1)
+def normalise_frames(frames: Tensor, dtype: torch.dtype,
+                     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Tensor:
+    """uint8 (B, T, 3, S, S) -> standardised ``dtype`` pixels (B, T, 3, S, S).
+
+    ``stats``: (mean, std) of the visual backbone's weights (``net.pixel_stats``); default those of
+    torchvision's Kinetics-400 transforms, which every torchvision ``swin3d`` checkpoint was made with.
+    """
+    mean, std = stats or (KINETICS400_MEAN, KINETICS400_STD)
+    mean = torch.tensor(mean, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(std, device=frames.device).view(1, 1, 3, 1, 1)
     return ((frames.float() / 255.0 - mean) / std).to(dtype)
 
 

@@ -156,11 +156,16 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _vq_vocab_size(path: str) -> int:
-    """Codebook size of a saved diffusers ``VQModel``, read from its config without loading it."""
+    """Codebook size of a diffusers ``VQModel`` (a local folder or a hub id), read from its config
+    without loading the weights."""
     config = os.path.join(path, "config.json")
     try:
-        with open(config, encoding="utf-8") as f:
-            return int(json.load(f)["num_vq_embeddings"])
+        if os.path.isdir(path):
+            with open(config, encoding="utf-8") as f:
+                return int(json.load(f)["num_vq_embeddings"])
+        from diffusers import VQModel
+
+        return int(VQModel.load_config(path)["num_vq_embeddings"])
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{config}: not a saved diffusers VQModel ({exc}); pass tokenizer_path=<a folder "
                          "written by VQModel.save_pretrained, e.g. polymodal.testing.tiny.write_tiny_vqgan>") from None

@@ -4,10 +4,13 @@ Video-Language Transformers with Masked Visual-token Modeling').
 The diagram, one block each:
 
 * :class:`VideoEncoder`: frames (B, T, 3, S, S) -> a grid of video tokens (B, T', H', W', C).
-  ``swin`` is the Video Swin Transformer over the T x H' x W' grid (with its own p_s + p_t); the
-  ablations of the paper's temporal-modelling study encode each frame alone (the same Swin on a
-  one-frame video, so no attention crosses frames) and then either average the frames (``mean``)
-  or lay their tokens side by side (``concat``).
+  The backbone (``model.visual``) is torchvision's Video Swin ``swin3d_t / s / b``
+  (:mod:`.swin3d`, one-frame patches, its last stage's 32-px tokens; Kinetics-400 weights from
+  ``visual_weights``) or the small one-stage :class:`.swin.VideoSwin` of tests and demos.
+  ``video_encoder: swin`` runs it over the whole T x H x W clip; the ablations of the paper's
+  temporal-modelling study (Table 3) encode each frame alone (the same backbone on a one-frame
+  video, so no attention crosses frames) and then either average the frames (``mean``) or lay
+  their tokens side by side (``concat``).
 * :class:`Violet`: a Linear from the Swin width to BERT's, plus p_v = p_s + p_t (Eq. 2) and a
   LayerNorm, BERT's own embeddings for the text (word + position + type, giving ``w + p_x``), and
   BERT's encoder over the concatenation
@@ -38,6 +41,7 @@ from torch import Tensor, nn
 
 from polymodal.models.violet.config import VioletConfig
 from polymodal.models.violet.masking import IGNORE
+from polymodal.models.violet import swin3d
 from polymodal.models.violet.swin import VideoSwin
 
 __all__ = ["VideoEncoder", "Violet", "derangement", "vtm_pairs", "vtm_loss", "mlm_loss", "mvm_loss",
@@ -136,20 +140,39 @@ def combine_losses(losses: dict[str, Tensor], cfg: VioletConfig) -> Tensor:
 
 
 class VideoEncoder(nn.Module):
-    """Frames (B, T, 3, S, S) -> a grid of video tokens (B, T', H', W', swin_dim).
+    """Frames (B, T, 3, S, S) -> a grid of video tokens (B, T', H', W', visual_dim).
 
+    The backbone is ``cfg.visual``: torchvision's ``swin3d_*`` layout (:mod:`.swin3d`, loaded from
+    ``cfg.visual_weights`` unless ``load_weights`` is false) or the one-stage :class:`.swin.VideoSwin`.
     ``swin``: T' = T, the Video Swin over the whole clip. ``concat``: T' = T, each frame encoded
     alone (the same Swin on a one-frame video, so no attention crosses frames); :class:`Violet`'s
     temporal embedding is what tells the frames apart. ``mean``: T' = 1, each frame encoded alone
     then averaged, so the frame order cannot matter.
     """
 
-    def __init__(self, cfg: VioletConfig):
+    def __init__(self, cfg: VioletConfig, load_weights: bool = True):
         super().__init__()
         self.mode, self.max_frames, self.grid = cfg.video_encoder, cfg.max_frames, cfg.grid
-        self.swin = VideoSwin(cfg.swin_dim, cfg.swin_depth, cfg.swin_heads, image_size=cfg.image_size,
-                              patch_size=cfg.patch_size, window=cfg.swin_window, max_frames=cfg.max_frames,
-                              mlp_ratio=cfg.swin_mlp_ratio)
+        self.image_size = cfg.image_size
+        if cfg.visual == "swin":
+            self.swin = VideoSwin(cfg.swin_dim, cfg.swin_depth, cfg.swin_heads, image_size=cfg.image_size,
+                                  patch_size=cfg.patch_size, window=cfg.swin_window, max_frames=cfg.max_frames,
+                                  mlp_ratio=cfg.swin_mlp_ratio)
+        else:
+            self.swin = swin3d.build(cfg.visual, patch_size=swin3d.VIOLET_PATCH, embed_dim=cfg.swin3d_embed_dim,
+                                     depths=cfg.swin3d_depths, num_heads=cfg.swin3d_heads,
+                                     window_size=cfg.swin_window, stochastic_depth_prob=cfg.visual_drop_path)
+            if cfg.visual_weights and load_weights:
+                swin3d.load_torchvision_weights(self.swin, cfg.visual_weights, arch=cfg.visual)
+
+    def backbone(self, frames: Tensor) -> Tensor:
+        """(B, T, 3, S, S) -> (B, T, H', W', C) through the backbone, T kept."""
+        if isinstance(self.swin, VideoSwin):
+            return self.swin(frames)
+        if frames.ndim != 5 or frames.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"frames must be (B, T, 3, {self.image_size}, {self.image_size}), got "
+                             f"{tuple(frames.shape)}; resize/crop them to image_size")
+        return self.swin.forward_features(frames.transpose(1, 2))  # torchvision's (B, C, T, H, W) in
 
     def num_tokens(self, frames: int) -> int:
         """Nv = T' * H' * W' for a video of ``frames`` frames."""
@@ -157,13 +180,16 @@ class VideoEncoder(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         if self.mode == "swin":
-            return self.swin(frames)  # (B, T, H', W', C)
+            if frames.ndim != 5 or not 1 <= frames.shape[1] <= self.max_frames:
+                raise ValueError(f"frames must be (B, T, 3, S, S) with 1 <= T <= max_frames={self.max_frames}, "
+                                 f"got shape {tuple(frames.shape)}")
+            return self.backbone(frames)  # (B, T, H', W', C)
         if frames.ndim != 5 or not 1 <= frames.shape[1] <= self.max_frames:
             raise ValueError(f"frames must be (B, T, 3, S, S) with 1 <= T <= max_frames={self.max_frames}, "
                              f"got shape {tuple(frames.shape)}")
         B, T = frames.shape[:2]
         # Each frame a one-frame video: no attention across frames, and every frame gets the same p_t.
-        x = self.swin(frames.reshape(B * T, 1, *frames.shape[2:]))  # (B*T, 1, H', W', C)
+        x = self.backbone(frames.reshape(B * T, 1, *frames.shape[2:]))  # (B*T, 1, H', W', C)
         x = x.view(B, T, *x.shape[2:])  # (B, T, H', W', C)
         return x.mean(dim=1, keepdim=True) if self.mode == "mean" else x
 
@@ -179,21 +205,28 @@ def _mlp(width: int, out: int) -> nn.Sequential:
 class Violet(nn.Module):
     """Video encoder + BERT over ``[video, CLS, text]`` + the VTM / MLM / MVM / answer heads.
 
-    BERT and its tokenizer load from ``cfg.bert`` (``from_pretrained``, local files only). The MLM head
-    is ``BertForMaskedLM``'s (loaded from the checkpoint when it has one, its decoder tied to the word
-    embeddings); the other heads start random.
+    BERT and its tokenizer load from ``cfg.bert`` (``from_pretrained``: a local folder, or a hub id
+    that is downloaded into the Hugging Face cache unless ``HF_HUB_OFFLINE=1``). The MLM head is
+    ``BertForMaskedLM``'s (loaded from the checkpoint when it has one, its decoder tied to the word
+    embeddings); the other heads start random. The video backbone loads ``cfg.visual_weights``
+    unless ``load_visual_weights`` is false (a checkpoint about to overwrite it).
     """
 
-    def __init__(self, cfg: VioletConfig):
+    def __init__(self, cfg: VioletConfig, load_visual_weights: bool = True):
         super().__init__()
         from transformers import AutoTokenizer, BertForMaskedLM
 
-        if not Path(cfg.bert).is_dir():
-            raise ValueError(f"bert {cfg.bert!r} is not a folder here; give a BERT save_pretrained folder with its "
-                             "tokenizer (nothing is downloaded at run time)")
+        path = Path(cfg.bert)
+        if path.is_absolute() or cfg.bert.startswith(".") or path.exists():
+            if not path.is_dir():
+                raise ValueError(f"model.bert {cfg.bert!r} is not a folder here; give a BERT save_pretrained folder "
+                                 "with its tokenizer, an s3:// folder or a hub id (bert-base-uncased)")
         self.cfg = cfg
-        bert = BertForMaskedLM.from_pretrained(cfg.bert, local_files_only=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.bert, local_files_only=True)
+        try:
+            bert = BertForMaskedLM.from_pretrained(cfg.bert)
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.bert)
+        except OSError as exc:  # a hub id not cached while offline, a typo, no network
+            raise ValueError(f"model.bert {cfg.bert!r}: not a local folder, and the hub says: {exc}") from None
         self.bert_config = bert.config
         if cfg.max_text_tokens > bert.config.max_position_embeddings:
             raise ValueError(f"max_text_tokens {cfg.max_text_tokens} exceeds BERT's max_position_embeddings "
@@ -205,8 +238,8 @@ class Violet(nn.Module):
         self.embeddings = bert.bert.embeddings  # w + p_x (+ segment 0), LayerNorm, dropout
         self.encoder = bert.bert.encoder
         self.mlm_head = bert.cls  # BertOnlyMLMHead; decoder weight is embeddings.word_embeddings.weight
-        self.video_encoder = VideoEncoder(cfg)
-        self.video_proj = nn.Linear(cfg.swin_dim, width)
+        self.video_encoder = VideoEncoder(cfg, load_weights=load_visual_weights)
+        self.video_proj = nn.Linear(cfg.visual_dim, width)
         # p_v = p_s + p_t at the cross-modal encoder's input (Eq. 2), like p_x for the words: attention
         # there is otherwise blind to where and when a video token is.
         self.video_pos_spatial = nn.Parameter(torch.zeros(1, 1, cfg.grid, cfg.grid, width))  # (1, 1, H', W', D)
@@ -233,6 +266,11 @@ class Violet(nn.Module):
     def width(self) -> int:
         """D: BERT's hidden size."""
         return self.bert_config.hidden_size
+
+    @property
+    def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) frames in [0, 1] are standardised with: the visual weights' own (``cfg.pixel_stats``)."""
+        return self.cfg.pixel_stats
 
     @property
     def mask_token_id(self) -> int:

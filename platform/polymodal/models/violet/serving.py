@@ -222,7 +222,7 @@ def _squashed(frames: np.ndarray, size: int) -> np.ndarray:
 def _pixels(net: nn.Module, clips: np.ndarray) -> Tensor:
     """uint8 (B, T, S, S, 3) -> standardised (B, T, 3, S, S) on the model's device and dtype."""
     frames = torch.from_numpy(np.ascontiguousarray(clips)).to(net.video_proj.weight.device)
-    return normalise_frames(channels_first(frames), param_dtype(net))
+    return normalise_frames(channels_first(frames), param_dtype(net), net.pixel_stats)
 
 
 def _b64(data: str, field: str) -> bytes:

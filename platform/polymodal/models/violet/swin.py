@@ -1,10 +1,9 @@
-"""Video Swin Transformer: VIOLET's visual backbone (3D shifted-window attention over T x H x W patches).
+"""Shifted 3D windows (Video Swin) and VIOLET's small one-stage backbone (``model.visual: swin``).
 
-VIOLET (Fu et al., 'VIOLET: End-to-End Video-Language Transformers with Masked Visual-token
-Modeling') encodes the sampled frames with a Video Swin Transformer (Liu et al., 'Video Swin
-Transformer', CVPR 2022) into a T x H' x W' grid of video tokens, and adds learnable position
-embeddings ``p_v = p_s + p_t`` (Eq. 2): ``p_s`` one vector per spatial position (h, w), ``p_t`` one
-per frame, broadcast-summed over the grid.
+The window functions here are the ones VIOLET's real backbone, torchvision's Video Swin layout
+(:mod:`.swin3d`, ``model.visual: swin3d_t / s / b``), runs on. :class:`VideoSwin` is a one-stage
+Video Swin on ``patch_size``-px patches with its own ``p_s + p_t``: the fast, random-weight
+backbone of the ``tiny`` preset, tests and demos (Liu et al., 'Video Swin Transformer', CVPR 2022).
 
 One block of the diagram per piece:
 
@@ -28,13 +27,8 @@ multiple of the window are zero-padded at the far end; unlike the reference impl
 mask only across shifted regions and let the zero padding take part as keys, the padding is masked
 too, so a real token's output does not depend on how much padding its window got.
 
-Why not torchvision's ``swin3d_t/s/b``: torchvision is not a dependency of this package, and those
-models are Video Swin's hierarchical Kinetics configurations: 2 x 4 x 4 patches (halving the frame
-count) and four stages joined by 2 x 2 spatial patch merging. Here, as the issue specifies, the
-patch embedding goes straight to 32-px patches on every frame and one stage of blocks runs on that
-7 x 7 grid, so the model is written here (torch only). The relative bias of a window shrunk to a
-small input is indexed by the shrunk window's own coordinates (not by slicing the full window's
-index), so it stays right whichever axes shrink.
+The relative bias of a window shrunk to a small input is indexed by the shrunk window's own
+coordinates (not by slicing the full window's index), so it stays right whichever axes shrink.
 """
 
 from __future__ import annotations

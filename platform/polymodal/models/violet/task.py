@@ -123,7 +123,8 @@ def build_masks(net: nn.Module, frames: Tensor, input_ids: Tensor, attention_mas
     attended = (~use_block).nonzero().flatten()
     if len(attended):
         idx = attended.to(input_ids.device)
-        probs, vs, ts = net.attention_probs(normalise_frames(frames[idx], param_dtype(net)), input_ids[idx],
+        probs, vs, ts = net.attention_probs(normalise_frames(frames[idx], param_dtype(net), net.pixel_stats),
+                                            input_ids[idx],
                                             attention_mask[idx])
         video_att, text_att = masking.cross_attention_scores(probs, vs, ts, text_valid=eligible[idx])
         video_mask[attended] = masking.attended_video_mask(video_att, ratio=cfg.mask_ratio).view(-1, T, H, W).cpu()
@@ -181,8 +182,9 @@ class _VioletTask(Task):
         if cfg.head != self.kind:
             raise ValueError(f"task {self.name} trains head {self.kind!r}, got model.head {cfg.head!r}; drop "
                              f"model.head (the preset sets it) or use task {TASKS.get(cfg.head, '?')}")
-        model = Violet(cfg.model_copy(update={"bert": local_copy(cfg.bert)}))
         init = getattr(cfg, "init", None)
+        # with init the pre-trained run's backbone replaces the visual weights: they are not read
+        model = Violet(cfg.model_copy(update={"bert": local_copy(cfg.bert)}), load_visual_weights=not init)
         if init:
             load_pretrained(model, init)
         return model
@@ -193,7 +195,8 @@ class _VioletTask(Task):
         from polymodal.train.checkpoint import load_trainable, read_export
 
         cfg, weights, _ = read_export(checkpoint_uri, opts)
-        model = self.build_model(cfg.model.model_copy(update={"init": None}))
+        # the export holds the trained backbone too: visual_weights are neither read nor needed
+        model = self.build_model(cfg.model.model_copy(update={"init": None, "visual_weights": None}))
         load_trainable(model, weights)
         return cfg, model.eval()
 
@@ -302,8 +305,8 @@ class PretrainTask(_VioletTask):
         g = _step_generator()
         m = build_masks(net, frames, ids, attn, batch["vt_codes"], g)
         dtype = param_dtype(net)
-        losses = net.pretrain_losses(normalise_frames(frames, dtype), ids, attn, generator=g,
-                                     masked_frames=normalise_frames(m["masked_frames"], dtype),
+        losses = net.pretrain_losses(normalise_frames(frames, dtype, net.pixel_stats), ids, attn, generator=g,
+                                     masked_frames=normalise_frames(m["masked_frames"], dtype, net.pixel_stats),
                                      masked_ids=m["masked_ids"], mlm_labels=m["mlm_labels"],
                                      mvm_labels=m["mvm_labels"])
         extra = {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
@@ -323,13 +326,13 @@ class PretrainTask(_VioletTask):
         g = torch.Generator().manual_seed(EVAL_SEED)
         m = build_masks(net, frames, ids, attn, batch["vt_codes"], g)
         dtype, B = param_dtype(net), frames.shape[0]
-        video = net.encode_video(normalise_frames(frames, dtype))  # (B, Nv, D)
+        video = net.encode_video(normalise_frames(frames, dtype, net.pixel_stats))  # (B, Nv, D)
         pos = net.vtm_logits(net.fuse(video, ids, attn)["cls"]).argmax(-1) == 1
         neg = torch.full((B,), float("nan"))
         if B > 1:
             d = derangement(B, g).to(ids.device)
             neg = (net.vtm_logits(net.fuse(video, ids[d], attn[d])["cls"]).argmax(-1) == 0).float().cpu()
-        out = net(normalise_frames(m["masked_frames"], dtype), m["masked_ids"], attn)
+        out = net(normalise_frames(m["masked_frames"], dtype, net.pixel_stats), m["masked_ids"], attn)
         rows = {"vtm_pos": pos.float().cpu().numpy(), "vtm_neg": neg.numpy()}
         heads = [("mlm", net.cfg.use_mlm, net.mlm_logits, out["text"], m["mlm_labels"]),
                  ("mvm", net.cfg.use_mvm, net.mvm_logits, out["video"], m["mvm_labels"].flatten(1))]
@@ -425,7 +428,8 @@ class RetrievalTask(_VioletTask):
         videos = torch.cat([own, rows.to(device)])  # positives first, then the negatives
         captions = torch.cat([own, negatives.to(device)])
         labels = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(len(rows), dtype=torch.long)]).to(device)
-        video = net.encode_video(normalise_frames(frames, param_dtype(net)))  # (B, Nv, D), each clip encoded once
+        # (B, Nv, D), each clip encoded once
+        video = net.encode_video(normalise_frames(frames, param_dtype(net), net.pixel_stats))
         logits = net.vtm_logits(net.fuse(video[videos], ids[captions], attn[captions])["cls"])  # (B + M, 2)
         acc = accuracy(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
         return vtm_loss(logits, labels), {"batch_acc": acc, "negatives": float(len(rows))}
@@ -440,7 +444,7 @@ class RetrievalTask(_VioletTask):
         pad = net.cfg.max_text_tokens - ids.shape[1]
         ids = F.pad(ids, (0, pad), value=net.tokenizer.pad_token_id or 0)
         attn = F.pad(attn, (0, pad), value=0)
-        video = net.encode_video(normalise_frames(frames, param_dtype(net)))  # (B, Nv, D)
+        video = net.encode_video(normalise_frames(frames, param_dtype(net), net.pixel_stats))  # (B, Nv, D)
         return {"video": np.asarray(_texts(batch, "video_bytes"), dtype=str),
                 "video_tokens": video.float().cpu().numpy(),
                 "input_ids": ids.long().cpu().numpy(), "attention_mask": attn.long().cpu().numpy()}
@@ -494,7 +498,8 @@ class OpenEndedQATask(_VioletTask):
         frames = channels_first(batch["frames"])
         _check_frames(net, frames)
         ids, attn = tokenize(net, _texts(batch))
-        logits = net.oeqa_logits(normalise_frames(frames, param_dtype(net)), ids, attn)  # (B, num_answers)
+        pixels = normalise_frames(frames, param_dtype(net), net.pixel_stats)
+        logits = net.oeqa_logits(pixels, ids, attn)  # (B, num_answers)
         top = int(batch["answer"].max()) if batch["answer"].numel() else -1
         if top >= logits.shape[1]:
             raise ValueError(f"answer index {top} is outside num_answers {logits.shape[1]}; "
@@ -548,7 +553,8 @@ class MultipleChoiceQATask(_VioletTask):
         padded = [o + [""] * (K - len(o)) for o in options]
         ids, attn = tokenize(net, [q for q in questions for _ in range(K)], [a for o in padded for a in o])
         B = len(questions)
-        scores = net.mcqa_scores(normalise_frames(frames, param_dtype(net)), ids.view(B, K, -1), attn.view(B, K, -1))
+        pixels = normalise_frames(frames, param_dtype(net), net.pixel_stats)
+        scores = net.mcqa_scores(pixels, ids.view(B, K, -1), attn.view(B, K, -1))
         real = torch.tensor([[k < len(o) for k in range(K)] for o in options], device=scores.device)
         return scores.float().masked_fill(~real, float("-inf"))  # (B, K)
 

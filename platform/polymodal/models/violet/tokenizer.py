@@ -37,7 +37,7 @@ class VQGANTokenizer(VisualTokenizer):
         from diffusers import VQModel
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = VQModel.from_pretrained(path, local_files_only=True).requires_grad_(False).eval().to(self.device)
+        self.model = VQModel.from_pretrained(path).requires_grad_(False).eval().to(self.device)
         self.factor = 2 ** (len(self.model.config.block_out_channels) - 1)
         self.grid = (int(grid[0]), int(grid[1]))
         self.vocab_size = int(self.model.config.num_vq_embeddings)
