@@ -135,6 +135,16 @@ def cmd_models_stage(args) -> None:
     print(f"use it as: --set model.<weights field>={args.out}")
 
 
+def cmd_serve_check(args) -> int:
+    from polymodal.serving.config_check import check_serve_config
+
+    errors = check_serve_config(args.config, root=args.root)
+    for err in errors:
+        print(f"{args.config}: {err}", file=sys.stderr)
+    print(f"{args.config}: {'OK' if not errors else f'{len(errors)} error(s)'}")
+    return 1 if errors else 0
+
+
 def cmd_deploy(args) -> None:
     from polymodal.serving.deploy import deploy
 
@@ -311,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p, required=False)
     p.set_defaults(func=cmd_models_stage)
 
+    serve = sub.add_parser("serve", parents=[quiet], help="check Serve configs before deploying them")
+    ssub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
+    p = ssub.add_parser("check", parents=[quiet], help="strict check of a Serve config (unknown keys at every level, "
+                                                      "import paths, each app's args); exit 1 on errors",
+                        description="Check a `serve deploy` / `serve run` config strictly: Ray Serve's schema "
+                                    "accepts unknown keys (a typo deploys silently with the default), so every "
+                                    "level is checked for them, each application's import_path is imported and "
+                                    "its args are validated. Exit status 1 when anything is wrong.")
+    p.add_argument("config", metavar="CONFIG", help="Serve config YAML, e.g. serve/config.yaml")
+    p.add_argument("--root", help="folder put on sys.path to import the apps (default: the config folder's parent, "
+                                  "Serve's working_dir for serve/*.yaml)")
+    p.set_defaults(func=cmd_serve_check)
+
     p = sub.add_parser("deploy", parents=[quiet],
                        help="deploy Serve applications from a serve config YAML onto the running cluster")
     p.add_argument("--config", required=True, metavar="PATH_OR_URI", help="Serve config, e.g. serve/config.yaml")
@@ -347,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.bucket = ["polymodal"]
     configure_logging(level_from(args.verbose, args.log_level))
     try:
-        args.func(args)
+        status = args.func(args)
     except PolymodalError as exc:
         print(f"polymodal: error: {exc}", file=sys.stderr)
         return 2
@@ -361,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"polymodal: {args.command} failed: {type(exc).__name__}: {reason} "
               "(set POLYMODAL_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -241,6 +241,19 @@ def test_serve_config_checks_strictly(tmp_path):
     assert any("max_concurent_queries" in e for e in errors), errors
 
 
+def test_polymodal_serve_check(tmp_path, capsys):
+    from polymodal.cli import main
+
+    assert main(["serve", "check", str(ROOT / "serve" / "config.yaml")]) == 0
+    assert capsys.readouterr().out.strip().endswith("config.yaml: OK")
+    bad = tmp_path / "config.yaml"
+    bad.write_text((ROOT / "serve" / "config.yaml").read_text().replace("max_ongoing_requests: 8",
+                                                                         "max_concurent_queries: 8"))
+    assert main(["serve", "check", str(bad), "--root", str(ROOT)]) == 1
+    out = capsys.readouterr()
+    assert "max_concurent_queries" in out.err and "1 error(s)" in out.out
+
+
 def test_builder_rejects_unknown_args_and_empty_token(monkeypatch):
     with pytest.raises(ValueError, match="max_batch"):
         app_builder({"checkpoint": "x", "max_batch": 4})

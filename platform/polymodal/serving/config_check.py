@@ -6,7 +6,7 @@ validates with the schema AND walks its pydantic models to reject unknown keys a
 level, then checks each application's ``import_path`` imports and its ``args`` validate
 against :class:`~polymodal.serving.app.ServeArgs`.
 
-Usage: ``python -m polymodal.serving.config_check serve/config.yaml`` (exit 1 on errors).
+Usage: ``polymodal serve check serve/config.yaml`` (exit 1 on errors).
 """
 
 from __future__ import annotations
@@ -143,19 +143,3 @@ def check_serve_config(path: str | Path, *, root: str | Path | None = None) -> l
                     errors.append(f"{where}.deployments[{j}].name: {name!r} is not a deployment of this "
                                   f"application; use {DEPLOYMENT_NAME!r}")
     return errors
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m polymodal.serving.config_check <serve config.yaml>", file=sys.stderr)
-        return 2
-    errors = check_serve_config(argv[0])
-    for err in errors:
-        print(err, file=sys.stderr)
-    print(f"{argv[0]}: {'OK' if not errors else f'{len(errors)} error(s)'}")
-    return 1 if errors else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
