@@ -37,9 +37,9 @@ def predict_split(task, model, data_uri: str, *, device: torch.device, opts: Sto
     batches = shards.iter_local_batches(data_uri, batch_size, manifest=manifest, shuffle=False,
                                         shuffle_buffer=0, opts=opts)
     if progress:
-        from tqdm.auto import tqdm
+        from polymodal.progress import bar
 
-        batches = tqdm(batches, total=-(-manifest.num_rows // batch_size), desc="evaluate", leave=False)
+        batches = bar(batches, total=-(-manifest.num_rows // batch_size), desc="evaluate", unit="batch")
     for cols in batches:
         batch = {k: v.to(device) for k, v in task.collate(cols).items()}
         outputs.append(task.predict(model, batch))

@@ -441,10 +441,10 @@ class ShardWriter:
         st.makedirs(self.uri, opts)
         self._bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from polymodal.progress import bar
 
             desc = progress if isinstance(progress, str) else f"{split} -> {self.uri}"
-            self._bar = tqdm(desc=desc, unit="rows", leave=False)
+            self._bar = bar(desc=desc, unit="rows")
 
     @property
     def rows_written(self) -> int:

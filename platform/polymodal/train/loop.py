@@ -398,9 +398,9 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
 def _progress(enabled: bool, total: int, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from polymodal.progress import bar
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    return bar(total=total, desc=desc, unit="step")  # in a Ray Train worker: drawn by the driver
 
 
 # --------------------------------------------------------------------------- Ray harness

@@ -192,9 +192,9 @@ class TransformerFeatures:
         out = np.zeros((len(words), self.dim), dtype=np.float32)
         starts = range(0, len(windows), self.batch_size)
         if self.progress:
-            from tqdm.auto import tqdm
+            from polymodal.progress import bar
 
-            starts = tqdm(starts, desc="encoder features", unit="batch", leave=False)
+            starts = bar(starts, total=len(starts), desc="encoder features", unit="batch")
         for lo in starts:
             out[lo:lo + self.batch_size] = self._embed_windows(windows[lo:lo + self.batch_size])
         return out
