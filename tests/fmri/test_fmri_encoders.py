@@ -121,6 +121,9 @@ def test_bad_layer_missing_path_and_empty_words_are_clear_errors(encoder_dir, tm
         TransformerFeatures(encoder_dir, layer=-4)
     with pytest.raises(PolymodalError, match="does not exist"):
         TransformerFeatures(str(tmp_path / "nowhere"))
+    # a hub id goes to from_pretrained (no local_files_only); offline and not cached, the field is named
+    with pytest.raises(PolymodalError, match="model.encoder 'polymodal-tests/no-such-encoder': not a local folder"):
+        TransformerFeatures("polymodal-tests/no-such-encoder")
     with pytest.raises(PolymodalError, match="empty"):
         TransformerFeatures(encoder_dir, device="cpu").embed([])
 
