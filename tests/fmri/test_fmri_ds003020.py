@@ -22,6 +22,11 @@ The tiny copies follow the layouts their authors' code reads, not our own guess:
   voxels]``, "X_down has 15 extra rows relative to Y") and the course's reference guide
   (smrichardson.github.io/stat214/Lab3_Reference_Guide.html: downsampled features
   ``(T_s + 15) x p``; 95,556 voxels for subject 3, UTS03's count in ds003020).
+* the same stories in our ``fmri-plain`` layout (``importers.py`` docstring) with responses on
+  the whole clock, to run the ``paper`` and ``huth`` presets on both layouts: their settings
+  come from the lab report's feature scripts (trim ``ceil(5 / TR)`` / ``ceil(10 / TR)``, delays
+  1-4) and HuthLab's ``encoding/encoding.py`` (``--trim 5``, ``--ndelays 4``,
+  ``np.logspace(1, 3, 10)`` squared by ``ridge_utils/ridge.py``).
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ def make_stories(seed: int = 0):
         mids = np.array([(a + b) / 2 for _, a, b in kept])                  # a word happens at its midpoint
         on_trs = lanczos_interp(vectors, mids, lab_tr_times(n))
         design = make_delayed(zscore(on_trs[5 + 5:-5]), DELAYS)           # apply_zscore_and_hrf, trim 5
-        stories[story] = {"intervals": intervals, "kept": kept, "design": design, "xmax": end_audio + 1.0}
+        stories[story] = {"intervals": intervals, "kept": kept, "design": design, "xmax": end_audio + 1.0,
+                          "on_trs": on_trs}
     return stories, emb
 
 
@@ -158,11 +164,11 @@ def _import(source: Path, out: Path, *extra: str) -> None:
                      "--voxel-chunk", "24", "-q", *extra]) == 0
 
 
-def _config(lab, root: Path, name: str, subjects: list[str]) -> Path:
-    """The paper preset cut to four stories (3 folds), on the true word vectors."""
+def _config(lab, root: Path, name: str, subjects: list[str], preset: str = "paper") -> Path:
+    """A preset cut to four stories (3 folds), on the true word vectors."""
     raw = {"task": "fmri.encoding", "name": name, "seed": 0, "storage_path": str(lab["base"] / "runs"),
            "data": {"train": str(root)},
-           "model": {"preset": "paper", "feature": "glove", "vectors": str(lab["vectors"]), "cv": 3,
+           "model": {"preset": preset, "feature": "glove", "vectors": str(lab["vectors"]), "cv": 3,
                      "test_stories": [TEST_STORY], "subjects": subjects}}
     config = lab["base"] / f"{name}.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -279,6 +285,90 @@ def test_hf5_with_the_wrong_row_count_is_named(lab, tmp_path):
     assert not (tmp_path / "out").exists()    # checked before anything is written
     with pytest.raises(PolymodalError, match=r"subject 'UTS03': no responses for stories \['charlie', 'delta'\]"):
         import_huth(str(lab["aligned"]), str(tmp_path / "out"), progress=False)
+
+
+# --------------------------------------------------------------------------- presets on both layouts
+
+
+def write_plain_layout(lab, base: Path, spike_trs: tuple[int, int]) -> Path:
+    """The same stories in the ``fmri-plain`` layout (importers.py docstring): words.csv with the
+    kept words' TextGrid intervals, stories.json with the lab's clock (respdict - 5 TRs of 2 s,
+    start_time 10) and one subject's ``.npy`` responses on the WHOLE clock (nothing trimmed by
+    the release, so response_start = response_end = 0). The planted signal is a linear map of the
+    delayed features on every TR; the first and last ``spike_trs`` TRs also carry large spikes,
+    which only a trim that drops them from the responses survives."""
+    rng = np.random.default_rng(3)
+    ceiling = lab["subjects"][SUBJECTS[0]][1]
+    weights = rng.standard_normal((DIM * len(DELAYS), N_VOX))
+    rows = ["story,word,start,end"]
+    (base / "responses" / "P01").mkdir(parents=True)
+    for story, st in lab["stories"].items():
+        rows += [f"{story},{w},{a:.6f},{b:.6f}" for w, a, b in st["kept"]]
+        signal = zscore(make_delayed(zscore(st["on_trs"]), DELAYS) @ weights)
+        resp = ceiling * signal + np.sqrt(1 - ceiling ** 2) * rng.standard_normal(signal.shape)
+        head, tail = spike_trs
+        resp[:head] += 40 * rng.standard_normal((head, N_VOX))
+        resp[len(resp) - tail:] += 40 * rng.standard_normal((tail, N_VOX))
+        np.save(base / "responses" / "P01" / f"{story}.npy", resp.astype(np.float32))
+    (base / "words.csv").write_text("\n".join(rows) + "\n")
+    (base / "stories.json").write_text(json.dumps({s: {"n_trs": n - 5, "tr": 2.0, "start_time": 10.0}
+                                                   for s, n in RESPDICT.items()}))
+    return base
+
+
+@pytest.fixture(scope="module")
+def plain(lab):
+    source = write_plain_layout(lab, lab["base"] / "plain-source", spike_trs=(3, 5))
+    root = lab["base"] / "data-plain"
+    assert cli.main(["data", "import", "--format", "fmri-plain", "--source", str(source), "--out", str(root),
+                     "--voxel-chunk", "24", "-q"]) == 0
+    return root
+
+
+def test_the_presets_state_their_sources_settings():
+    from polymodal.config import validate_model_section
+
+    paper, errors = validate_model_section("fmri.encoding", {"preset": "paper"})
+    assert not errors
+    # the lab report: 5 s / 10 s of the clock, ceil(s / TR) TRs, delays 1-4
+    assert paper.trim.model_dump() == {"unit": "s", "start": 5, "end": 10} and paper.trim.trs(2.0) == (3, 5)
+    assert paper.delays == [1, 2, 3, 4]
+    huth, errors = validate_model_section("fmri.encoding", {"preset": "huth"})
+    assert not errors
+    # encoding.py: --trim 5 -> [10:-5], --ndelays 4, alphas logspace(1, 3, 10) squared, R^2
+    assert huth.trim.trs(2.0) == (10, 5) and huth.delays == [1, 2, 3, 4] and huth.score == "r2"
+    np.testing.assert_allclose(huth.alphas.values, np.logspace(1, 3, 10) ** 2)
+
+
+@pytest.mark.parametrize("preset, kept", [("paper", 8), ("huth", 15)])
+@pytest.mark.parametrize("layout", ["ds003020", "plain"])
+def test_each_preset_on_each_layout_trims_once_and_recovers_the_signal(lab, fitted, plain, layout, preset, kept):
+    """ds003020's responses already lack the clock's first 10 and last 5 TRs (recorded by the
+    importer): both presets keep exactly those rows, cutting nothing more from the responses.
+    The plain layout's responses cover the clock: the paper preset cuts 3 / 5 TRs (5 s / 10 s at
+    TR 2 s) and huth 10 / 5 from features and responses alike, and the spiked TRs never enter."""
+    from polymodal.models.fmri.distributed import ResponseSelection
+    from polymodal.models.fmri.pipeline import design, prepare
+
+    root, subject = (fitted["aligned"][0], SUBJECTS[0]) if layout == "ds003020" else (plain, "P01")
+    cfg = load_config(str(_config(lab, root, f"{layout}-{preset}", [subject], preset=preset)))
+    prep = prepare(cfg)
+    X, _ = design(prep.featurizer, prep.stories, prep.train)
+    clock = {s: n - 5 for s, n in RESPDICT.items()}
+    want = sum(clock[s] - (15 if layout == "ds003020" else kept) for s in prep.train)
+    assert X.shape == (want, DIM * len(DELAYS))
+    sel = ResponseSelection(str(root), subject, prep.train, prep.tr, cfg.model.trim, prep.offsets(prep.train))
+    stored = read_chunk(str(root), subject, read_index(str(root), subject).chunks[0], prep.train)
+    Y = np.vstack([sel.cut(s, stored[s]) for s in prep.train])
+    assert Y.shape[0] == want and np.abs(Y).max() < 8         # unit-variance signal + noise; no spike kept
+    fit(cfg, progress=False, use_ray=False)
+    r = load_subject_eval(cfg.run_uri, subject)["r"]
+    ceiling = lab["subjects"][SUBJECTS[0]][1]
+    signal = ceiling > 0
+    assert ceiling[signal].mean() - 0.15 < r[signal].mean(), (layout, preset, r[signal].mean())
+    assert abs(r[~signal].mean()) < 0.12
+    ev = json.loads((Path(cfg.run_uri) / "eval" / "test.json").read_text())
+    assert min(cfg.model.alphas.values) <= ev["subjects"][subject]["median_alpha"] <= max(cfg.model.alphas.values)
 
 
 # --------------------------------------------------------------------------- raw_text.pkl

@@ -121,6 +121,9 @@ def test_bad_layer_missing_path_and_empty_words_are_clear_errors(encoder_dir, tm
         TransformerFeatures(encoder_dir, layer=-4)
     with pytest.raises(PolymodalError, match="does not exist"):
         TransformerFeatures(str(tmp_path / "nowhere"))
+    # a hub id goes to from_pretrained (no local_files_only); offline and not cached, the field is named
+    with pytest.raises(PolymodalError, match="model.encoder 'polymodal-tests/no-such-encoder': not a local folder"):
+        TransformerFeatures("polymodal-tests/no-such-encoder")
     with pytest.raises(PolymodalError, match="empty"):
         TransformerFeatures(encoder_dir, device="cpu").embed([])
 
@@ -145,6 +148,23 @@ def test_minilm_from_the_packaged_model():
     out = feats.embed(words)
     assert out.shape == (10, 384) and np.isfinite(out).all()
     assert not np.allclose(out[0], out[4], atol=1e-3)       # "the" in two contexts
+    # the real weights: near-synonyms are close, unrelated words are not (measured: 0.71 / 0.71
+    # against at most 0.11; random weights give no such structure)
+    alone = TransformerFeatures.from_model(feats.model, feats.tokenizer, context_words=0, device="cpu").embed(
+        "dog puppy algebra cat kitten theorem".split())
+    alone /= np.linalg.norm(alone, axis=1, keepdims=True)
+    sim = alone @ alone.T
+    assert min(sim[0, 1], sim[3, 4]) > 0.5 and max(sim[0, 2], sim[1, 5], sim[3, 5], sim[4, 2]) < 0.3
+    # through the encoding pipeline's feature space (model.encoder), onto the story's TR clock
+    from polymodal.models.fmri.config import FmriConfig
+    from polymodal.models.fmri.features import lanczos_interp
+    from polymodal.models.fmri.pipeline import Story, build_featurizer
+
+    feat = build_featurizer(FmriConfig(feature="encoder", encoder=str(path), context_words=5, device="cpu"))
+    story = Story(words=words, times=0.6 * np.arange(len(words)) + 0.3, n_trs=4, tr=2.0)
+    on_trs = feat.on_trs(story)
+    assert feat.dim == 384 and on_trs.shape == (4, 384)
+    np.testing.assert_allclose(on_trs, lanczos_interp(out, story.times, story.tr_times), rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- masking
@@ -280,6 +300,54 @@ def test_write_mlm_dataset_windows_cover_the_story_in_order(tmp_path, tokenizer_
         mlm.write_mlm_dataset(root, out, tokenizer_dir=tokenizer_dir, stories=["gamma"], progress=False)
     with pytest.raises(PolymodalError, match="stories.json"):
         mlm.write_mlm_dataset(str(tmp_path), out, tokenizer_dir=tokenizer_dir, progress=False)
+
+
+def bert_style_tokenizer(folder: Path) -> str:
+    """A reduced ``bert-base-uncased``: its files as the hub holds them (``vocab.txt``, one WordPiece
+    token a line, with ``[PAD]`` first and ``[unused*]`` rows before ``[UNK] [CLS] [SEP] [MASK]``,
+    then ``tokenizer.json`` / ``tokenizer_config.json`` from ``BertTokenizerFast.save_pretrained``),
+    standing in for the hub id offline. Its special ids (0, 2, 3, 4, 5) differ from a trained
+    tokenizer's (0-4)."""
+    from transformers import BertTokenizerFast
+
+    pieces = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(TEXT.split()) - {"unremarkable"}),
+              "un", "##remark", "##able"]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    return str(folder)
+
+
+def test_mlm_data_with_a_pretrained_wordpiece_tokenizer(tmp_path, tokenizer_dir):
+    """`data mlm --tokenizer ID`: the pretrained vocabulary is copied, not trained, the windows use
+    its ids, and an fmri.mlm model built on it has its vocabulary and [MASK] id."""
+    from polymodal import cli
+    from polymodal.config import validate_config
+
+    pretrained = bert_style_tokenizer(tmp_path / "bert-base-uncased")
+    words = TEXT.split()
+    root, out = fmri_root(tmp_path, {"alpha": words, "beta": words[:5]}), tmp_path / "mlm"
+    assert cli.main(["data", "mlm", "--source", root, "--out", str(out), "--tokenizer", pretrained,
+                     "--val-stories", "beta", "--max-length", "12", "-q"]) == 0
+    source, copied = load_tokenizer(pretrained), load_tokenizer(str(out / "tokenizer"))
+    assert copied.get_vocab() == source.get_vocab() and copied.cls_token_id == 3 and copied.mask_token_id == 5
+    (batch,) = list(iter_local_batches(str(out / "train"), 1000, shuffle=False))
+    body = [t for row, mask in zip(batch["input_ids"], batch["attention_mask"])
+            for t in row[1:int(mask.sum()) - 1].tolist()]
+    assert (batch["input_ids"][:, 0] == 3).all()
+    assert body == source(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    assert source.convert_ids_to_tokens(source("unremarkable", add_special_tokens=False)["input_ids"]) == [
+        "un", "##remark", "##able"]
+    cfg = validate_config({"task": "fmri.mlm", "model": {"preset": "tiny", "tokenizer": str(out / "tokenizer")},
+                           "data": {"train": str(out / "train")}})
+    model = mlm.MlmTask().build_model(cfg.model)
+    assert model.config.vocab_size == len(source) and model.masking.mask_id == 5
+    assert set(model.masking.special_ids) == {0, 2, 3, 4, 5}
+    # a hub id goes to the hub; offline and not cached, the error says so and nothing is written
+    with pytest.raises(PolymodalError, match="'polymodal-tests/no-such-tokenizer': not a local folder"):
+        mlm.prepare_from_fmri(root, str(tmp_path / "none"), tokenizer="polymodal-tests/no-such-tokenizer",
+                              progress=False)
+    assert not (tmp_path / "none").exists()
 
 
 # --------------------------------------------------------------------------- training

@@ -98,7 +98,12 @@ def _mlm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="URI", help="writes tokenizer/, train/ and val/ here")
     p.add_argument("--exclude", metavar="S1,S2", help="stories kept out entirely (the fMRI test stories)")
     p.add_argument("--val-stories", metavar="S1,S2", help="stories for the validation split")
-    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary trained on the training "
+                                                                 "stories (unused with --tokenizer)")
+    p.add_argument("--tokenizer", metavar="ID|FOLDER|URI",
+                   help="use this pretrained WordPiece tokenizer (a hub id such as bert-base-uncased, or a "
+                        "folder / s3:// URI holding tokenizer files) instead of training one; it is copied "
+                        "to OUT/tokenizer")
     p.add_argument("--max-length", type=int, default=256, help="tokens per window (the paper preset: 256)")
     cliargs.add_config(p, required=False)
 
@@ -108,10 +113,12 @@ def _run_mlm(args: argparse.Namespace) -> None:
 
     cliargs.print_uris(prepare_from_fmri(
         args.source, args.out, exclude=cliargs.names(args.exclude), val_stories=cliargs.names(args.val_stories),
-        vocab_size=args.vocab_size, max_length=args.max_length, opts=cliargs.storage_options(args),
+        vocab_size=args.vocab_size, max_length=args.max_length, tokenizer=args.tokenizer,
+        opts=cliargs.storage_options(args),
         progress=not args.quiet))
 
 
 MLM = Command(
-    "mlm", "fmri.mlm training data: a WordPiece tokenizer and token windows from an fMRI dataset's transcripts",
+    "mlm", "fmri.mlm training data: a WordPiece tokenizer (trained, or a pretrained one with --tokenizer) and "
+           "token windows from an fMRI dataset's transcripts",
     _mlm_args, _run_mlm)

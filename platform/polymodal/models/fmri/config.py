@@ -3,11 +3,13 @@
 One run fits one feature space for every listed subject::
 
     task: fmri.encoding
-    model: {preset: paper, feature: bow, test_stories: [wheretheressmoke]}
+    model: {preset: huth, feature: bow, test_stories: [wheretheressmoke]}
     data: {train: s3://bucket/fmri/ds003020}      # root written by `polymodal data import`
 
 ``data.train`` is the imported dataset root (``stories.json``, ``words/``, ``responses/``); the
-model section says which stories train and which are held out. Each voxel chunk is solved by a
+model section says which stories train and which are held out. Presets: ``tiny`` (tests),
+``paper`` (the Stat 214 lab report's trim in seconds and its delays) and ``huth`` (HuthLab's
+code: its trim, delays and alpha range in our convention). Each voxel chunk is solved by a
 Ray task with ``scaling.resources_per_worker`` (default 1 CPU; 1 GPU each with
 ``scaling.use_gpu``); in a Tune trial ``scaling.num_workers`` of them run at once.
 """
@@ -96,10 +98,44 @@ def tiny() -> dict[str, Any]:
 
 
 def paper() -> dict[str, Any]:
-    """The Huth-lab recipe (and the Stat 214 report): delays 1-4 TRs, trim 10 / 5 TRs,
-    5 folds grouped by story, alphas ``logspace(0, 4, 10)``, mean correlation over folds."""
-    return {"feature": "bow", "delays": [1, 2, 3, 4], "trim": {"unit": "tr", "start": 10, "end": 5},
+    """The Stat 214 lab report's recipe: each story's features trimmed 5 s at the start and 10 s at
+    the end (``ceil(seconds / TR)`` TRs of the feature clock after Lanczos resampling: 3 and 5 at
+    TR 2 s), delays 1-4 TRs, and the same TRs cut from the responses. Source: the report's
+    feature scripts (``n_skip_start = ceil(5 / TR)``, ``n_skip_end = ceil(10 / TR)``,
+    ``make_delayed(X, [1, 2, 3, 4])``; see real-layouts.md, mission-anchors.md A5). The report's
+    alpha grid is not in the sources we hold: ``logspace(0, 4, 10)`` is ours (10 alphas over the
+    range that ridge on z-scored, delayed features needs here), as are the 5 folds grouped by
+    story and the mean correlation over folds.
+
+    On ds003020 the released responses already lack the clock's first 10 and last 5 TRs (the
+    importer records ``response_start`` / ``response_end``); the trim counts clock TRs, so it
+    cuts the features to those rows and nothing more from the responses
+    (:func:`~polymodal.models.fmri.features.aligned_rows`).
+    """
+    return {"feature": "bow", "delays": [1, 2, 3, 4], "trim": {"unit": "s", "start": 5, "end": 10},
             "cv": 5, "alphas": {"log10_min": 0.0, "log10_max": 4.0, "num": 10}, "score": "correlation"}
 
 
-PRESETS = {"tiny": tiny, "paper": paper}
+#: HuthLab's ridge minimises ``||Xb - y||^2 + a^2 ||b||^2`` (``ridge_utils/ridge.py``: singular
+#: values reweighted by ``S / (S^2 + a^2)``); ours, like sklearn and himalaya, ``+ a ||b||^2``. Its
+#: ``np.logspace(1, 3, 10)`` is therefore ``logspace(2, 6, 10)`` here.
+HUTH_ALPHAS = {"log10_min": 2.0, "log10_max": 6.0, "num": 10}
+
+
+def huth() -> dict[str, Any]:
+    """HuthLab's encoding code (HuthLab/deep-fMRI-dataset @ eaaa5cd ``encoding/encoding.py``
+    defaults): ``--trim 5`` cuts the features ``[5 + trim : -trim]``, i.e. 10 TRs at the start and
+    5 at the end (``encoding_utils.apply_zscore_and_hrf``); ``--ndelays 4`` gives delays 1-4 TRs
+    (``make_delayed``, zero padding); ``alphas = np.logspace(1, 3, 10)`` in its squared
+    convention, :data:`HUTH_ALPHAS` here; alphas chosen by R^2 (``use_corr`` is off by default).
+
+    Ours differs in the resampling of the alpha search: 5 folds grouped by story instead of 50
+    bootstraps holding out 125 random 40-TR chunks. On ds003020 the trim is exactly what the
+    release already applied to the responses (recorded by the importer), so nothing more is cut
+    from them; on responses that cover the whole clock both sides lose those TRs.
+    """
+    return {"feature": "bow", "delays": [1, 2, 3, 4], "trim": {"unit": "tr", "start": 10, "end": 5},
+            "cv": 5, "alphas": dict(HUTH_ALPHAS), "score": "r2"}
+
+
+PRESETS = {"tiny": tiny, "paper": paper, "huth": huth}

