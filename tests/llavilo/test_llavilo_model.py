@@ -282,3 +282,21 @@ def test_llm_loads_straight_into_the_requested_dtype(local_data, monkeypatch):
     assert with_run_precision(cfg, local=True).model.llm_dtype == ("bf16" if torch.cuda.is_available() else "fp32")
     if not torch.cuda.is_available():
         assert llm_placement(cfg.model) == (torch.float32, None)
+
+
+def test_llm_field_takes_folders_and_hub_ids_and_names_what_is_missing(local_data, tmp_path):
+    """``model.llm`` goes through ``from_pretrained`` (no ``local_files_only``): a hub id is looked
+    up in the Hugging Face cache (the suite runs with HF_HUB_OFFLINE=1, so an uncached one fails
+    without touching the network), and a missing folder or unknown id names the field."""
+    import os
+
+    from polymodal.errors import PolymodalError
+    from polymodal.models.llavilo.task import load_model_llm
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(PolymodalError, match=r"model.llm: no folder at '.*/nowhere'"):
+        load_model_llm(str(tmp_path / "nowhere"))
+    with pytest.raises(PolymodalError, match=r"model.llm: 'polymodal-test/no-such-llm' is not a local folder"):
+        load_model_llm("polymodal-test/no-such-llm")
+    llm, tok = load_model_llm(local_data["llm"])
+    assert llm.config.model_type == "llama" and tok("[[0, 1]]")["input_ids"]

@@ -15,6 +15,7 @@ Benchmark hooks: a split imported without labels (the QVHighlights test release)
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from typing import Any
 
@@ -51,6 +52,20 @@ def load_llm(uri: str, opts=None, dtype: torch.dtype | None = None, device=None)
     by :func:`polymodal.cache.load_causal_lm`: meta-device init, each tensor read into place, so
     a 7B LLM meant for bf16 on a GPU never exists as an fp32 copy in host memory."""
     return load_causal_lm(uri, opts, dtype, device)
+
+
+def load_model_llm(uri: str, dtype: torch.dtype | None = None, device=None, opts=None):
+    """:func:`load_llm` for ``model.llm``: a missing local folder, or a hub id that cannot be had
+    (offline and not cached, a typo), is a :class:`PolymodalError` naming the field and value."""
+    local = uri[len("file://"):] if uri.startswith("file://") else uri
+    if not st.is_s3(uri) and (local.startswith(("/", "./", "../", "~")) or os.path.exists(local)):
+        if not os.path.isdir(os.path.expanduser(local)):
+            raise PolymodalError(f"model.llm: no folder at {uri!r} (a save_pretrained folder with its tokenizer, "
+                                 "an s3:// folder, or a hub id such as meta-llama/Llama-2-7b-hf)")
+    try:
+        return load_llm(uri, opts, dtype, device)
+    except OSError as exc:  # from_pretrained: not a folder, and the hub cannot give it
+        raise PolymodalError(f"model.llm: {uri!r} is not a local folder, and the Hugging Face hub says: {exc}") from None
 
 
 def llm_placement(cfg: LLaViLoConfig) -> tuple[torch.dtype, torch.device | None]:
@@ -187,7 +202,7 @@ class MomentRetrievalTask(Task):
         from .model import LLaViLoModel
 
         dtype, device = llm_placement(cfg)
-        llm, tokenizer = load_llm(cfg.llm, None, dtype, device)
+        llm, tokenizer = load_model_llm(cfg.llm, dtype, device)
         return LLaViLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
 
     def fit(self, cfg, *, progress: bool = True, local: bool = False) -> dict[str, Any]:
