@@ -300,3 +300,19 @@ def test_llm_field_takes_folders_and_hub_ids_and_names_what_is_missing(local_dat
         load_model_llm("polymodal-test/no-such-llm")
     llm, tok = load_model_llm(local_data["llm"])
     assert llm.config.model_type == "llama" and tok("[[0, 1]]")["input_ids"]
+
+
+def test_caption_budget_reads_only_the_tokenizer_from_s3(local_data, s3_bucket_uri, monkeypatch):
+    """Counting caption tokens before a run starts needs the LLM's tokenizer, not its weights: an
+    ``s3://`` LLM folder gives only its non-weight files to the driver."""
+    from polymodal.models.llavilo import task as task_module
+
+    uri = f"{s3_bucket_uri}/llm"
+    storage.upload_dir(local_data["llm"], uri)
+    read, real = [], storage.read_bytes
+    monkeypatch.setattr(task_module.st, "read_bytes", lambda u, *a, **k: read.append(u) or real(u, *a, **k))
+    tok = task_module.load_llm_tokenizer(uri)
+    assert read and not any(u.endswith(".safetensors") for u in read)
+    assert any(n.endswith(".safetensors") for n in storage.listdir(uri))
+    local = task_module.load_llm_tokenizer(local_data["llm"])
+    assert tok(" [[82, 150], [160, 170]]")["input_ids"] == local(" [[82, 150], [160, 170]]")["input_ids"]
