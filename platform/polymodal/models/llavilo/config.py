@@ -15,8 +15,9 @@ DEFAULT_INSTRUCTION = "find the moment in the video that matches the query and g
 class LLaViLoConfig(StrictModel):
     """Hyper-parameters of a :class:`~polymodal.models.llavilo.model.LLaViLoModel`."""
 
-    llm: str = Field(..., description="folder or URI of a LlamaForCausalLM save_pretrained folder with its "
-                                      "tokenizer (the paper: LLaMA-7B; `polymodal data synth` writes a tiny one)")
+    llm: str = Field(..., description="a LlamaForCausalLM save_pretrained folder with its tokenizer: local, "
+                                      "s3:// or a hub id (the paper: LLaMA-7B; `polymodal data synth` writes a "
+                                      "tiny one)")
     video_dim: int = Field(2818, ge=1, description="width of the `video` column, tef included (QVHighlights "
                                                    "SlowFast 2304 + CLIP 512 + 2)")
     text_dim: int = Field(512, ge=1, description="width of the `text` column (CLIP text tokens: 512)")
