@@ -118,6 +118,16 @@ def cmd_params(args) -> None:
         print(f"{name:<28} {n_train:>12,} {n_all:>12,} {100 * n_train / max(n_all, 1):>11.3f}%")
 
 
+def cmd_models_stage(args) -> None:
+    from polymodal.staging import stage
+
+    record = stage(args.source, args.out, storage_options(args), revision=args.revision, allow=args.include or None)
+    size = sum(record["files"].values())
+    print(f"staged {args.source}{' @ ' + record['revision'] if record['revision'] else ''}: "
+          f"{len(record['files'])} files, {size / 2**20:.1f} MiB -> {args.out}")
+    print(f"use it as: --set model.<weights field>={args.out}")
+
+
 def cmd_deploy(args) -> None:
     from polymodal.serving.deploy import deploy
 
@@ -252,6 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vary", metavar="KEY=V1,V2,...",
                    help="one row per value, e.g. --vary model.hidden=64,128")
     p.set_defaults(func=cmd_params)
+
+    models = sub.add_parser("models", parents=[quiet], help="pretrained weights: stage hub models into a bucket")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
+    p = msub.add_parser("stage", parents=[quiet], help="copy a hub model (or a local / s3:// model folder) to a "
+                                                      "bucket, for clusters without internet",
+                        description="Copy pretrained weights to object storage once, from a machine that reaches "
+                                    "the Hugging Face hub, so a cluster without internet loads them from there: "
+                                    "every pretrained-weights field takes the s3:// URI in place of the hub id. "
+                                    "Hub ids go through the standard Hugging Face cache (HF_HUB_OFFLINE=1: only "
+                                    "a cached copy). polymodal_stage.json, written last, records the source, "
+                                    "its revision and every file's size.",
+                        epilog="Example: polymodal models stage meta-llama/Llama-2-7b-hf --out "
+                               "s3://bucket/models/llama-2-7b --include '*.json' --include '*.safetensors' "
+                               "--include 'tokenizer.model'")
+    p.add_argument("source", metavar="ID_OR_FOLDER", help="hub id (org/name), local folder or s3:// folder")
+    p.add_argument("--out", required=True, help="destination folder or s3:// URI")
+    p.add_argument("--revision", help="hub branch, tag or commit (default: main)")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="hub files to copy, e.g. '*.safetensors' (repeatable; default: every file)")
+    add_config(p, required=False)
+    p.set_defaults(func=cmd_models_stage)
 
     p = sub.add_parser("deploy", parents=[quiet],
                        help="deploy Serve applications from a serve config YAML onto the running cluster")
