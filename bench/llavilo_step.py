@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# {args.size} LLaMA, N={args.top_n}, J={args.anchors}, adapter 256: {format_trainable_share(model)}")
         return
     for m in (model.adapter, model.head, model.saliency, model.injected.prefixes, model.injected.anchor_queries):
-        m.to(device, dtype)
+        if m is not None:  # no saliency head: the loss is Eq. 6 alone (saliency_weight 0)
+            m.to(device, dtype)
     task = MomentRetrievalTask()
     batch = make_batch(args, device, dtype)
     trainable = [q for q in model.parameters() if q.requires_grad]

@@ -115,7 +115,7 @@ def test_predict_snaps_applies_nms_and_reports_generations(tiny):
     from polymodal.models.llavilo.task import submission_rows
 
     task, data, batch = tiny
-    net = _net(task, data, nms_iou=0.5, parse_generation=True)
+    net = _net(task, data, nms_iou=0.5, parse_generation=True, max_target_tokens=24)
     with torch.no_grad():
         out = task.predict(net, batch)
     clip = (batch["duration"] / batch["n_clips"]).numpy()[:, None, None]

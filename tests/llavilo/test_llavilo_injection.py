@@ -11,8 +11,10 @@ transformers = pytest.importorskip("transformers")
 
 from polymodal.models.llavilo.injection import (  # noqa: E402
     InjectedLlama,
+    anchor_positions,
     format_trainable_share,
     gated_prefix_attention,
+    text_positions,
     trainable_share,
 )
 
@@ -277,3 +279,51 @@ def test_without_anchors(llm_path):
         out = model(ids, mask, video)
     assert torch.equal(out.logits, reference)
     assert out.anchor_states is None and out.layer_anchor_states == []
+
+
+def test_anchor_positions_ignore_target_and_padding(llm_path):
+    """The anchors sit right after the prompt, whatever follows it: the same prompt gives the same
+    anchor states alone (inference), with a hidden caption target (training), batched beside a row
+    with a longer prompt and a much longer caption, right- or left-padded. Before the fix the
+    anchors took positions after the whole padded input, so each of these moved them."""
+    g = torch.Generator().manual_seed(7)
+    prompt = torch.randint(0, VOCAB, (5,), generator=g)
+    target = torch.randint(0, VOCAB, (3,), generator=g)
+    other_prompt = torch.randint(0, VOCAB, (8,), generator=g)
+    other_target = torch.randint(0, VOCAB, (12,), generator=g)
+    video = torch.randn(2, LV, HIDDEN, generator=g)
+    model = InjectedLlama(load(llm_path), top_n=2, num_anchors=J).eval()
+    set_gates(model)
+
+    def run(rows, n_prompt, video, left=False):
+        """rows: token rows; n_prompt: prompt length per row (the rest is a hidden target)."""
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        hide = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (r, n) in enumerate(zip(rows, n_prompt)):
+            start = width - len(r) if left else 0
+            ids[i, start:start + len(r)], mask[i, start:start + len(r)] = r, 1
+            hide[i, start + n:start + len(r)] = True
+        with torch.no_grad():
+            out = model(ids, mask, video, hide_from_anchors=hide)
+        return out.anchor_states[0], [s[0] for s in out.layer_anchor_states]
+
+    alone, alone_layers = run([prompt], [5], video[:1])
+    cases = {
+        "with its target": run([torch.cat([prompt, target])], [5], video[:1]),
+        "beside a long caption": run([torch.cat([prompt, target]), torch.cat([other_prompt, other_target])],
+                                     [5, 8], video),
+        "left-padded": run([torch.cat([prompt, target]), torch.cat([other_prompt, other_target])],
+                           [5, 8], video, left=True),
+        "prompt only, padded": run([prompt, other_prompt], [5, 8], video),
+    }
+    for name, (states, layers) in cases.items():
+        torch.testing.assert_close(states, alone, rtol=1e-5, atol=1e-5, msg=name)
+        for a, b in zip(layers, alone_layers):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    # the positions themselves: text from each row's first real token, anchors after the prompt
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert text_positions(mask).tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
+    visible = torch.tensor([[False, False, True, True, False], [True, True, True, False, False]])
+    assert anchor_positions(visible, 2).tolist() == [[2, 3], [3, 4]]

@@ -75,7 +75,7 @@ def parse_windows(text: str, duration: float) -> list[list[float]] | None:
 
 
 @torch.no_grad()
-def greedy_generate(model, batch: dict[str, Tensor], max_new_tokens: int) -> list[str]:
+def greedy_generate(model, batch: dict[str, Tensor], max_new_tokens: int | None) -> list[str]:
     """Greedy continuation of ``instruction + query`` with the video injected, per row.
 
     ``InjectedLlama`` runs full-sequence forwards (no KV cache), so each new token costs one
@@ -83,6 +83,9 @@ def greedy_generate(model, batch: dict[str, Tensor], max_new_tokens: int) -> lis
     """
     from .model import build_text_inputs, decode_queries
 
+    if max_new_tokens is None:
+        raise ValueError("model.parse_generation needs model.max_target_tokens, the generation budget: a trained "
+                         "run records it (the longest caption of its training data); set it for an untrained model")
     tok = model.tokenizer
     eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
     prompts = model.prompts(decode_queries(batch["query_bytes"]))

@@ -29,7 +29,15 @@ No LLaMA code is forked. Three transformers extension points carry everything:
   context, which is enough for one model instance per process or thread).
 * **Hidden-state length.** The pre-hook of the *first* injected layer appends ``J`` learnable
   anchor *query* tokens to the hidden states, and every injected layer's pre-hook extends the
-  rotary ``position_embeddings`` for them (positions ``T .. T+J-1``).
+  rotary ``position_embeddings`` for them.
+
+Positions. Text tokens are numbered from their row's first real token (``position_ids`` from the
+attention mask), so left and right padding give them the same rotary positions. The anchors of a
+row sit right after the text they may read: positions ``n .. n+J-1`` with ``n`` the row's count
+of anchor-visible tokens (real and not hidden). In training the input is ``prompt + target +
+padding`` with the target hidden, at inference the prompt alone; either way ``n`` is the prompt's
+length, so the anchors get the positions at test time that they were trained on, whatever the
+batch's caption lengths and padding.
 
 Anchors, two roles. The set-prediction head of LLaViLo needs *outputs* for its queries, and the
 timestamp tokens of the caption target must be hidden from those queries. So the anchors are
@@ -254,7 +262,7 @@ class _CallState:
     video_tokens: list[Tensor]  # one (B, Lv, hidden) per injected layer
     video_mask: Tensor | None  # (B, Lv) bool
     anchor_visible: Tensor | None  # (B, T) bool
-    anchor_cos_sin: tuple[Tensor, Tensor] | None  # rotary for positions T..T+J-1, (1, J, D) each
+    anchor_cos_sin: tuple[Tensor, Tensor] | None  # rotary of each row's anchor positions, (B, J, D) each
     anchor_queries: Tensor | None  # (B, J, hidden), made in forward (where ZeRO-3 has the parameter)
     record: bool
     n_text: int
@@ -262,6 +270,23 @@ class _CallState:
 
 
 _CALL: ContextVar[_CallState | None] = ContextVar("llavilo_injection_call", default=None)
+
+
+def text_positions(attention_mask: Tensor) -> Tensor:
+    """(B, T) rotary positions of the text: real tokens count from 0 at their row's first real
+    token, so a left-padded row numbers its tokens as a right-padded one does; padding keeps its
+    index (it is never attended). A right-padded batch gets ``arange(T)``, the stock positions."""
+    mask = attention_mask.bool()
+    index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, mask.long().cumsum(1) - 1, index)
+
+
+def anchor_positions(anchor_visible: Tensor, num_anchors: int) -> Tensor:
+    """(B, J) positions of the anchor queries: right after the text they may read,
+    ``n_b .. n_b + J - 1`` with ``n_b`` the row's count of visible tokens (the prompt, whatever
+    target or padding follows it)."""
+    start = anchor_visible.long().sum(1, keepdim=True)  # (B, 1)
+    return start + torch.arange(num_anchors, device=anchor_visible.device)[None]
 
 
 def _decoder_layers(llm: PreTrainedModel) -> nn.ModuleList:
@@ -352,11 +377,12 @@ class InjectedLlama(nn.Module):
                 if state.anchor_queries is not None:
                     hidden = torch.cat([hidden, state.anchor_queries.to(hidden.dtype)], dim=1)  # (B, T+J, hidden)
             if state.anchor_cos_sin is not None:
-                cos, sin = kwargs["position_embeddings"]
-                a_cos, a_sin = state.anchor_cos_sin
+                cos, sin = kwargs["position_embeddings"]  # (1 or B, T, D)
+                a_cos, a_sin = state.anchor_cos_sin  # (B, J, D): per-row anchor positions
+                bsz = a_cos.shape[0]
                 kwargs["position_embeddings"] = (
-                    torch.cat([cos, a_cos.expand(cos.shape[0], -1, -1)], dim=1),
-                    torch.cat([sin, a_sin.expand(sin.shape[0], -1, -1)], dim=1),
+                    torch.cat([cos.expand(bsz, -1, -1), a_cos.to(cos.dtype)], dim=1),
+                    torch.cat([sin.expand(bsz, -1, -1), a_sin.to(sin.dtype)], dim=1),
                 )
                 kwargs[_ANCHOR_KW] = state.anchor_visible
             kwargs[_PREFIX_KW] = self.prefixes[slot](state.video_tokens[slot], state.video_mask)
@@ -399,7 +425,8 @@ class InjectedLlama(nn.Module):
         output_anchor_states : return the anchor hidden states.
         video_mask : (B, Lv) bool, True = real clip, for padded videos.
         hide_from_anchors : (B, T) bool, True = the anchor queries may not read this token (e.g.
-            the timestamp tokens of the caption target).
+            the timestamp tokens of the caption target, a suffix of the real tokens). The anchors
+            take the positions after the tokens they may read (:func:`anchor_positions`).
         """
         bsz, n_text = input_ids.shape
         if isinstance(video_tokens, Tensor):
@@ -415,6 +442,7 @@ class InjectedLlama(nn.Module):
             if m is not None and tuple(m.shape) != (bsz, n_text):
                 raise ValueError(f"{name} must be (B, T) = {(bsz, n_text)}, got {tuple(m.shape)}")
 
+        position_ids = text_positions(attention_mask) if attention_mask is not None else None
         anchor_visible, anchor_cos_sin, anchor_queries = None, None, None
         if self.num_anchors:
             anchor_queries = self.anchor_queries(bsz)
@@ -423,9 +451,9 @@ class InjectedLlama(nn.Module):
                 anchor_visible &= attention_mask.bool()
             if hide_from_anchors is not None:
                 anchor_visible &= ~hide_from_anchors.bool()
-            positions = torch.arange(n_text, n_text + self.num_anchors, device=input_ids.device)[None]
+            positions = anchor_positions(anchor_visible, self.num_anchors)  # (B, J)
             like = self.llm.model.embed_tokens.weight  # rotary reads only its dtype and device
-            anchor_cos_sin = self.llm.model.rotary_emb(like, positions)  # (1, J, D) each
+            anchor_cos_sin = self.llm.model.rotary_emb(like, positions)  # (B, J, D) each
 
         state = _CallState(
             video_tokens=list(video_tokens), video_mask=video_mask, anchor_visible=anchor_visible,
@@ -433,7 +461,8 @@ class InjectedLlama(nn.Module):
         )
         token = _CALL.set(state)
         try:
-            out = self.llm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = self.llm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False)
         finally:
             _CALL.reset(token)
 

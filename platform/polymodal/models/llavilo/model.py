@@ -12,8 +12,9 @@ Diagram of Ma et al. (ICCV-W 2023), one block per class:
 * :class:`MomentHead`: per anchor a span MLP + sigmoid -> normalised ``(center, width)`` and a
   2-way fg/bg linear (class 0 = foreground); applied to the final anchors and, for the auxiliary
   losses, to each lower injected layer's anchors (after the LLM's frozen final norm).
-* Saliency head (not in the LLaViLo paper's diagram; Moment-DETR's saliency term, as BCE): a
-  linear per-clip relevance logit on the video tokens, weighted by ``saliency_weight``.
+* Saliency head, opt-in (``saliency_weight > 0``; not in the LLaViLo paper's diagram nor in its
+  Eq. 6, so off in the ``paper`` preset): Moment-DETR's saliency term as BCE, a linear per-clip
+  relevance logit on the video tokens. Without it the per-clip scores are 0.
 * Caption objective: the LM loss of the frozen LLM on the target text (the GT windows in whole
   seconds, ``"[[82, 150], [160, 170]]"``), with the target hidden from the anchors.
 
@@ -49,9 +50,18 @@ decode_queries = decode_texts
 encode_queries = encode_texts
 
 
+def target_token_count(tokenizer, caption: str) -> int:
+    """Tokens of a caption target as :func:`build_text_inputs` writes it (eos not counted)."""
+    return len(tokenizer(" " + caption, add_special_tokens=False)["input_ids"])
+
+
 def build_text_inputs(tokenizer, prompts: Sequence[str], targets: Sequence[str] | None, *,
-                      max_text_tokens: int, max_target_tokens: int) -> dict[str, Tensor]:
+                      max_text_tokens: int, max_target_tokens: int | None) -> dict[str, Tensor]:
     """Token ids of ``bos + prompt [+ target + eos]``, right-padded.
+
+    Prompts are cut to ``max_text_tokens``; a target is never cut: one longer than
+    ``max_target_tokens`` (None: no limit) is refused, naming it and its length, since a cut
+    caption teaches the LLM windows that are not the ground truth.
 
     Returns ``input_ids``, ``attention_mask`` (B, T); with ``targets`` also ``labels`` (B, T), -100
     everywhere but the target tokens (and eos), and ``hide_from_anchors`` (B, T) bool, True from
@@ -66,7 +76,11 @@ def build_text_inputs(tokenizer, prompts: Sequence[str], targets: Sequence[str] 
         ids = ([bos] if bos is not None else []) + ids
         n_prompt.append(len(ids))
         if targets is not None:
-            tgt = tokenizer(" " + targets[i], add_special_tokens=False)["input_ids"][:max_target_tokens]
+            tgt = tokenizer(" " + targets[i], add_special_tokens=False)["input_ids"]
+            if max_target_tokens is not None and len(tgt) > max_target_tokens:
+                raise ValueError(f"the caption target {targets[i]!r} is {len(tgt)} tokens, more than "
+                                 f"model.max_target_tokens={max_target_tokens}; raise it (or leave it unset: "
+                                 "training then counts the longest caption of its data)")
             ids = ids + tgt + ([eos] if eos is not None else [])
         rows.append(ids)
     T = max(len(r) for r in rows)
@@ -199,9 +213,9 @@ class LLaViLoModel(nn.Module):
         hidden = llm.config.hidden_size
         self.adapter = VideoAdapter(video_dim, text_dim, hidden, cfg)
         self.head = MomentHead(hidden)
-        # per-clip relevance from the video tokens: a direct signal for the adapter (Moment-DETR's
-        # saliency head), so it learns to localise before the gates have opened
-        self.saliency = nn.Linear(hidden, 1)
+        # opt-in per-clip relevance from the video tokens: a direct signal for the adapter
+        # (Moment-DETR's saliency head), so it learns to localise before the gates have opened
+        self.saliency = nn.Linear(hidden, 1) if cfg.saliency_weight > 0 else None
 
     def prompts(self, queries: Sequence[str]) -> list[str]:
         return [f"{self.cfg.instruction} query: {q}" if self.cfg.use_instruction else q for q in queries]
@@ -230,9 +244,14 @@ class LLaViLoModel(nn.Module):
         out = self.injected(text["input_ids"], text["attention_mask"], tokens, labels=text.get("labels"),
                             video_mask=_keep_one(batch["video_mask"]),
                             hide_from_anchors=text.get("hide_from_anchors"))
-        result = {**self.head(out.anchor_states), "logits": out.logits, "caption_loss": out.loss,
-                  "saliency": self.saliency(tokens).squeeze(-1), "aux_outputs": []}  # saliency (B, Lv)
+        # The frozen LLM may hold another dtype than the trained parts (model.llm_dtype): the
+        # anchor states enter the head in the head's dtype.
+        head_dtype = self.head.cls.weight.dtype
+        saliency = (self.saliency(tokens).squeeze(-1) if self.saliency is not None
+                    else tokens.new_zeros(tokens.shape[:2]))  # (B, Lv)
+        result = {**self.head(out.anchor_states.to(head_dtype)), "logits": out.logits, "caption_loss": out.loss,
+                  "saliency": saliency, "aux_outputs": []}
         if self.cfg.aux_loss:
             norm = self.injected.llm.model.norm  # frozen, shared by every layer's anchors
-            result["aux_outputs"] = [self.head(norm(s)) for s in out.layer_anchor_states[:-1]]
+            result["aux_outputs"] = [self.head(norm(s).to(head_dtype)) for s in out.layer_anchor_states[:-1]]
         return result

@@ -15,6 +15,7 @@ Benchmark hooks: a split imported without labels (the QVHighlights test release)
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from polymodal import storage as st
 from polymodal.cache import load_causal_lm
+from polymodal.errors import PolymodalError
 from polymodal.task import Batch, Task
 
 from .config import PRESETS, LLaViLoConfig
@@ -39,9 +41,105 @@ _OFFICIAL = {"r1_05": "MR-full-R1@0.5", "r1_07": "MR-full-R1@0.7", "map": "MR-fu
              "map_05": "MR-full-mAP@0.5"}
 
 
-def load_llm(uri: str, opts=None):
-    """(frozen LlamaForCausalLM, tokenizer) from a ``save_pretrained`` folder (local or ``s3://``), no hub."""
-    return load_causal_lm(uri, opts, torch.float32)
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: files of a save_pretrained folder that are weights (the tokenizer needs none of them)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+def load_llm(uri: str, opts=None, dtype: torch.dtype | None = None, device=None):
+    """(frozen LlamaForCausalLM, tokenizer) from a ``save_pretrained`` folder (local or ``s3://``)
+    or a hub id, loaded straight into ``dtype`` (default fp32) on ``device`` (default the host)
+    by :func:`polymodal.cache.load_causal_lm`: meta-device init, each tensor read into place, so
+    a 7B LLM meant for bf16 on a GPU never exists as an fp32 copy in host memory."""
+    return load_causal_lm(uri, opts, dtype, device)
+
+
+def load_model_llm(uri: str, dtype: torch.dtype | None = None, device=None, opts=None):
+    """:func:`load_llm` for ``model.llm``: a missing local folder, or a hub id that cannot be had
+    (offline and not cached, a typo), is a :class:`PolymodalError` naming the field and value."""
+    local = uri[len("file://"):] if uri.startswith("file://") else uri
+    if not st.is_s3(uri) and (local.startswith(("/", "./", "../", "~")) or os.path.exists(local)):
+        if not os.path.isdir(os.path.expanduser(local)):
+            raise PolymodalError(f"model.llm: no folder at {uri!r} (a save_pretrained folder with its tokenizer, "
+                                 "an s3:// folder, or a hub id such as meta-llama/Llama-2-7b-hf)")
+    try:
+        return load_llm(uri, opts, dtype, device)
+    except OSError as exc:  # from_pretrained: not a folder, and the hub cannot give it
+        raise PolymodalError(f"model.llm: {uri!r} is not a local folder, and the Hugging Face hub says: {exc}") from None
+
+
+def llm_placement(cfg: LLaViLoConfig) -> tuple[torch.dtype, torch.device | None]:
+    """(dtype, device) the frozen LLM is loaded to: ``model.llm_dtype`` (``auto``: bf16 when CUDA
+    is available, else fp32), on the current CUDA device when there is one (Ray Train and the
+    local harness set it to the worker's GPU before the model is built), else the host."""
+    cuda = torch.cuda.is_available()
+    name = cfg.llm_dtype if cfg.llm_dtype != "auto" else ("bf16" if cuda else "fp32")
+    return _DTYPES[name], (torch.device("cuda", torch.cuda.current_device()) if cuda else None)
+
+
+def load_llm_tokenizer(uri: str, opts=None):
+    """The LLM's tokenizer alone: an ``s3://`` folder gives only its non-weight files (a driver
+    that counts caption tokens never downloads 13 GB of weights), other URIs go to
+    ``AutoTokenizer.from_pretrained`` as they are."""
+    from transformers import AutoTokenizer
+
+    if not st.is_s3(uri):
+        return AutoTokenizer.from_pretrained(uri[len("file://"):] if uri.startswith("file://") else uri)
+    with tempfile.TemporaryDirectory(prefix="polymodal-tok-") as tmp:
+        for name in st.listdir(uri, opts):
+            if not name.endswith(_WEIGHT_SUFFIXES) and not name.endswith(".index.json"):
+                try:
+                    data = st.read_bytes(st.join(uri, name), opts)
+                except (IsADirectoryError, FileNotFoundError):
+                    continue  # a sub-folder
+                with open(f"{tmp}/{name}", "wb") as f:
+                    f.write(data)
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def longest_caption(cfg, tokenizer) -> tuple[int, str]:
+    """(token count, caption) of the longest caption target in the run's training data (every
+    ``data.train`` source): the windows of each row as :func:`.model.format_windows` writes them,
+    counted by :func:`.model.target_token_count`."""
+    from .data import read_all
+    from .model import format_windows, target_token_count
+
+    captions: set[str] = set()
+    for source in cfg.data.train_sources:
+        rows = read_all(source.uri, cfg.storage, columns=["windows", "n_windows"])
+        captions.update(format_windows(w[:int(n)]) for w, n in zip(rows["windows"], rows["n_windows"]))
+    if not captions:
+        return 0, ""
+    return max((target_token_count(tokenizer, c), c) for c in captions)
+
+
+def with_caption_budget(cfg):
+    """``cfg`` with ``model.max_target_tokens`` resolved from the training data: unset, it becomes
+    the longest caption's token count; set below it, the run is refused, naming that caption."""
+    model = cfg.model
+    if not model.use_caption and not model.parse_generation:
+        return cfg  # no caption is ever tokenized
+    n, caption = longest_caption(cfg, load_llm_tokenizer(model.llm, cfg.storage))
+    if model.max_target_tokens is None:
+        return cfg.model_copy(update={"model": model.model_copy(update={"max_target_tokens": max(n, 1)})})
+    if model.max_target_tokens < n:
+        raise PolymodalError(
+            f"model.max_target_tokens={model.max_target_tokens} is too small for the training data: its longest "
+            f"caption target, {caption!r}, is {n} tokens; set it to {n} or more, or leave it unset (then {n})")
+    return cfg
+
+
+def with_run_precision(cfg, local: bool):
+    """``cfg`` with ``model.llm_dtype: auto`` resolved to the run's precision (``optim.precision``
+    on the workers' device: bf16 on CUDA and fp32 on CPU for ``auto``), recorded with the run so
+    that evaluation and serving load the LLM as it was trained."""
+    from polymodal.train.deepspeed_config import resolve_precision
+
+    if cfg.model.llm_dtype != "auto":
+        return cfg
+    gpu = torch.cuda.is_available() if local else cfg.scaling.use_gpu
+    precision = resolve_precision(cfg.optim.precision, "cuda" if gpu else "cpu")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"llm_dtype": precision})})
 
 
 def normalised_targets(batch: Batch) -> list[torch.Tensor]:
@@ -103,8 +201,20 @@ class MomentRetrievalTask(Task):
     def build_model(self, cfg: LLaViLoConfig) -> nn.Module:
         from .model import LLaViLoModel
 
-        llm, tokenizer = load_llm(cfg.llm)
+        dtype, device = llm_placement(cfg)
+        llm, tokenizer = load_model_llm(cfg.llm, dtype, device)
         return LLaViLoModel(llm, tokenizer, cfg.video_dim, cfg.text_dim, cfg)
+
+    def fit(self, cfg, *, progress: bool = True, local: bool = False) -> dict[str, Any]:
+        """The shared loop's fit, with ``model.max_target_tokens`` counted from the training data
+        (:func:`with_caption_budget`) and ``model.llm_dtype`` set to the run's precision
+        (:func:`with_run_precision`) before any worker starts."""
+        cfg = with_run_precision(with_caption_budget(cfg), local)
+        return super().fit(cfg, progress=progress, local=local)
+
+    def tune_trial(self, cfg, manifests) -> None:
+        """A Tune trial of the shared loop, with the same resolution as :meth:`fit`."""
+        super().tune_trial(with_run_precision(with_caption_budget(cfg), False), manifests)
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         if "text" not in columns:
