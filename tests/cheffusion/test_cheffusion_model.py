@@ -323,3 +323,82 @@ def test_bf16_forward_and_backward_are_finite(backbones):
     out["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g.float()).all() for g in grads)
+
+
+def _eval_batch(recipes: list[str], ids: list[str]) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    n = len(recipes)
+    return {"recipe_bytes": torch.from_numpy(encode_texts(recipes, max_bytes=4096)),
+            "id_bytes": torch.from_numpy(encode_texts(ids)),
+            "clip_image": torch.randn(n, 32, generator=gen), "sd_target": torch.randn(n, 16, 32, generator=gen)}
+
+
+class _NoEos(torch.nn.Module):
+    """An output layer whose EOS logit is -inf: the LM never stops by itself."""
+
+    def __init__(self, head: torch.nn.Module, eos: int):
+        super().__init__()
+        self.head, self.eos = head, eos
+
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.eos] = float("-inf")
+        return out
+
+
+def test_evaluation_writes_whole_recipes_and_records_the_cap(backbones, monkeypatch):
+    """Unset eval_max_new_tokens: the cap is the longest reference of the batch plus EOS (here a
+    recipe of ~80 tokens, past the old fixed 64), so an LM that never stops writes that many
+    tokens (gen_at_cap 1) and no reference is longer (ref_over_cap 0). A set cap is used as is
+    and its check counts the references it cuts."""
+    from polymodal.models.cheffusion.task import RecipeTask, eval_text_cap
+
+    task = RecipeTask()
+    long = "tomato soup. ingredients: " + ", ".join(["tomato", "salt", "butter", "basil"] * 10) + "."
+    recipes = [long, "beet pie. ingredients: beet, butter."]
+    model = _model(backbones, eval_image_share=0.0).eval()
+    model.lm.lm_head = _NoEos(model.lm.lm_head, model.eos)
+    caps = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: caps.append(k["max_new_tokens"]) or real(*a, **k))
+    tokens = model.text_tokens(recipes)
+    assert tokens[0] > 64 and eval_text_cap(model.cfg, np.asarray(tokens)) == tokens[0] + 1
+    out = task.predict(model, _eval_batch(recipes, ["a", "b"]))
+    assert caps == [tokens[0] + 1]
+    assert len(model.tokenizer(str(out["generated"][0]), add_special_tokens=False).input_ids) > 64
+    metrics = task.metrics(out)
+    assert metrics["gen_at_cap"] == 1.0 and metrics["ref_over_cap"] == 0.0
+    assert metrics["clip_sim_rows"] == 0 and "clip_sim" not in metrics
+
+    model.cfg = model.cfg.model_copy(update={"eval_max_new_tokens": 12})
+    metrics = task.metrics(task.predict(model, _eval_batch(recipes, ["a", "b"])))
+    assert caps[-1] == 12 and metrics["ref_over_cap"] == 0.5 and metrics["gen_at_cap"] == 1.0
+
+
+def test_clip_sim_scores_every_row_or_a_seeded_sample_independent_of_batching(backbones):
+    """eval_image_share 1: every row gets an image and a clip_sim (clip_sim_rows = rows). Less:
+    a sample chosen by (seed, row id), the same rows and images however the rows are batched,
+    about the share of a split, and another sample under another seed."""
+    from polymodal.models.cheffusion.task import RecipeTask, clip_sim_rows
+
+    ids = [f"r{i:03d}" for i in range(400)]
+    rows, seeds = clip_sim_rows(ids, 0.25, seed=3)
+    assert 70 <= len(rows) <= 130
+    assert [ids[i] for i in rows] == [ids[i] for i in clip_sim_rows(ids[:200], 0.25, 3)[0]] + \
+        [ids[200 + i] for i in clip_sim_rows(ids[200:], 0.25, 3)[0]]
+    assert rows != clip_sim_rows(ids, 0.25, seed=4)[0]
+    assert clip_sim_rows(ids, 1.0, 3)[0] == list(range(400)) and clip_sim_rows(ids, 0.0, 3)[0] == []
+    assert len(set(seeds)) == len(seeds)
+
+    task = RecipeTask()
+    rows4 = sample_rows(np.random.default_rng(2), 4)
+    recipes, names = [str(r) for r in rows4["recipe"]], ["d0", "d1", "d2", "d3"]
+    model = _model(backbones, eval_max_new_tokens=2, eval_image_share=1.0, eval_image_seed=1).eval()
+    out = task.predict(model, _eval_batch(recipes, names))
+    assert np.isfinite(out["clip_sim"]).all() and task.metrics(out)["clip_sim_rows"] == 4
+    picked = clip_sim_rows(names, 0.5, 1)[0]
+    assert 0 < len(picked) < 4  # this seed picks some rows, not all
+    model.cfg = model.cfg.model_copy(update={"eval_image_share": 0.5})
+    half = task.predict(model, _eval_batch(recipes, names))
+    assert sorted(np.flatnonzero(np.isfinite(half["clip_sim"])).tolist()) == picked
+    assert np.allclose(half["clip_sim"][picked], out["clip_sim"][picked], atol=2e-3)  # same row, same image
