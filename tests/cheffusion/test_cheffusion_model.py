@@ -347,32 +347,33 @@ class _NoEos(torch.nn.Module):
 
 
 def test_evaluation_writes_whole_recipes_and_records_the_cap(backbones, monkeypatch):
-    """Unset eval_max_new_tokens: the cap is the longest reference of the batch plus EOS (here a
-    recipe of ~80 tokens, past the old fixed 64), so an LM that never stops writes that many
-    tokens (gen_at_cap 1) and no reference is longer (ref_over_cap 0). A set cap is used as is
-    and its check counts the references it cuts."""
+    """Unset eval_max_new_tokens: the cap is the longest reference of the batch plus EOS, not
+    generate()'s max_new_tokens (8 here; evaluation used it before), so an LM that never stops
+    writes that many tokens (gen_at_cap 1) and no reference is longer (ref_over_cap 0). A set
+    cap is used as is and its check counts the references it cuts."""
     from polymodal.models.cheffusion.task import RecipeTask, eval_text_cap
 
     task = RecipeTask()
-    long = "tomato soup. ingredients: " + ", ".join(["tomato", "salt", "butter", "basil"] * 10) + "."
+    long = "tomato soup. ingredients: " + ", ".join(["tomato", "salt", "butter", "basil"] * 3) + "."
     recipes = [long, "beet pie. ingredients: beet, butter."]
-    model = _model(backbones, eval_image_share=0.0).eval()
+    model = _model(backbones, eval_image_share=0.0, max_new_tokens=8).eval()
     model.lm.lm_head = _NoEos(model.lm.lm_head, model.eos)
     caps = []
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda *a, **k: caps.append(k["max_new_tokens"]) or real(*a, **k))
     tokens = model.text_tokens(recipes)
-    assert tokens[0] > 64 and eval_text_cap(model.cfg, np.asarray(tokens)) == tokens[0] + 1
+    assert tokens[0] > 2 * 8 and eval_text_cap(model.cfg, np.asarray(tokens)) == tokens[0] + 1
     out = task.predict(model, _eval_batch(recipes, ["a", "b"]))
     assert caps == [tokens[0] + 1]
-    assert len(model.tokenizer(str(out["generated"][0]), add_special_tokens=False).input_ids) > 64
+    assert len(model.tokenizer(str(out["generated"][0]), add_special_tokens=False).input_ids) > 2 * 8
     metrics = task.metrics(out)
     assert metrics["gen_at_cap"] == 1.0 and metrics["ref_over_cap"] == 0.0
     assert metrics["clip_sim_rows"] == 0 and "clip_sim" not in metrics
 
-    model.cfg = model.cfg.model_copy(update={"eval_max_new_tokens": 12})
+    short_cap = tokens[1] + 1  # the short reference and its EOS fit, the long one does not
+    model.cfg = model.cfg.model_copy(update={"eval_max_new_tokens": short_cap})
     metrics = task.metrics(task.predict(model, _eval_batch(recipes, ["a", "b"])))
-    assert caps[-1] == 12 and metrics["ref_over_cap"] == 0.5 and metrics["gen_at_cap"] == 1.0
+    assert caps[-1] == short_cap and metrics["ref_over_cap"] == 0.5 and metrics["gen_at_cap"] == 1.0
 
 
 def test_clip_sim_scores_every_row_or_a_seeded_sample_independent_of_batching(backbones):

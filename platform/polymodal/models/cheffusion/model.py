@@ -37,10 +37,6 @@ from .config import CheffusionConfig
 MODES = ("t2t", "i2t", "t2i", "it2t", "t2ti")
 
 
-def img_token_names(m: int) -> list[str]:
-    return [f"[IMG{j + 1}]" for j in range(m)]
-
-
 class ImgTokens(nn.Module):
     """The m trainable token rows.
 
@@ -194,7 +190,8 @@ class ChefFusion(nn.Module):
     def image_prefix(self, clip_image: Tensor) -> Tensor:
         """``W_recipe``: (B, d_clip) -> (B, k, e)."""
         e = self.lm.get_input_embeddings().embedding_dim
-        return self.w_recipe(clip_image.to(self.w_recipe.weight.dtype)).view(len(clip_image), self.cfg.k, e)
+        w = self.w_recipe.weight
+        return self.w_recipe(clip_image.to(w.device, w.dtype)).view(len(clip_image), self.cfg.k, e)
 
     # ------------------------------------------------------------------ losses
 
@@ -236,7 +233,7 @@ class ChefFusion(nn.Module):
 
     def gen_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """``l_g`` per row (B,): ``mse`` mean over (L, d) or ``l2`` per-token squared distance, averaged."""
-        sq = (pred.float() - target.float()) ** 2
+        sq = (pred.float() - target.to(pred.device).float()) ** 2
         return sq.mean((1, 2)) if self.cfg.gen_loss == "mse" else sq.sum(-1).mean(-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

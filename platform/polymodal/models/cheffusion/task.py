@@ -76,13 +76,14 @@ class RecipeTask(Task):
 
     def build_model(self, cfg: CheffusionConfig) -> nn.Module:
         """The frozen LM loads straight into ``model.lm_dtype`` on this process's device (the
-        worker's GPU, which the train loop has made current, when there is one)."""
+        worker's GPU, which the train loop has made current, when there is one); the small
+        trainable parts join it there (batches on the host are moved in as they are used)."""
         from .backbones import load_lm
         from .model import ChefFusion
 
         device = lm_device()
         lm, tokenizer = load_lm(cfg.lm, dtype=lm_dtype(cfg.lm_dtype, device), device=device)
-        return ChefFusion(cfg, lm, tokenizer)
+        return ChefFusion(cfg, lm, tokenizer).to(device)
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         if "clip_image" not in columns or "sd_target" not in columns:
