@@ -9,7 +9,7 @@ import torch
 
 from polymodal.models.cheffusion.backbones import load_lm, write_tiny_backbones
 from polymodal.models.cheffusion.config import CheffusionConfig, tiny
-from polymodal.models.cheffusion.model import ChefFusion, img_token_names
+from polymodal.models.cheffusion.model import ChefFusion
 from polymodal.models.cheffusion.synth import sample_rows
 from polymodal.text import encode_texts
 
@@ -86,16 +86,101 @@ def test_a_deepspeed_step_leaves_the_frozen_vocabulary_bit_identical(backbones, 
         assert not torch.equal(params[name].detach(), moving[name]), f"{name} did not train"
 
 
-def test_img_tokens_are_in_the_tokenizer_and_map_to_the_trainable_rows(backbones):
+def test_text_that_spells_img_tokens_stays_text(backbones):
+    """The [IMG] tokens are not in the tokenizer: "[IMG1][IMG2]" in a recipe is tokenized as the
+    characters it is (frozen rows), and only with_img_tokens places the trainable ones."""
     model = _model(backbones)
-    names = img_token_names(model.cfg.m)
-    assert all(model.tokenizer.convert_tokens_to_ids(t) != model.tokenizer.unk_token_id for t in names)
+    assert len(model.tokenizer) == model.n_text
     ids, lengths = model.tokenize(["tomato soup [IMG1][IMG2]"], eos=False)
     row = ids[0, :int(lengths[0])].tolist()
-    assert row[-2:] == [model.vocab, model.vocab + 1] and all(i < model.vocab for i in row[:-2])
+    assert len(row) > 4 and all(i < model.n_text for i in row)
+    assert "img1" in model.decode(row).replace(" ", "").lower()
     emb = model.embed(ids)
-    assert torch.equal(emb[0, int(lengths[0]) - 2], model.img.input[0])
-    assert torch.equal(emb[0, 0], model.lm.get_input_embeddings().weight[row[0]])
+    assert torch.equal(emb[0, :int(lengths[0])], model.lm.get_input_embeddings().weight[row])
+    full, _, pos = model.with_img_tokens(ids, lengths)
+    assert full[0, pos[0]].tolist() == [model.vocab + j for j in range(model.cfg.m)]
+    assert torch.equal(model.embed(full)[0, pos[0, 0]], model.img.input[0])
+
+
+def _padded_opt(backbones, tmp_path, extra: int) -> str:
+    """The fixture's OPT rebuilt with ``extra`` embedding rows more than its tokenizer has
+    tokens (OPT-6.7B: 50272 rows, 50265 tokens), written by ``save_pretrained``."""
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(backbones["lm"])
+    config = OPTConfig.from_pretrained(backbones["lm"])
+    config.vocab_size = len(tok) + extra
+    torch.manual_seed(0)
+    out = str(tmp_path / "opt-padded")
+    OPTForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_img_ids_come_after_every_embedding_row_of_an_lm_with_more_rows_than_tokens(backbones, tmp_path):
+    """An OPT whose embedding has 7 rows more than its tokenizer: the [IMG] tokens take ids
+    V..V+m-1 past every row (l_p's target is V), a text spelling [IMG1] stays in the frozen rows,
+    and the rows without a token are never generated even where the LM prefers them."""
+    lm_dir = _padded_opt(backbones, tmp_path, extra=7)
+    model = _model({**backbones, "lm": lm_dir})
+    rows = model.lm.get_input_embeddings().num_embeddings
+    assert (model.vocab, model.n_text) == (rows, rows - 7)
+    ids, lengths = model.tokenize(["beet pie [IMG1]"], eos=False)
+    assert int(ids.max()) < model.n_text
+    full, _, pos = model.with_img_tokens(ids, lengths)
+    assert full[0, pos[0]].tolist() == list(range(rows, rows + model.cfg.m))
+    with torch.no_grad():
+        logits, _ = model.img_states(ids, lengths)
+        assert logits.shape[-1] == rows + model.cfg.m
+        # make the LM prefer the untokenizable rows: their (tied) output rows along the hidden state
+        h = model.hidden(*_embed_and_mask(model, "beet pie")).last_hidden_state[0, -1]
+        weight = model.lm.get_input_embeddings().weight
+        weight[model.n_text:] = 50 * h / h.norm()
+        weight[model.eos] = -50 * h / h.norm()  # and no stop at once (eos is never an input here)
+        assert model.n_text <= int(model.logits(h).argmax()) < rows
+    new, _ = model.greedy_text(*model.tokenize(["beet pie"], eos=False), None, allow_img=False, max_new_tokens=6)
+    assert new[0] and all(t < model.n_text for t in new[0])
+
+
+def test_a_tokenizer_longer_than_the_embedding_is_refused(backbones):
+    from polymodal.models.cheffusion.backbones import load_lm
+
+    lm, tok = load_lm(backbones["lm"])
+    tok.add_tokens(["zzextra1", "zzextra2"])
+    with pytest.raises(ValueError, match="tokenizer has .* tokens, the input embedding"):
+        ChefFusion(CheffusionConfig(**backbones, **tiny()), lm, tok)
+
+
+def test_missing_folders_and_unknown_hub_ids_name_the_field(backbones, tmp_path):
+    from polymodal.errors import PolymodalError
+    from polymodal.models.cheffusion.backbones import load_clip, load_lm, load_sd
+
+    with pytest.raises(PolymodalError, match=r"model\.lm: .*no-such-opt.* is not a folder"):
+        load_lm(str(tmp_path / "no-such-opt"))
+    with pytest.raises(PolymodalError, match=r"model\.clip: cannot load 'polymodal-test/no-such-clip'"):
+        load_clip("polymodal-test/no-such-clip")  # HF_HUB_OFFLINE=1: not cached
+    with pytest.raises(PolymodalError, match=r"model\.sd: .* is not a folder"):
+        load_sd(backbones["sd"] + "/scheduler/scheduler_config.json")
+
+
+def test_build_model_loads_the_lm_straight_into_its_dtype(backbones, monkeypatch):
+    """``lm_dtype: bf16``: the LM is read into bf16 through meta-device init (no fp32 copy first)
+    while W_recipe, the [IMG] rows and the mapper stay fp32; that mixed model (as evaluated on a
+    GPU without DeepSpeed) computes finite losses and generates."""
+    from polymodal import cache
+    from polymodal.models.cheffusion.task import RecipeTask
+
+    seen = []
+    real = cache.pretrained_kwargs
+    monkeypatch.setattr(cache, "pretrained_kwargs", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    model = RecipeTask().build_model(CheffusionConfig(**backbones, **{**tiny(), "lm_dtype": "bf16"}))
+    assert seen and seen[0]["dtype"] == torch.bfloat16 and seen[0]["low_cpu_mem_usage"] is True
+    assert {p.dtype for p in model.lm.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    with torch.no_grad():
+        out = model(_batch(2))
+    assert all(torch.isfinite(out[k]).all() for k in ("l_r", "l_p", "l_g"))
+    assert isinstance(model.generate("i2t", clip_image=torch.randn(2, 32), max_new_tokens=4)[0].text, str)
 
 
 def test_img_tokens_go_right_after_each_text(backbones):
@@ -238,3 +323,83 @@ def test_bf16_forward_and_backward_are_finite(backbones):
     out["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g.float()).all() for g in grads)
+
+
+def _eval_batch(recipes: list[str], ids: list[str]) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    n = len(recipes)
+    return {"recipe_bytes": torch.from_numpy(encode_texts(recipes, max_bytes=4096)),
+            "id_bytes": torch.from_numpy(encode_texts(ids)),
+            "clip_image": torch.randn(n, 32, generator=gen), "sd_target": torch.randn(n, 16, 32, generator=gen)}
+
+
+class _NoEos(torch.nn.Module):
+    """An output layer whose EOS logit is -inf: the LM never stops by itself."""
+
+    def __init__(self, head: torch.nn.Module, eos: int):
+        super().__init__()
+        self.head, self.eos = head, eos
+
+    def forward(self, h):
+        out = self.head(h)
+        out[..., self.eos] = float("-inf")
+        return out
+
+
+def test_evaluation_writes_whole_recipes_and_records_the_cap(backbones, monkeypatch):
+    """Unset eval_max_new_tokens: the cap is the longest reference of the batch plus EOS, not
+    generate()'s max_new_tokens (8 here; evaluation used it before), so an LM that never stops
+    writes that many tokens (gen_at_cap 1) and no reference is longer (ref_over_cap 0). A set
+    cap is used as is and its check counts the references it cuts."""
+    from polymodal.models.cheffusion.task import RecipeTask, eval_text_cap
+
+    task = RecipeTask()
+    long = "tomato soup. ingredients: " + ", ".join(["tomato", "salt", "butter", "basil"] * 3) + "."
+    recipes = [long, "beet pie. ingredients: beet, butter."]
+    model = _model(backbones, eval_image_share=0.0, max_new_tokens=8).eval()
+    model.lm.lm_head = _NoEos(model.lm.lm_head, model.eos)
+    caps = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: caps.append(k["max_new_tokens"]) or real(*a, **k))
+    tokens = model.text_tokens(recipes)
+    assert tokens[0] > 2 * 8 and eval_text_cap(model.cfg, np.asarray(tokens)) == tokens[0] + 1
+    out = task.predict(model, _eval_batch(recipes, ["a", "b"]))
+    assert caps == [tokens[0] + 1]
+    assert len(model.tokenizer(str(out["generated"][0]), add_special_tokens=False).input_ids) > 2 * 8
+    metrics = task.metrics(out)
+    assert metrics["gen_at_cap"] == 1.0 and metrics["ref_over_cap"] == 0.0
+    assert metrics["clip_sim_rows"] == 0 and "clip_sim" not in metrics
+
+    short_cap = tokens[1] + 1  # the short reference and its EOS fit, the long one does not
+    model.cfg = model.cfg.model_copy(update={"eval_max_new_tokens": short_cap})
+    metrics = task.metrics(task.predict(model, _eval_batch(recipes, ["a", "b"])))
+    assert caps[-1] == short_cap and metrics["ref_over_cap"] == 0.5 and metrics["gen_at_cap"] == 1.0
+
+
+def test_clip_sim_scores_every_row_or_a_seeded_sample_independent_of_batching(backbones):
+    """eval_image_share 1: every row gets an image and a clip_sim (clip_sim_rows = rows). Less:
+    a sample chosen by (seed, row id), the same rows and images however the rows are batched,
+    about the share of a split, and another sample under another seed."""
+    from polymodal.models.cheffusion.task import RecipeTask, clip_sim_rows
+
+    ids = [f"r{i:03d}" for i in range(400)]
+    rows, seeds = clip_sim_rows(ids, 0.25, seed=3)
+    assert 70 <= len(rows) <= 130
+    assert [ids[i] for i in rows] == [ids[i] for i in clip_sim_rows(ids[:200], 0.25, 3)[0]] + \
+        [ids[200 + i] for i in clip_sim_rows(ids[200:], 0.25, 3)[0]]
+    assert rows != clip_sim_rows(ids, 0.25, seed=4)[0]
+    assert clip_sim_rows(ids, 1.0, 3)[0] == list(range(400)) and clip_sim_rows(ids, 0.0, 3)[0] == []
+    assert len(set(seeds)) == len(seeds)
+
+    task = RecipeTask()
+    rows4 = sample_rows(np.random.default_rng(2), 4)
+    recipes, names = [str(r) for r in rows4["recipe"]], ["d0", "d1", "d2", "d3"]
+    model = _model(backbones, eval_max_new_tokens=2, eval_image_share=1.0, eval_image_seed=1).eval()
+    out = task.predict(model, _eval_batch(recipes, names))
+    assert np.isfinite(out["clip_sim"]).all() and task.metrics(out)["clip_sim_rows"] == 4
+    picked = clip_sim_rows(names, 0.5, 1)[0]
+    assert 0 < len(picked) < 4  # this seed picks some rows, not all
+    model.cfg = model.cfg.model_copy(update={"eval_image_share": 0.5})
+    half = task.predict(model, _eval_batch(recipes, names))
+    assert sorted(np.flatnonzero(np.isfinite(half["clip_sim"])).tolist()) == picked
+    assert np.allclose(half["clip_sim"][picked], out["clip_sim"][picked], atol=2e-3)  # same row, same image

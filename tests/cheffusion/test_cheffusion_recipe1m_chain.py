@@ -117,7 +117,8 @@ def test_recipe1m_release_copy_imports_trains_and_evaluates(tmp_path: Path, caps
     sets = ["name=recipe1m-chain", f"storage_path={tmp_path / 'runs'}", f"model.lm={bb['lm']}",
             f"model.clip={bb['clip']}", f"model.sd={bb['sd']}", f"data.train={chef / 'train'}",
             f"data.val={chef / 'val'}", f"data.test={chef / 'test'}", "optim.epochs=1", "optim.batch_size=4",
-            "optim.warmup_steps=1", "model.max_new_tokens=8", "model.eval_images=1"]
+            "optim.warmup_steps=1", "model.max_new_tokens=8", "model.eval_max_new_tokens=8",
+            "model.eval_image_share=0.25"]
     config = ["--config", str(ROOT / "jobs" / "configs" / "cheffusion_tiny.yaml"),
               *[a for s in sets for a in ("--set", s)]]
     assert main(["train", *config, "--local", "-q"]) == 0

@@ -1,54 +1,100 @@
-"""The three frozen backbones: load them (``from_pretrained``, never a download) or write tiny
-random ones for tests and the demo.
+"""The three frozen backbones: load them (``from_pretrained`` from a local folder, an ``s3://``
+folder or a hub id) or write tiny random ones for tests and the demo.
 
 * the causal LM and its tokenizer (:func:`load_lm`): any ``AutoModelForCausalLM``;
 * the CLIP vision encoder and its image processor (:func:`load_clip`); ``v_phi`` is its pooled
   output (:func:`clip_image_features`);
 * the Stable Diffusion pipeline (:func:`load_sd`); its text encoder ``T_psi`` gives the mapper's
   regression targets (:func:`sd_text_targets`), exactly as the pipeline encodes a prompt.
+
+Each pretrained field takes a local folder, an ``s3://`` folder (downloaded once into the polymodal
+cache) or a hub id such as ``facebook/opt-6.7b`` (downloaded into the Hugging Face cache unless
+``HF_HUB_OFFLINE=1``). Weights load straight into the requested dtype and device
+(:func:`polymodal.cache.pretrained_kwargs`: meta-device init, each tensor read into place), so the
+6.7B LM meant for bf16 on a GPU never exists as an fp32 copy on the host.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from polymodal import storage as st
-from polymodal.cache import load_causal_lm, local_copy
+from polymodal.cache import load_causal_lm, local_copy, pretrained_kwargs
 from polymodal.config import StorageOptions
+from polymodal.errors import PolymodalError
 
-__all__ = ["load_lm", "load_clip", "load_sd", "load_sd_text_encoder", "clip_image_features", "sd_text_targets",
-           "decode_image", "image_to_png", "write_tiny_backbones"]
+__all__ = ["load_lm", "load_clip", "load_sd", "load_sd_text_encoder", "backbone_dims", "clip_image_features",
+           "sd_text_targets", "decode_image", "image_to_png", "write_tiny_backbones", "resolve_backbone"]
 
-
-def load_lm(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32):
-    """(causal LM, tokenizer); the LM is frozen and in eval mode (:func:`polymodal.cache.load_causal_lm`)."""
-    return load_causal_lm(uri, opts, dtype)
+T = TypeVar("T")
 
 
-def load_clip(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32):
-    """(CLIPVisionModel, image processor), frozen, eval mode."""
+def _looks_like_path(uri: str) -> bool:
+    """Whether ``uri`` can only be a local path (a hub id is ``name`` or ``owner/name``)."""
+    return uri.startswith(("/", "./", "../", "~", "file://")) or uri.count("/") > 1
+
+
+def resolve_backbone(field: str, uri: str, opts: StorageOptions | None = None) -> str:
+    """What ``from_pretrained`` reads for the ``model.<field>`` value ``uri``: a local folder (an
+    ``s3://`` folder is downloaded once, :func:`polymodal.cache.local_copy`) or a hub id, passed on.
+    A path that is not a folder is a :class:`PolymodalError` naming the field and the value."""
+    path = local_copy(uri, opts)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path) or _looks_like_path(uri):
+        raise PolymodalError(f"model.{field}: {uri!r} is not a folder (a pretrained-weights field takes a "
+                             "save_pretrained folder, an s3:// folder or a hub id)")
+    return path  # a hub id
+
+
+def _loading(field: str, uri: str, load: Callable[[], T]) -> T:
+    """``load()``, with the hub's answer for an id it cannot serve (not cached while offline, a
+    typo, no network) turned into a :class:`PolymodalError` naming the field and the value."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:
+        raise PolymodalError(f"model.{field}: cannot load {uri!r}: {exc}") from None
+
+
+def load_lm(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32,
+            device: str | torch.device | None = None):
+    """(causal LM, tokenizer); the LM is frozen, in eval mode, and loaded straight into ``dtype``
+    on ``device`` (:func:`polymodal.cache.load_causal_lm`)."""
+    resolve_backbone("lm", uri, opts)
+    return _loading("lm", uri, lambda: load_causal_lm(uri, opts, dtype, device))
+
+
+def load_clip(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32,
+              device: str | torch.device | None = None):
+    """(CLIPVisionModel, image processor), frozen, eval mode, loaded straight into ``dtype`` on ``device``."""
     from transformers import AutoImageProcessor, CLIPVisionModel
 
-    path = local_copy(uri, opts)
-    model = CLIPVisionModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-    processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    path = resolve_backbone("clip", uri, opts)
+    model = _loading("clip", uri, lambda: CLIPVisionModel.from_pretrained(path, **pretrained_kwargs(dtype, device)))
+    processor = _loading("clip", uri, lambda: AutoImageProcessor.from_pretrained(path))
     return model.requires_grad_(False).eval(), processor
 
 
-def load_sd(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32):
-    """A ``StableDiffusionPipeline`` without safety checker, every module frozen."""
+def load_sd(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32,
+            device: str | torch.device | None = None):
+    """A ``StableDiffusionPipeline`` without safety checker, every module frozen, in ``dtype`` on
+    ``device``. Each module is built empty and its weights read in ``dtype``
+    (``low_cpu_mem_usage``); a pipeline takes no per-device ``device_map``, so the modules then
+    move to ``device`` (SD 1.5 is 1 GB in half precision)."""
     from diffusers import StableDiffusionPipeline
 
-    path = local_copy(uri, opts)
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
-                                                   safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)
+    path = resolve_backbone("sd", uri, opts)
+    pipe = _loading("sd", uri, lambda: StableDiffusionPipeline.from_pretrained(
+        path, **pretrained_kwargs(dtype), safety_checker=None, feature_extractor=None, requires_safety_checker=False))
+    if device is not None:
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False).eval()
@@ -77,14 +123,29 @@ def clip_image_features(model, processor, images: Sequence[Any]) -> torch.Tensor
     return model(pixel_values=pixels.to(device, next(model.parameters()).dtype)).pooler_output
 
 
-def load_sd_text_encoder(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32):
-    """(tokenizer, text encoder) of an SD pipeline folder, without its UNet and VAE (feature extraction)."""
+def load_sd_text_encoder(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device | None = None):
+    """(tokenizer, text encoder) of an SD pipeline folder or hub id, without its UNet and VAE
+    (feature extraction); the encoder frozen, in ``dtype`` on ``device``."""
     from transformers import AutoTokenizer, CLIPTextModel
 
-    path = local_copy(uri, opts)
-    encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+    path = resolve_backbone("sd", uri, opts)
+    encoder = _loading("sd", uri, lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                                        **pretrained_kwargs(dtype, device)))
+    tokenizer = _loading("sd", uri, lambda: AutoTokenizer.from_pretrained(path, subfolder="tokenizer"))
     return tokenizer, encoder.requires_grad_(False).eval()
+
+
+def backbone_dims(clip: str, sd: str, opts: StorageOptions | None = None) -> tuple[int, int, int]:
+    """(d_clip, L, d_sd): CLIP's pooled width, the SD tokenizer's length and the SD text encoder's
+    width, from the configs and the tokenizer alone (no weights are read)."""
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPVisionConfig
+
+    clip_path, sd_path = resolve_backbone("clip", clip, opts), resolve_backbone("sd", sd, opts)
+    width = _loading("clip", clip, lambda: CLIPVisionConfig.from_pretrained(clip_path).hidden_size)
+    text = _loading("sd", sd, lambda: CLIPTextConfig.from_pretrained(sd_path, subfolder="text_encoder").hidden_size)
+    tokens = _loading("sd", sd, lambda: AutoTokenizer.from_pretrained(sd_path, subfolder="tokenizer").model_max_length)
+    return int(width), int(tokens), int(text)
 
 
 @torch.no_grad()

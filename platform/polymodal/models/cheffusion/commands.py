@@ -71,8 +71,10 @@ RECIPE1M = Command(
 def _features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="raw dataset (from data import --format recipe1m, or synth's raw/)")
     p.add_argument("--out", required=True, help="folder or s3:// URI for the feature dataset")
-    p.add_argument("--clip", required=True, help="CLIP vision model folder (save_pretrained) or s3:// URI")
-    p.add_argument("--sd", required=True, help="Stable Diffusion pipeline folder or s3:// URI (its text encoder is used)")
+    p.add_argument("--clip", required=True, help="CLIP vision model: a save_pretrained folder, an s3:// folder or a hub id "
+                   "(the paper: openai/clip-vit-large-patch14)")
+    p.add_argument("--sd", required=True, help="Stable Diffusion pipeline: a folder, an s3:// folder or a hub id "
+                   "(the paper: SD 1.5, stable-diffusion-v1-5/stable-diffusion-v1-5); its text encoder is used")
     p.add_argument("--batch-size", type=int, default=64, help="rows per extractor call (default 64)")
     p.add_argument("--concurrency", type=int, help="actors in the pool (default: one per GPU, or one per two CPUs)")
     p.add_argument("--target-dtype", choices=["float16", "float32"], default="float16",

@@ -19,6 +19,7 @@ from polymodal import shards
 from polymodal.config import StorageOptions
 from polymodal.errors import PolymodalError
 
+from .backbones import backbone_dims
 from .data import RAW_COLUMNS, TASK, feature_columns
 
 
@@ -32,10 +33,8 @@ class FeatureExtractor:
         storage = StorageOptions(**opts) if opts else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.clip, self.processor = load_clip(clip, storage, dtype)
-        self.tokenizer, self.text_encoder = load_sd_text_encoder(sd, storage, dtype)
-        self.clip.to(self.device)
-        self.text_encoder.to(self.device)
+        self.clip, self.processor = load_clip(clip, storage, dtype, self.device)
+        self.tokenizer, self.text_encoder = load_sd_text_encoder(sd, storage, dtype, self.device)
         self.target_dtype = np.dtype(target_dtype)
 
     @property
@@ -72,7 +71,7 @@ def extract_features(raw_uri: str, out_uri: str, *, clip: str, sd: str, opts: St
                              f"{missing}); write one with `polymodal data import --format recipe1m` or synth")
     kwargs = {"clip": clip, "sd": sd, "opts": opts.model_dump() if opts else None, "target_dtype": target_dtype}
     probe = FeatureExtractor(**kwargs) if not use_ray else None
-    d_clip, n_tok, d_sd = probe.dims if probe else _dims(clip, sd, opts)
+    d_clip, n_tok, d_sd = probe.dims if probe else backbone_dims(clip, sd, opts)
     meta = {**manifest.meta, "stage": "features", "raw": raw_uri, "clip": clip, "sd": sd}
     with shards.ShardWriter(out_uri, task=TASK, split=manifest.split, columns=feature_columns(d_clip, n_tok, d_sd, target_dtype),
                             rows_per_shard=rows_per_shard, meta=meta, opts=opts, progress=progress) as writer:
@@ -84,19 +83,6 @@ def extract_features(raw_uri: str, out_uri: str, *, clip: str, sd: str, opts: St
             for batch in _ray_batches(raw_uri, manifest, kwargs, batch_size, concurrency, opts):
                 writer.write(batch)
     return writer.close()
-
-
-def _dims(clip: str, sd: str, opts: StorageOptions | None) -> tuple[int, int, int]:
-    """(d_clip, L, d_sd) from the backbones' configs and the SD tokenizer, without loading weights."""
-    from transformers import AutoTokenizer, CLIPTextConfig, CLIPVisionConfig
-
-    from polymodal.cache import local_copy
-
-    clip_path, sd_path = local_copy(clip, opts), local_copy(sd, opts)
-    width = CLIPVisionConfig.from_pretrained(clip_path, local_files_only=True).hidden_size
-    text = CLIPTextConfig.from_pretrained(sd_path, subfolder="text_encoder", local_files_only=True).hidden_size
-    tokens = AutoTokenizer.from_pretrained(sd_path, subfolder="tokenizer", local_files_only=True).model_max_length
-    return int(width), int(tokens), int(text)
 
 
 def _ray_batches(raw_uri: str, manifest: shards.Manifest, kwargs: dict[str, Any], batch_size: int,

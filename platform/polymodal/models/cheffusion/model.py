@@ -12,9 +12,13 @@ One block per class:
   -> r -> encoder/decoder transformer with L learned queries -> (B, L, d_sd). Loss ``l_g``
   (Eq. 3): regression to ``T_psi(recipe)``, the SD text encoder's prompt embeddings.
 
-Token ids live in one combined space: ``0..V-1`` the LM's vocabulary, ``V..V+m-1`` the [IMG]
-tokens (the tokenizer knows them as ``[IMG1]``..; :meth:`ChefFusion.tokenize` translates).
-Text is tokenized here, not in ``Task.collate``, which has no tokenizer; collate passes UTF-8.
+Token ids live in one combined space: ``0..V-1`` the rows of the LM's embedding, ``V..V+m-1``
+the [IMG] tokens. V is the embedding's row count, which may exceed the tokenizer's length (OPT-6.7B:
+50272 rows, 50265 tokens), so an [IMG] id can never name an existing row; the rows past the
+tokenizer have no text and are never generated. The [IMG] tokens are not in the tokenizer: a text
+that spells ``[IMG1]`` is tokenized as the characters it is, and only the model places [IMG]
+tokens (:meth:`ChefFusion.with_img_tokens`). Text is tokenized here, not in ``Task.collate``,
+which has no tokenizer; collate passes UTF-8.
 """
 
 from __future__ import annotations
@@ -31,10 +35,6 @@ from torch import Tensor, nn
 from .config import CheffusionConfig
 
 MODES = ("t2t", "i2t", "t2i", "it2t", "t2ti")
-
-
-def img_token_names(m: int) -> list[str]:
-    return [f"[IMG{j + 1}]" for j in range(m)]
 
 
 class ImgTokens(nn.Module):
@@ -94,6 +94,7 @@ class Generation:
     mode: str
     items: list[Any] = field(default_factory=list)
     img_tokens: bool = False  # the LM produced (or was given) [IMG1..IMGm]
+    stopped: bool = True  # False: the text ran to max_new_tokens without EOS or [IMG1]
 
     @property
     def text(self) -> str:
@@ -113,11 +114,16 @@ class ChefFusion(nn.Module):
         self.lm = lm.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         emb_in, emb_out = lm.get_input_embeddings(), lm.get_output_embeddings()
+        #: V: rows of the LM's embedding; the [IMG] tokens are V..V+m-1
         self.vocab = emb_in.num_embeddings
+        #: token ids the tokenizer can write and read (<= V; the rest are rows without text)
+        self.n_text = len(tokenizer)
+        if self.n_text > self.vocab or emb_out.out_features != self.vocab:
+            raise ValueError(f"model.lm: the tokenizer has {self.n_text} tokens, the input embedding "
+                             f"{self.vocab} rows and the output layer {emb_out.out_features}: every token "
+                             "needs a row in both")
         e_in, e_out = emb_in.embedding_dim, emb_out.in_features
         tied = emb_out.weight is emb_in.weight
-        tokenizer.add_tokens(img_token_names(cfg.m), special_tokens=True)
-        self._tok_img = torch.tensor(tokenizer.convert_tokens_to_ids(img_token_names(cfg.m)))
         self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
@@ -143,7 +149,8 @@ class ChefFusion(nn.Module):
     def tokenize(self, texts: Sequence[str], *, eos: bool, max_tokens: int | None = None) -> tuple[Tensor, Tensor]:
         """B strings -> combined-space ids (B, T) and lengths (B,); ``bos text [eos]``, right-padded.
 
-        ``[IMGj]`` written in a text becomes the trainable token; ``max_tokens`` cuts the text."""
+        Every id is a text token (< :attr:`n_text`), ``[IMG1]`` written in a text included;
+        ``max_tokens`` cuts the text."""
         max_tokens = max_tokens or self.cfg.max_recipe_tokens
         enc = self.tokenizer([str(t) for t in texts], add_special_tokens=False, truncation=True,
                              max_length=max_tokens - 1 - int(eos)).input_ids
@@ -152,12 +159,14 @@ class ChefFusion(nn.Module):
         out = torch.full((len(rows), max(1, int(lengths.max()))), self.pad, dtype=torch.long)
         for i, r in enumerate(rows):
             out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        for j, tid in enumerate(self._tok_img.tolist()):
-            out[out == tid] = self.vocab + j
         return out.to(self.device), lengths.to(self.device)
 
+    def text_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each whole text (no bos / eos, never cut)."""
+        return [len(ids) for ids in self.tokenizer([str(t) for t in texts], add_special_tokens=False).input_ids]
+
     def decode(self, ids: Sequence[int]) -> str:
-        text_ids = [i for i in ids if i < self.vocab and i not in (self.eos, self.pad, self.bos)]
+        text_ids = [i for i in ids if i < self.n_text and i not in (self.eos, self.pad, self.bos)]
         return self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
 
     def embed(self, ids: Tensor) -> Tensor:
@@ -171,6 +180,7 @@ class ChefFusion(nn.Module):
         pos = (mask.long().cumsum(-1) - 1).clamp_min(0)
         if kw.get(self._cache_kw) is not None:
             pos = pos[:, -x.shape[1]:]
+        x = x.to(self.lm.get_input_embeddings().weight.dtype)  # a bf16 LM beside fp32 trainable parts
         return self.lm.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos, **kw)
 
     def logits(self, h: Tensor) -> Tensor:
@@ -180,7 +190,8 @@ class ChefFusion(nn.Module):
     def image_prefix(self, clip_image: Tensor) -> Tensor:
         """``W_recipe``: (B, d_clip) -> (B, k, e)."""
         e = self.lm.get_input_embeddings().embedding_dim
-        return self.w_recipe(clip_image.to(self.w_recipe.weight.dtype)).view(len(clip_image), self.cfg.k, e)
+        w = self.w_recipe.weight
+        return self.w_recipe(clip_image.to(w.device, w.dtype)).view(len(clip_image), self.cfg.k, e)
 
     # ------------------------------------------------------------------ losses
 
@@ -217,11 +228,12 @@ class ChefFusion(nn.Module):
         idx = pos[..., None]
         h_img = h.gather(1, idx.expand(-1, -1, h.shape[-1]))  # (B, m, e_out)
         e_img = x.gather(1, idx.expand(-1, -1, x.shape[-1]))  # (B, m, e_in)
-        return self.logits(last), self.mapper(torch.cat([h_img, e_img.to(h_img.dtype)], dim=-1))
+        feats = torch.cat([h_img, e_img.to(h_img.dtype)], dim=-1).to(self.mapper.queries.dtype)
+        return self.logits(last), self.mapper(feats)
 
     def gen_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """``l_g`` per row (B,): ``mse`` mean over (L, d) or ``l2`` per-token squared distance, averaged."""
-        sq = (pred.float() - target.float()) ** 2
+        sq = (pred.float() - target.to(pred.device).float()) ** 2
         return sq.mean((1, 2)) if self.cfg.gen_loss == "mse" else sq.sum(-1).mean(-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -249,10 +261,9 @@ class ChefFusion(nn.Module):
 
             dtype = torch.float32 if self.device.type == "cpu" else next(self.lm.parameters()).dtype
             if name == "sd":
-                self._aux[name] = load_sd(self.cfg.sd, self.opts, dtype).to(self.device)
+                self._aux[name] = load_sd(self.cfg.sd, self.opts, dtype, self.device)
             else:
-                model, processor = load_clip(self.cfg.clip, self.opts, dtype)
-                self._aux[name] = (model.to(self.device), processor)
+                self._aux[name] = load_clip(self.cfg.clip, self.opts, dtype, self.device)
         return self._aux[name]
 
     def clip_features(self, images: Sequence[Any]) -> Tensor:
@@ -293,6 +304,7 @@ class ChefFusion(nn.Module):
         to_img = [False] * b
         for _ in range(max_new_tokens):
             logits = self.logits(h).float()
+            logits[:, self.n_text:self.vocab] = float("-inf")  # rows without text
             logits[:, self.vocab + (1 if allow_img else 0):] = float("-inf")
             nxt = logits.argmax(-1)
             for i in range(b):
@@ -392,9 +404,11 @@ class ChefFusion(nn.Module):
         ids, lengths = self.tokenize(prompts, eos=False)
         new, to_img = self.greedy_text(ids, lengths, prefix, allow_img=mode == "t2ti",
                                        max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)
-        for r, toks in zip(results, new):
+        cap = max_new_tokens or self.cfg.max_new_tokens
+        for r, toks, img in zip(results, new, to_img):
             text = self.decode(toks)
             r.items = [text] if text else []
+            r.stopped = img or len(toks) < cap  # a row appends one token per step until it stops
         rows = [i for i in range(n) if to_img[i]]
         if rows:
             # the image reads the [IMG] states after the prompt and the text written so far

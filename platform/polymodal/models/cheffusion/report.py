@@ -64,7 +64,14 @@ def report_sections(cfg, out_dir: Path, n: int = 6) -> list[str]:
     rows = [{"title": titles[i], "real": decode_image(bytes(batch["image"][i]), f"row {i}"),
              "t2i": t2i[i].images[0], "t2ti": (t2ti[i].images or [None])[0]} for i in range(len(recipes))]
     image_grid(rows, out_dir / GRID_NAME)
+    c = model.cfg
+    cap = (f"up to {c.eval_max_new_tokens} tokens" if c.eval_max_new_tokens is not None
+           else "up to the longest reference of each batch plus EOS")
+    sample = ("every row" if c.eval_image_share >= 1 else
+              f"a seeded sample of {c.eval_image_share:g} of the rows (seed {c.eval_image_seed}; `clip_sim_rows` counts them)")
     lines = ["## Generations", "",
+             f"Evaluation settings: recipes written greedily from each image, {cap}; `clip_sim` on {sample}, "
+             f"{c.eval_steps} diffusion steps.", "",
              f"First {len(rows)} rows of `{uri}` ({split}), best checkpoint, {model.cfg.steps} diffusion steps, "
              f"guidance {model.cfg.guidance}, seeds 0..{len(rows) - 1}. Left: the real image; then the image drawn "
              "from the recipe (t2i) and, where the LM wrote [IMG1] after continuing the title, the t2ti image.", "",

@@ -1,16 +1,20 @@
 """ChefFusion's recipe task, plugged into the spine.
 
 Training minimises ``w_recipe * l_r + w_img_token * l_p + w_gen * l_g`` (:meth:`.model.ChefFusion.forward`).
-Evaluation writes a recipe for every image (i2t, greedy) and scores it against the reference
-(``bleu``: SacreBLEU, ``rouge2``: ROUGE-2 F1), draws the first ``eval_images`` recipes of each
-batch (t2i, ``eval_steps`` diffusion steps) and scores them by CLIP cosine similarity to the real
-image (``clip_sim``), and reports the mean validation losses ``l_r``, ``l_p``, ``l_g`` and
-``loss``. ``bleu`` and ``rouge2`` are fractions in [0, 1] (SacreBLEU's 0-100 score / 100),
-``clip_sim`` the cosine in [-1, 1]. The primary metric is ``bleu``.
+Evaluation writes a whole recipe for every image (i2t, greedy, up to ``eval_max_new_tokens`` or,
+unset, the longest reference of the batch plus EOS) and scores it against the reference (``bleu``:
+SacreBLEU, ``rouge2``: ROUGE-2 F1); draws an image from the recipe of every row (or of a seeded
+sample, ``eval_image_share`` / ``eval_image_seed``; t2i, ``eval_steps`` diffusion steps) and scores
+it by CLIP cosine similarity to the real image (``clip_sim``, over ``clip_sim_rows`` rows); and
+reports the mean validation losses ``l_r``, ``l_p``, ``l_g`` and ``loss`` and two length checks:
+``gen_at_cap`` (share of recipes cut by the cap) and ``ref_over_cap`` (share of references longer
+than the cap; 0 when the cap is derived). ``bleu`` and ``rouge2`` are fractions in [0, 1]
+(SacreBLEU's 0-100 score / 100), ``clip_sim`` the cosine in [-1, 1]. The primary metric is ``bleu``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,42 @@ from .config import PRESETS, CheffusionConfig
 from .data import TASK
 
 
+def lm_device() -> torch.device:
+    """This process's current CUDA device when it has one (a Ray Train worker's own GPU), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def lm_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``model.lm_dtype`` on ``device``: ``auto`` is bf16 on CUDA and fp32 on CPU, as ``optim.precision: auto``."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def eval_text_cap(cfg: CheffusionConfig, ref_tokens: np.ndarray) -> int:
+    """Text tokens an evaluation recipe may take: ``model.eval_max_new_tokens``, or when unset
+    the longest reference of the batch (``ref_tokens``: tokens per reference) plus its EOS, so
+    a whole recipe can be written (a row stops at its own EOS well before, as a rule)."""
+    if cfg.eval_max_new_tokens is not None:
+        return int(cfg.eval_max_new_tokens)
+    return int(ref_tokens.max(initial=0)) + 1
+
+
+def _row_hash(seed: int, rid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{rid}".encode(), digest_size=8).digest(), "little")
+
+
+def clip_sim_rows(ids: list[str], share: float, seed: int) -> tuple[list[int], list[int]]:
+    """(rows of the batch that get an image for ``clip_sim``, each one's diffusion seed).
+
+    Every row when ``share`` is 1; otherwise row ``i`` is in when a hash of ``(seed, ids[i])``,
+    read as a number in [0, 1), is below ``share``: a seeded sample of about ``share`` of the
+    split that picks the same rows, with the same noise seeds, however the split is batched."""
+    hashes = [_row_hash(seed, rid) for rid in ids]
+    rows = [i for i, h in enumerate(hashes) if share >= 1 or h / 2.0**64 < share]
+    return rows, [hashes[i] % 2**31 for i in rows]
+
+
 class RecipeTask(Task):
     """Recipes from food images and food images from recipes (ChefFusion)."""
 
@@ -32,14 +72,18 @@ class RecipeTask(Task):
     primary_metric = "bleu"
     mode = "max"
     #: metrics that are fractions in [0, 1] (reports print them as %)
-    fraction_metrics = frozenset({"bleu", "rouge2"})
+    fraction_metrics = frozenset({"bleu", "rouge2", "gen_at_cap", "ref_over_cap"})
 
     def build_model(self, cfg: CheffusionConfig) -> nn.Module:
+        """The frozen LM loads straight into ``model.lm_dtype`` on this process's device (the
+        worker's GPU, which the train loop has made current, when there is one); the small
+        trainable parts join it there (batches on the host are moved in as they are used)."""
         from .backbones import load_lm
         from .model import ChefFusion
 
-        lm, tokenizer = load_lm(cfg.lm)
-        return ChefFusion(cfg, lm, tokenizer)
+        device = lm_device()
+        lm, tokenizer = load_lm(cfg.lm, dtype=lm_dtype(cfg.lm_dtype, device), device=device)
+        return ChefFusion(cfg, lm, tokenizer).to(device)
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
         if "clip_image" not in columns or "sd_target" not in columns:
@@ -58,8 +102,10 @@ class RecipeTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
-        """Per row: ``id``, ``generated`` (i2t recipe), ``reference``, losses ``l_r`` / ``l_p`` /
-        ``l_g`` and ``clip_sim`` (NaN for rows without a generated image)."""
+        """Per row: ``id``, ``generated`` (i2t recipe, greedy, up to :func:`eval_text_cap` tokens),
+        ``reference``, losses ``l_r`` / ``l_p`` / ``l_g``, ``clip_sim`` (NaN for rows outside the
+        :func:`clip_sim_rows` sample), ``gen_at_cap`` (the recipe hit the cap without EOS) and
+        ``ref_over_cap`` (the reference is longer than the cap)."""
         from polymodal.text import decode_texts
 
         from .backbones import image_to_png
@@ -69,23 +115,32 @@ class RecipeTask(Task):
         cfg: CheffusionConfig = net.cfg
         losses = model(batch)
         refs = decode_texts(batch["recipe_bytes"])
-        gens = net.generate("i2t", clip_image=batch["clip_image"])
+        ids = decode_texts(batch["id_bytes"])
+        ref_tokens = np.asarray(net.text_tokens(refs))
+        cap = eval_text_cap(cfg, ref_tokens)
+        gens = net.generate("i2t", clip_image=batch["clip_image"], max_new_tokens=cap)
         n = len(refs)
         sim = np.full(n, np.nan, dtype=np.float32)
         pngs = np.full(n, b"", dtype=object)
-        k = min(cfg.eval_images, n)
-        if k:
-            images = net.render(net.sd_embeddings(refs[:k]), list(range(k)), steps=cfg.eval_steps)
+        rows, seeds = clip_sim_rows(ids, cfg.eval_image_share, cfg.eval_image_seed)
+        if rows:
+            images = net.render(net.sd_embeddings([refs[i] for i in rows]), seeds, steps=cfg.eval_steps)
             feats = net.clip_features(images).float().cpu().numpy()
-            sim[:k] = clip_similarity(feats, batch["clip_image"][:k].float().cpu().numpy())
-            pngs[:k] = [image_to_png(im) for im in images]
-        return {"id": np.asarray(decode_texts(batch["id_bytes"]), dtype=object),
+            sim[rows] = clip_similarity(feats, batch["clip_image"][rows].float().cpu().numpy())
+            for i, im in zip(rows, images):
+                pngs[i] = image_to_png(im)
+        return {"id": np.asarray(ids, dtype=object),
                 "generated": np.asarray([g.text for g in gens], dtype=object),
                 "reference": np.asarray(refs, dtype=object), "image_png": pngs, "clip_sim": sim,
+                "gen_at_cap": np.asarray([not g.stopped for g in gens], dtype=np.float32),
+                "ref_over_cap": (ref_tokens + 1 > cap).astype(np.float32),
                 **{k: losses[k].float().cpu().numpy() for k in ("l_r", "l_p", "l_g")},
                 "loss": np.full(n, float(losses["loss"]), dtype=np.float32)}
 
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """``bleu``, ``rouge2``, ``clip_sim`` (mean over the rows that got an image) and
+        ``clip_sim_rows`` (how many), the losses, and the length checks ``gen_at_cap`` /
+        ``ref_over_cap`` (shares of rows)."""
         from .metrics import bleu, rouge2
 
         hyps, refs = list(outputs["generated"]), list(outputs["reference"])
@@ -93,7 +148,8 @@ class RecipeTask(Task):
         sims = outputs["clip_sim"][~np.isnan(outputs["clip_sim"])]
         if len(sims):
             out["clip_sim"] = float(sims.mean())
-        out.update({k: float(np.mean(outputs[k])) for k in ("l_r", "l_p", "l_g", "loss")})
+        out["clip_sim_rows"] = float(len(sims))
+        out.update({k: float(np.mean(outputs[k])) for k in ("l_r", "l_p", "l_g", "loss", "gen_at_cap", "ref_over_cap")})
         return out
 
     def prediction_rows(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
