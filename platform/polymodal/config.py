@@ -79,12 +79,20 @@ class OptimConfig(StrictModel):
         "auto", description="auto: bf16 on CUDA, fp32 on CPU")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    max_steps: int | None = Field(
+        None, ge=1, description="end the run at this global (optimizer) step, with a final checkpoint and evaluation; "
+                                "with epochs, whichever comes first ends the run (the lr schedule spans the shorter)")
 
 
 class DeepSpeedOptions(StrictModel):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
+    config: str | None = Field(
+        None, description="a DeepSpeed JSON or YAML file (path or s3:// URI) merged under the fields polymodal "
+                          "computes (batch sizes, precision, clipping, optimizer, ZeRO stage): anything else in it, "
+                          "e.g. ZeRO-3 offload_param/offload_optimizer to cpu or nvme, passes through; a key set to "
+                          "another value than polymodal's is an error naming both places")
 
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> "DeepSpeedOptions":
@@ -106,7 +114,16 @@ class FailureOptions(StrictModel):
 
 
 class CheckpointOptions(StrictModel):
-    num_to_keep: int = Field(2, ge=1)
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept (epoch and step ones alike), the best one also")
+    every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every this many global steps, mid-epoch; a killed run resumes "
+                                "from the newest, at the same place in the data")
+
+
+class EvalOptions(StrictModel):
+    every_steps: int | None = Field(
+        None, ge=1, description="also evaluate on data.val every this many global steps, mid-epoch (a row with its "
+                                "global_step in logs/metrics.csv and TensorBoard)")
 
 
 class ExperimentConfig(StrictModel):
@@ -122,6 +139,7 @@ class ExperimentConfig(StrictModel):
     scaling: ScalingOptions = Field(default_factory=ScalingOptions)
     failure: FailureOptions = Field(default_factory=FailureOptions)
     checkpoint: CheckpointOptions = Field(default_factory=CheckpointOptions)
+    eval: EvalOptions = Field(default_factory=EvalOptions)
     storage_path: str = Field("runs", description="folder or s3:// URI where runs are written")
     storage: StorageOptions = Field(default_factory=StorageOptions)
 
