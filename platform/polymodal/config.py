@@ -89,10 +89,11 @@ class DeepSpeedOptions(StrictModel):
     offload_optimizer: bool = False
     offload_params: bool = False
     config: str | None = Field(
-        None, description="a DeepSpeed JSON or YAML file (path or s3:// URI) merged under the fields polymodal "
-                          "computes (batch sizes, precision, clipping, optimizer, ZeRO stage): anything else in it, "
-                          "e.g. ZeRO-3 offload_param/offload_optimizer to cpu or nvme, passes through; a key set to "
-                          "another value than polymodal's is an error naming both places")
+        None, description="a DeepSpeed JSON or YAML (*.yaml) file, path or s3:// URI, merged with the config "
+                          "polymodal computes: the fields it derives from its own settings (batch sizes, precision, "
+                          "clipping, optimizer, ZeRO stage, the offloads it is asked for) hold, and the file may "
+                          "repeat them only with the same value (another is an error naming both places); anything "
+                          "else in it passes through, e.g. ZeRO-3 offload_param/offload_optimizer to cpu or nvme")
 
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> "DeepSpeedOptions":

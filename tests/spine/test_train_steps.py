@@ -3,7 +3,8 @@
 * ``optim.max_steps``, ``checkpoint.every_steps``, ``eval.every_steps``: a ``--local`` run killed
   (an exception from inside the loss, after a step checkpoint) resumes mid-epoch and trains on
   exactly the batches an uninterrupted run trains on, in the same order; ``max_steps`` ends the
-  run on its step with a checkpoint and an evaluation.
+  run on its step with a checkpoint and an evaluation (three short runs: ``faults``, make
+  test-faults). The rest is pure and fast.
 * ``deepspeed.config``: a DeepSpeed file merged with the computed config, conflicts named by key,
   DeepSpeed's own validation, ZeRO-3 offload settings reachable, and a run that uses it.
 """
@@ -73,6 +74,24 @@ def test_mixed_batches_skip_is_the_tail_of_the_same_epoch():
     whole = list(mix.epoch(4))
     for skip in (0, 1, 7, 24, 25):
         assert list(mix.epoch(4, skip=skip)) == whole[skip:]
+
+
+def test_asha_sweep_refuses_step_checkpoints():
+    """Tune counts every report as an iteration and ASHA compares trials there; step checkpoints
+    add reports within epochs (without a validation), so an ASHA sweep refuses them."""
+    from polymodal.config import load_config
+    from polymodal.tune import load_space, validate_space
+
+    from support import ROOT
+
+    base = load_config(str(ROOT / "jobs" / "configs" / "wander_tiny.yaml"))
+    space = load_space(str(ROOT / "tune_spaces" / "wander.yaml"), base)
+    assert space.scheduler.type == "asha"
+    validate_space(base, space)
+    stepped = load_config(str(ROOT / "jobs" / "configs" / "wander_tiny.yaml"), ["checkpoint.every_steps=50"])
+    with pytest.raises(ConfigError, match="scheduler.type: ASHA .*checkpoint.every_steps.*use scheduler.type: fifo"):
+        validate_space(stepped, space)
+    validate_space(stepped, space.model_copy(update={"scheduler": space.scheduler.model_copy(update={"type": "fifo"})}))
 
 
 # --------------------------------------------------------------------------- deepspeed.config
@@ -168,6 +187,7 @@ def _rows(cfg) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@pytest.mark.faults
 def test_killed_run_resumes_mid_epoch_on_the_same_data_and_max_steps_ends_it(wander_data, s3_bucket_uri,
                                                                                 monkeypatch):
     """Epochs of 6 steps (batch 64), a step checkpoint every 4 steps, an evaluation at step 5, and

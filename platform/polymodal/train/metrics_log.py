@@ -13,7 +13,7 @@ from polymodal.config import StorageOptions
 
 
 class MetricsLog:
-    """Rank-0 writer. Rows are kept in memory (one per epoch) and the whole folder is
+    """Rank-0 writer. Rows are kept in memory (one per epoch and step evaluation) and the whole folder is
     uploaded after each epoch, so a local folder and S3 behave the same."""
 
     def __init__(self, run_uri: str, opts: StorageOptions | None, start_epoch: int = 0,
