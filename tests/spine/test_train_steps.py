@@ -189,15 +189,16 @@ def _rows(cfg) -> list[dict[str, str]]:
 
 @pytest.mark.faults
 def test_killed_run_resumes_mid_epoch_on_the_same_data_and_max_steps_ends_it(wander_data, s3_bucket_uri,
-                                                                                monkeypatch):
-    """Epochs of 6 steps (batch 64), a step checkpoint every 4 steps, an evaluation at step 5, and
-    max_steps=10 (mid-epoch 2). One run goes straight through (with a ``deepspeed.config`` on S3
-    that the engine is seen to use); another is killed at its 6th batch (after the step-4
-    checkpoint) and rerun: the batches trained on after the resume are the uninterrupted run's
-    5th to 10th, the metrics rows are not doubled, and both end on step 10."""
+                                                                                monkeypatch, tmp_path):
+    """Epochs of 6 steps (batch 16), a step checkpoint every 4 steps, an evaluation at step 5, and
+    max_steps=10 (mid-epoch 2). One run goes straight through (without validation, and with a
+    ``deepspeed.config`` on S3 that the engine is seen to use); another is killed at its 6th batch
+    (after the step-4 checkpoint) and rerun: the batches trained on after the resume are the
+    uninterrupted run's 5th to 10th, the metrics rows are not doubled, and both end on step 10.
+    Data on S3, runs in a local folder."""
     ds_uri = storage.join(s3_bucket_uri, "ds.yaml")
     storage.write_text(ds_uri, "zero_optimization:\n  reduce_bucket_size: 300000\nsteps_per_print: 1000\n")
-    steps = ["optim.batch_size=64", "optim.max_steps_per_epoch=6", "optim.epochs=3", "optim.max_steps=10",
+    steps = ["optim.batch_size=16", "optim.max_steps_per_epoch=6", "optim.epochs=3", "optim.max_steps=10",
              "checkpoint.every_steps=4", "eval.every_steps=5", "deepspeed.zero_stage=2"]
     import deepspeed
 
@@ -209,16 +210,16 @@ def test_killed_run_resumes_mid_epoch_on_the_same_data_and_max_steps_ends_it(wan
         return out
 
     monkeypatch.setattr(deepspeed, "initialize", initialize)
-    straight = wander_config(wander_data, s3_bucket_uri, "straight", *steps, f"deepspeed.config={ds_uri}")
+    straight = wander_config(wander_data, str(tmp_path), "straight", *steps, f"deepspeed.config={ds_uri}",
+                             "data.val=null")
     whole = _record(monkeypatch)
     summary = loop.fit_local(straight, progress=False)
     assert len(whole) == 10 and summary["metrics"]["global_step"] == 10  # max_steps ends on the step
     assert engines[0].zero_reduce_bucket_size() == 300000 and engines[0].steps_per_print() == 1000
-    assert [int(r["global_step"]) for r in _rows(straight)] == [5, 6, 10]
-    assert "val_accuracy" in _rows(straight)[0]  # the step-5 evaluation
+    assert [int(r["global_step"]) for r in _rows(straight)] == [6, 10]  # no validation: no step-5 row
     assert summary["latest_checkpoint"].endswith("epoch_0001_step_00000010")
 
-    killed = wander_config(wander_data, s3_bucket_uri, "killed", *steps)
+    killed = wander_config(wander_data, str(tmp_path), "killed", *steps)
     first = _record(monkeypatch, kill_at=6)
     with pytest.raises(Killed):
         loop.fit_local(killed, progress=False)
@@ -231,7 +232,9 @@ def test_killed_run_resumes_mid_epoch_on_the_same_data_and_max_steps_ends_it(wan
     resumed = loop.fit_local(killed, progress=False)
     assert first[:4] + rest == whole  # no batch repeated, none skipped, the same order
     assert resumed["metrics"]["global_step"] == 10
-    assert [int(r["global_step"]) for r in _rows(killed)] == [5, 6, 10]  # the lost run's step-5 row replaced
+    rows = _rows(killed)
+    assert [int(r["global_step"]) for r in rows] == [5, 6, 10]  # the lost run's step-5 row replaced
+    assert rows[0]["val_accuracy"] and rows[0]["epoch"] == "0"  # the step-5 evaluation
     kept = sorted(storage.listdir(ckpts), key=checkpoint_order)
     assert kept[-1] == "epoch_0001_step_00000010" and len(kept) <= 3  # num_to_keep=2, and the best
     assert torch.isfinite(torch.tensor(float(resumed["metrics"]["train_loss"])))

@@ -48,7 +48,7 @@ Batch = dict[str, torch.Tensor]
 class BatchSource(Protocol):
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` in their seeded order, less the first ``skip`` (a resumed epoch's
-        consumed batches: read again, not collated)."""
+        consumed batches: read again to reach the same place, not trained on)."""
         ...
 
 
