@@ -182,6 +182,17 @@ def _record(monkeypatch, kill_at: int | None = None) -> list[list[str]]:
     return seen
 
 
+def _small_val(uri: str, out: str, rows: int = 48) -> str:
+    """The first ``rows`` rows of the dataset at ``uri`` as a dataset at ``out`` (cheaper evaluations)."""
+    from polymodal import shards
+
+    manifest = shards.Manifest.load(uri)
+    head = next(shards.iter_local_batches(uri, rows, manifest=manifest, shuffle=False))
+    with shards.ShardWriter(out, task=manifest.task, split="val", columns=manifest.columns, progress=False) as w:
+        w.write(head)
+    return out
+
+
 def _rows(cfg) -> list[dict[str, str]]:
     text = storage.read_text(storage.join(cfg.run_uri, "logs", "metrics.csv"), cfg.storage)
     return list(csv.DictReader(io.StringIO(text)))
@@ -195,7 +206,7 @@ def test_killed_run_resumes_mid_epoch_on_the_same_data_and_max_steps_ends_it(wan
     ``deepspeed.config`` on S3 that the engine is seen to use); another is killed at its 6th batch
     (after the step-4 checkpoint) and rerun: the batches trained on after the resume are the
     uninterrupted run's 5th to 10th, the metrics rows are not doubled, and both end on step 10.
-    Data on S3, runs in a local folder."""
+    Data on S3 (validation: 48 of its rows, copied to a local folder), runs in a local folder."""
     ds_uri = storage.join(s3_bucket_uri, "ds.yaml")
     storage.write_text(ds_uri, "zero_optimization:\n  reduce_bucket_size: 300000\nsteps_per_print: 1000\n")
     steps = ["optim.batch_size=16", "optim.max_steps_per_epoch=6", "optim.epochs=3", "optim.max_steps=10",
@@ -219,7 +230,8 @@ def test_killed_run_resumes_mid_epoch_on_the_same_data_and_max_steps_ends_it(wan
     assert [int(r["global_step"]) for r in _rows(straight)] == [6, 10]  # no validation: no step-5 row
     assert summary["latest_checkpoint"].endswith("epoch_0001_step_00000010")
 
-    killed = wander_config(wander_data, str(tmp_path), "killed", *steps)
+    val = _small_val(wander_data["val"], str(tmp_path / "val"))
+    killed = wander_config(wander_data, str(tmp_path), "killed", *steps, f"data.val={val}")
     first = _record(monkeypatch, kill_at=6)
     with pytest.raises(Killed):
         loop.fit_local(killed, progress=False)
