@@ -125,6 +125,11 @@ def test_zero3_offload_passes_through_and_is_validated_by_deepspeed():
                                     world_size=1, device_type="cpu")
     assert merged["zero_optimization"] == {**computed["zero_optimization"], **offload}  # our defaults replaced
     assert merged["steps_per_print"] == 50 and merged["train_micro_batch_size_per_gpu"] == 32
+    hf = {"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"},
+          "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
+    from_hf = merge_deepspeed_config(computed, hf, cfg, world_size=1, device_type="cpu")
+    assert from_hf == {**computed, "zero_optimization": {**computed["zero_optimization"],
+                                                         "stage3_gather_16bit_weights_on_model_save": True}}
     bad = [({"zero_optimization": {"offload_param": {"device": "gpu"}, "stage3_max_live": 1}},
             ["zero_optimization.offload_param.device: Input should be 'none', 'cpu' or 'nvme' (got 'gpu')",
              "zero_optimization.stage3_max_live: unknown key"]),

@@ -155,16 +155,20 @@ def merge_deepspeed_config(computed: dict[str, Any], user: dict[str, Any], cfg: 
     them with the same value, and another value is a conflict. Its other keys pass through, and
     replace polymodal's defaults where it computes one (``steps_per_print``, ``overlap_comm``,
     ``offload_*.pin_memory``, ...). A key polymodal leaves out (an offload it is not asked for,
-    ``gradient_clipping`` with ``optim.grad_clip: 0``) comes from ``user``.
+    ``gradient_clipping`` with ``optim.grad_clip: 0``) comes from ``user``. An owned key set to
+    ``"auto"`` (as in the DeepSpeed files written for Hugging Face's Trainer) takes polymodal's value.
     one :class:`~polymodal.errors.ConfigError` (naming ``source``) lists every conflict, refused
     section and DeepSpeed validation error (:func:`check_deepspeed_config`) at once.
     """
     where = "deepspeed.config"
     errors: list[tuple[str, str]] = [(where, f"{k}: {why}") for k, why in REFUSED.items() if k in user]
     owned = owned_keys(cfg, world_size=world_size, device_type=device_type)
+    user = copy.deepcopy(user)
     for path, value in _leaves(user):
         present, ours = _get(computed, path)
-        if path in owned and present and not _same(ours, value):
+        if path in owned and value == "auto":  # Hugging Face's "fill it in": ours is used
+            _get(user, path[:-1])[1].pop(path[-1])
+        elif path in owned and present and not _same(ours, value):
             errors.append((where, f"{'.'.join(path)}={json.dumps(value)} conflicts with {owned[path]}: "
                                   "set it in one place"))
     merged = _merge_over(computed, user)  # owned keys are equal by now; the rest is the user's
