@@ -83,6 +83,9 @@ class OptimConfig(StrictModel):
         "auto", description="auto: bf16 on CUDA, fp32 on CPU")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs")
+    max_steps: int | None = Field(
+        None, ge=1, description="end the run at this global (optimizer) step, with a final checkpoint and evaluation; "
+                                "with epochs, whichever comes first ends the run (the lr schedule spans the shorter)")
 
     @model_validator(mode="after")
     def _step_size_with_step(self) -> "OptimConfig":
@@ -97,6 +100,12 @@ class DeepSpeedOptions(StrictModel):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
+    config: str | None = Field(
+        None, description="a DeepSpeed JSON or YAML (*.yaml) file, path or s3:// URI, merged with the config "
+                          "polymodal computes: the fields it derives from its own settings (batch sizes, precision, "
+                          "clipping, optimizer, ZeRO stage, the offloads it is asked for) hold, and the file may "
+                          "repeat them only with the same value (another is an error naming both places); anything "
+                          "else in it passes through, e.g. ZeRO-3 offload_param/offload_optimizer to cpu or nvme")
 
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> "DeepSpeedOptions":
@@ -118,7 +127,16 @@ class FailureOptions(StrictModel):
 
 
 class CheckpointOptions(StrictModel):
-    num_to_keep: int = Field(2, ge=1)
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept (epoch and step ones alike), the best one also")
+    every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every this many global steps, mid-epoch; a killed run resumes "
+                                "from the newest, at the same place in the data")
+
+
+class EvalOptions(StrictModel):
+    every_steps: int | None = Field(
+        None, ge=1, description="also evaluate on data.val every this many global steps, mid-epoch (a row with its "
+                                "global_step in logs/metrics.csv and TensorBoard)")
 
 
 class ExperimentConfig(StrictModel):
@@ -134,6 +152,7 @@ class ExperimentConfig(StrictModel):
     scaling: ScalingOptions = Field(default_factory=ScalingOptions)
     failure: FailureOptions = Field(default_factory=FailureOptions)
     checkpoint: CheckpointOptions = Field(default_factory=CheckpointOptions)
+    eval: EvalOptions = Field(default_factory=EvalOptions)
     storage_path: str = Field("runs", description="folder or s3:// URI where runs are written")
     storage: StorageOptions = Field(default_factory=StorageOptions)
 

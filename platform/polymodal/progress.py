@@ -19,13 +19,17 @@ def in_ray_worker() -> bool:
 
 
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str | None = None, unit: str = "it",
-        leave: bool = False) -> Any:
-    """A tqdm-style bar (``update``, ``set_postfix``, ``close``, iteration) over ``iterable``."""
+        leave: bool = False, initial: int = 0) -> Any:
+    """A tqdm-style bar (``update``, ``set_postfix``, ``close``, iteration) over ``iterable``, starting
+    at ``initial`` (a resumed epoch)."""
     if in_ray_worker():
-        return _RayBar(iterable, desc=desc, total=total, unit=unit)
+        ray_bar = _RayBar(iterable, desc=desc, total=total, unit=unit)
+        if initial:
+            ray_bar.update(initial)
+        return ray_bar
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True, initial=initial)
 
 
 def _ray_bar_class() -> type:

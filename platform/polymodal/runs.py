@@ -71,7 +71,7 @@ def resolve_weights(uri: str, opts: Any = None, which: str = "best") -> str:
 
     Anything else raises a PolymodalError naming ``uri`` and what was looked for.
     """
-    from polymodal.train.checkpoint import CHECKPOINT_PREFIX, MODEL_DIR, STATE_FILE
+    from polymodal.train.checkpoint import CHECKPOINT_PREFIX, MODEL_DIR, STATE_FILE, checkpoint_order
 
     uri = uri.rstrip("/")
     if which not in ("best", "latest"):
@@ -84,10 +84,11 @@ def resolve_weights(uri: str, opts: Any = None, which: str = "best") -> str:
         return ckpt.rstrip("/")
     if any(storage.exists(storage.join(uri, name), opts) for name in (STATE_FILE, MODEL_DIR, "config.yaml")):
         return uri
-    candidates: list[tuple[str, str]] = []  # (sort key, checkpoint URI): Ray's names, then --local's
+    candidates: list[tuple[tuple, str]] = []  # (sort key, checkpoint URI): Ray's names, then --local's
     local = storage.join(uri, "checkpoints")
-    candidates += [("0" + n, storage.join(uri, n)) for n in _names(uri, opts) if n.startswith("checkpoint_")]
-    candidates += [("1" + n, storage.join(local, n)) for n in _names(local, opts) if n.startswith(CHECKPOINT_PREFIX)]
+    candidates += [((0, n), storage.join(uri, n)) for n in _names(uri, opts) if n.startswith("checkpoint_")]
+    candidates += [((1, checkpoint_order(n)), storage.join(local, n)) for n in _names(local, opts)
+                   if n.startswith(CHECKPOINT_PREFIX)]
     done = [c for _, c in sorted(candidates) if storage.exists(storage.join(c, STATE_FILE), opts)]
     if done:
         return done[-1]

@@ -251,6 +251,12 @@ def validate_space(cfg: ExperimentConfig, space: SearchSpace, source: str | None
         if space.scheduler.grace_period > max_t:
             errors.append(("scheduler.grace_period", f"{space.scheduler.grace_period} exceeds max_t={max_t} "
                                                      "(the epochs a trial runs); lower it or raise optim.epochs"))
+        if validate_config(_base_raw(cfg, space)).checkpoint.every_steps:
+            # every report is a Tune iteration, and a step checkpoint reports without a validation
+            errors.append(("scheduler.type", "ASHA compares trials by their reports as epochs, and "
+                                             "checkpoint.every_steps adds reports within epochs that carry no "
+                                             "validation; use scheduler.type: fifo, or drop checkpoint.every_steps "
+                                             "from the sweep's config"))
     if errors:
         raise ConfigError(errors, source)
     if space.search.algorithm == "optuna":  # before Ray starts

@@ -7,7 +7,9 @@ A checkpoint folder holds::
       config.yaml       the experiment config that trained it
       trainable.safetensors   every parameter with requires_grad, full (ZeRO-3 gathered)
       export.json       task, epoch, global step, metrics
-    state.json        loop position: epoch finished, global step
+    state.json        loop position: epoch, global step, and (epoch_done false: a step checkpoint
+                      within the epoch) the batches of the epoch trained on, with the seed and
+                      batch size whose data order they count in
 
 ``state.json`` is the completion marker. A checkpoint is built in a local folder and copied
 out by :func:`publish_checkpoint`, which writes the marker only after every other file
@@ -20,6 +22,8 @@ and ``summary.json``, written after the copy, never names a half-written "latest
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -38,6 +42,22 @@ DS_TAG = "state"
 MODEL_DIR = "model"
 STATE_FILE = "state.json"
 CHECKPOINT_PREFIX = "epoch_"
+
+
+def checkpoint_name(state: dict[str, Any]) -> str:
+    """Folder name of a ``--local`` checkpoint from its ``state.json``: ``epoch_NNNN`` at the end of
+    epoch NNNN, ``epoch_NNNN_step_SSSSSSSS`` for a step checkpoint within it (global step SSSSSSSS)."""
+    name = f"{CHECKPOINT_PREFIX}{state['epoch']:04d}"
+    return name if state.get("epoch_done", True) else f"{name}_step_{state['global_step']:08d}"
+
+
+def checkpoint_order(name: str) -> tuple[int, float, str]:
+    """Sort key of checkpoint folder names, oldest first: epoch NNNN's step checkpoints by step,
+    then ``epoch_NNNN`` (its end), then epoch NNNN+1's. Other names sort first."""
+    m = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)(?:_step_(\d+))?", name)
+    if m is None:
+        return (-1, 0, name)
+    return (int(m.group(1)), int(m.group(2)) if m.group(2) else math.inf, name)
 
 
 def publish_checkpoint(local_dir: str | Path, uri: str, opts: StorageOptions | None = None) -> str:
@@ -60,13 +80,14 @@ def is_complete(uri: str, opts: StorageOptions | None = None) -> bool:
 
 
 def complete_checkpoints(root: str, opts: StorageOptions | None = None) -> list[str]:
-    """URIs of the complete ``epoch_NNNN`` checkpoints under ``root``, oldest first.
+    """URIs of the complete ``epoch_NNNN`` (and ``epoch_NNNN_step_SSSSSSSS``) checkpoints under
+    ``root``, oldest first (:func:`checkpoint_order`).
 
     Folders without the marker (a write that crashed) and temporary folders are skipped.
     """
     if not storage.exists(root, opts):
         return []
-    names = sorted(n for n in storage.listdir(root, opts) if n.startswith(CHECKPOINT_PREFIX))
+    names = sorted((n for n in storage.listdir(root, opts) if n.startswith(CHECKPOINT_PREFIX)), key=checkpoint_order)
     uris = [storage.join(root, n) for n in names]
     return [u for u in uris if is_complete(u, opts)]
 

@@ -14,6 +14,7 @@ Only the harness classes (``*Batches``, ``*Reporter``) touch Ray.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -33,9 +34,9 @@ from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.ports import free_port
 from polymodal.registry import get_task
-from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, publish_checkpoint, trainable_state,
-                                        write_export)
-from polymodal.train.deepspeed_config import build_deepspeed_config, lr_multiplier, resolve_precision
+from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, checkpoint_name, checkpoint_order,
+                                        publish_checkpoint, trainable_state, write_export)
+from polymodal.train.deepspeed_config import deepspeed_config_for, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
 
 Batch = dict[str, torch.Tensor]
@@ -45,7 +46,10 @@ Batch = dict[str, torch.Tensor]
 
 
 class BatchSource(Protocol):
-    def epoch(self, epoch: int) -> Iterator[Batch]: ...
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` in their seeded order, less the first ``skip`` (a resumed epoch's
+        consumed batches: read again to reach the same place, not trained on)."""
+        ...
 
 
 class RayBatches:
@@ -56,15 +60,18 @@ class RayBatches:
         self.name, self.task, self.manifest = name, task, manifest
         self.batch_size, self.shuffle_buffer, self.seed, self.train = batch_size, shuffle_buffer, seed, train
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         import ray.train
 
         it = ray.train.get_dataset_shard(self.name)
         shuffle = self.train and self.shuffle_buffer > 0
-        for table in it.iter_batches(
-                batch_size=self.batch_size, batch_format="pyarrow", drop_last=False,
-                local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
-                local_shuffle_seed=(self.seed * 100_003 + epoch) if shuffle else None):
+        tables = it.iter_batches(
+            batch_size=self.batch_size, batch_format="pyarrow", drop_last=False,
+            local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=(self.seed * 100_003 + epoch) if shuffle else None)
+        # Ray Data's split hands blocks to workers as they ask, so only a materialised dataset read by
+        # one worker repeats its order exactly; otherwise the skip drops the same number of batches
+        for table in itertools.islice(tables, skip, None):
             yield self.task.collate(shards.table_to_numpy(table, self.manifest.columns, shard=self.name))
 
 
@@ -77,11 +84,12 @@ class LocalBatches:
         self.batch_size, self.shuffle_buffer, self.seed, self.train = batch_size, shuffle_buffer, seed, train
         self.rank, self.world_size = rank, world_size
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        for cols in shards.iter_local_batches(
-                self.uri, self.batch_size, manifest=self.manifest, epoch=epoch, seed=self.seed,
-                shuffle=self.train, shuffle_buffer=self.shuffle_buffer if self.train else 0,
-                rank=self.rank, world_size=self.world_size, opts=self.opts):
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        batches = shards.iter_local_batches(
+            self.uri, self.batch_size, manifest=self.manifest, epoch=epoch, seed=self.seed,
+            shuffle=self.train, shuffle_buffer=self.shuffle_buffer if self.train else 0,
+            rank=self.rank, world_size=self.world_size, opts=self.opts)
+        for cols in itertools.islice(batches, skip, None):  # same seeded order: the skip is exact
             yield self.task.collate(cols)
 
 
@@ -106,11 +114,11 @@ class MixedBatches:
         """(steps,) the source index of every batch of ``epoch``."""
         return np.random.default_rng([self.seed, epoch, 0x6D6978]).choice(len(self.p), size=self.steps, p=self.p)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         iters: list[Iterator[Batch] | None] = [None] * len(self.sources)
         passes = [0] * len(self.sources)
         try:
-            for i in self.draws(epoch).tolist():
+            for k, i in enumerate(self.draws(epoch).tolist()):
                 for _ in range(2):  # the current pass, else a fresh one
                     if iters[i] is None:
                         iters[i] = iter(self.sources[i].epoch(epoch + passes[i] * self.PASS_STRIDE))
@@ -121,7 +129,8 @@ class MixedBatches:
                     iters[i], passes[i] = None, passes[i] + 1
                 else:
                     raise PolymodalError(f"training source {i} (data.train[{i}]) yields no batches")
-                yield batch
+                if k >= skip:  # skipped batches are still drawn and read, so every source keeps its place
+                    yield batch
         finally:
             for it in iters:
                 _close(it)
@@ -140,6 +149,12 @@ class Reporter(Protocol):
 
 
 class RayReporter:
+    """``score_metric``: the metric Ray ranks checkpoints by (None when it keeps the newest). A step
+    checkpoint taken without an evaluation reports it as NaN, which Ray ranks below every score."""
+
+    def __init__(self, score_metric: str | None = None):
+        self.score_metric = score_metric
+
     def restore(self):
         import ray.train
 
@@ -152,6 +167,8 @@ class RayReporter:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
         import ray.train
 
+        if self.score_metric and metrics.get(self.score_metric) is None:
+            metrics = {**metrics, self.score_metric: float("nan")}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
 
 
@@ -207,7 +224,8 @@ def _as_path(cm):
 
 
 class LocalReporter:
-    """Checkpoints go to ``<run>/checkpoints/epoch_NNNN``; the newest complete one resumes."""
+    """Checkpoints go to ``<run>/checkpoints/epoch_NNNN`` (an epoch's end) and
+    ``epoch_NNNN_step_SSSSSSSS`` (a step checkpoint within epoch NNNN); the newest complete one resumes."""
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg, self.opts = cfg, cfg.storage
@@ -217,7 +235,8 @@ class LocalReporter:
     def _complete(self) -> list[str]:
         if not storage.exists(self.root, self.opts):
             return []
-        names = sorted(n for n in storage.listdir(self.root, self.opts) if n.startswith("epoch_"))
+        names = sorted((n for n in storage.listdir(self.root, self.opts) if n.startswith("epoch_")),
+                       key=checkpoint_order)
         return [n for n in names if storage.exists(storage.join(self.root, n, STATE_FILE), self.opts)]
 
     @contextlib.contextmanager
@@ -232,7 +251,7 @@ class LocalReporter:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
         state = json.loads((checkpoint_dir / STATE_FILE).read_text())
-        name = f"epoch_{state['epoch']:04d}"
+        name = checkpoint_name(state)
         # state.json goes up last (also on S3, where upload_dir copies in parallel): a checkpoint
         # without it is incomplete and never restored
         uri = publish_checkpoint(checkpoint_dir, storage.join(self.root, name), self.opts)
@@ -257,6 +276,38 @@ class WorkerInfo:
     rank: int
     world_size: int
     device: torch.device
+
+
+@dataclass
+class DataPosition:
+    """Where a run stands in its training data: ``batches`` of epoch ``epoch`` trained on, and that
+    epoch's running loss (sum over ``loss_n`` batches), so a resumed epoch logs the loss of all of it."""
+
+    epoch: int = 0
+    batches: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+
+def resume_position(state: dict[str, Any], cfg: ExperimentConfig) -> DataPosition:
+    """The data position to resume at from a checkpoint's ``state.json``: the next epoch after an
+    epoch's end (and for checkpoints older than step checkpoints); within the epoch after a step
+    checkpoint, whose consumed batches the sources skip in the same seeded order. That order holds
+    only for the seed and batch size it was written with, so another one is refused."""
+    if state.get("epoch_done", True):
+        return DataPosition(epoch=state["epoch"] + 1)
+    for key, saved, ours in (("seed", state.get("seed"), cfg.seed),
+                             ("optim.batch_size", state.get("batch_size"), cfg.optim.batch_size)):
+        if saved is not None and saved != ours:
+            raise PolymodalError(
+                f"{cfg.run_uri}: the newest checkpoint stopped in epoch {state['epoch']} after batch "
+                f"{state['batches']}, a place in the data order of {key}={saved}, but the config now sets "
+                f"{key}={ours}; set it back to {saved} to resume, or start a new run (another name)")
+    return DataPosition(state["epoch"], state["batches"], state.get("loss_sum", 0.0), state.get("loss_n", 0))
+
+
+def _every(interval: int | None, step: int) -> bool:
+    return bool(interval) and step % interval == 0
 
 
 def seed_everything(seed: int) -> None:
@@ -308,7 +359,13 @@ def _disable_shm_comm_build_on_cpu() -> None:
 
 def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, BatchSource],
                  reporter: Reporter, steps_per_epoch: int, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` on this worker. Returns the last epoch's metrics."""
+    """Train ``cfg`` on this worker. Returns the last epoch's metrics.
+
+    The run ends after ``optim.epochs`` or at global step ``optim.max_steps``, whichever comes first,
+    with a checkpoint and an evaluation. ``checkpoint.every_steps`` and ``eval.every_steps`` add
+    both within epochs (not on an epoch's last step, whose own checkpoint and evaluation follow).
+    A step checkpoint records the data position (:class:`DataPosition`); a resumed run skips the
+    batches it already trained on and goes on with the next one."""
     import deepspeed
 
     task = get_task(cfg.task)
@@ -324,11 +381,13 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     if info.rank == 0:
         print(f"[polymodal] {cfg.task} ({getattr(cfg.model, 'method', 'model')}): trainable parameters "
               f"{n_train:,} of {n_all:,} ({100 * n_train / max(n_all, 1):.2f}%)", flush=True)
-    ds_config = build_deepspeed_config(cfg, world_size=info.world_size, device_type=device_type)
+    ds_config = deepspeed_config_for(cfg, world_size=info.world_size, device_type=device_type)
     precision = resolve_precision(cfg.optim.precision, device_type)
     float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     optim_steps_per_epoch = math.ceil(steps_per_epoch / cfg.optim.grad_accum)
     total_steps = max(1, cfg.optim.epochs * optim_steps_per_epoch)
+    if cfg.optim.max_steps:  # the schedule spans whichever of epochs and max_steps ends the run first
+        total_steps = min(total_steps, cfg.optim.max_steps)
 
     def schedule(optimizer):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
@@ -338,32 +397,86 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config,
                                            lr_scheduler=schedule)
     start_epoch, micro_step = 0, 0
+    position, resumed_step = DataPosition(), None
     with reporter.restore() as ckpt:
         if ckpt is not None:
             state = json.loads((ckpt / STATE_FILE).read_text())
             with weights_only_loads():
                 engine.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_module_strict=False)
-            start_epoch, micro_step = state["epoch"] + 1, state["micro_step"]
-            if info.rank == 0:
+            position = resume_position(state, cfg)
+            start_epoch, micro_step, resumed_step = position.epoch, state["micro_step"], int(engine.global_steps)
+            if info.rank == 0 and position.batches:
+                print(f"[polymodal] resumed from step {engine.global_steps}: epoch {position.epoch + 1}"
+                      f"/{cfg.optim.epochs} after batch {position.batches}", flush=True)
+            elif info.rank == 0:
                 print(f"[polymodal] resumed from epoch {state['epoch']} (step {engine.global_steps})", flush=True)
-    log = MetricsLog(cfg.run_uri, cfg.storage, start_epoch) if info.rank == 0 else None
+    log = MetricsLog(cfg.run_uri, cfg.storage, start_epoch, start_step=resumed_step) if info.rank == 0 else None
+
+    def validate(metrics: dict[str, Any]) -> None:
+        metrics.update({f"val_{k}": v for k, v in
+                        evaluate_split(engine, task, sources["val"], info, float_dtype).items()})
+        # Tune and the checkpoint ranking read the task's primary metric under its plain name
+        metrics[task.primary_metric] = metrics.get(f"val_{task.primary_metric}")
+
+    def save(metrics: dict[str, Any], at: DataPosition, epoch_done: bool) -> None:
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="polymodal-ckpt-"))
+        engine.save_checkpoint(str(ckpt_dir / DS_DIR), tag=DS_TAG, exclude_frozen_parameters=True)
+        weights = trainable_state(engine.module, cfg.deepspeed.zero_stage)
+        if info.rank == 0:
+            write_export(ckpt_dir / MODEL_DIR, cfg, weights, {"epoch": at.epoch, "metrics": metrics,
+                                                              "trainable_parameters": n_train,
+                                                              "total_parameters": n_all})
+            (ckpt_dir / STATE_FILE).write_text(json.dumps(
+                {"epoch": at.epoch, "micro_step": micro_step, "global_step": int(engine.global_steps),
+                 "epoch_done": epoch_done, "batches": at.batches, "loss_sum": at.loss_sum, "loss_n": at.loss_n,
+                 "seed": cfg.seed, "batch_size": cfg.optim.batch_size}))
+        reporter.report(metrics, ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    max_steps = cfg.optim.max_steps
+    ended = bool(max_steps) and engine.global_steps >= max_steps  # resumed from the run's last checkpoint
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.optim.epochs):
-        t0, seen, loss_sum, n = time.perf_counter(), 0, 0.0, 0
-        bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}")
-        for i, batch in enumerate(sources["train"].epoch(epoch)):
+        if ended:
+            break
+        here = position if epoch == position.epoch else DataPosition(epoch)
+        t0, seen, loss_sum, n, i = time.perf_counter(), 0, here.loss_sum, here.loss_n, here.batches
+        bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                        initial=i)
+        for batch in sources["train"].epoch(epoch, skip=here.batches):
             if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
                 break
             batch = _to_device(batch, info.device, float_dtype)
             loss, extra = task.loss(engine, batch)
+            before = engine.global_steps
             engine.backward(loss)
             engine.step()
-            micro_step += 1
+            micro_step, i = micro_step + 1, i + 1
             loss_sum, n = loss_sum + float(loss.detach()), n + 1
             seen += next(iter(batch.values())).shape[0]
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+            step = int(engine.global_steps)
+            if step == before:  # within a gradient accumulation: no optimizer step to stop or save at
+                continue
+            if max_steps and step >= max_steps:
+                ended = True
+                break
+            at_eval = "val" in sources and _every(cfg.eval.every_steps, step)
+            at_ckpt = _every(cfg.checkpoint.every_steps, step)
+            if i >= steps_per_epoch or not (at_eval or at_ckpt):
+                continue
+            row = {"epoch": epoch, "global_step": step, "train_loss": loss_sum / n, "lr": float(engine.get_lr()[0])}
+            if at_eval:
+                validate(row)
+                if log is not None:
+                    log.log(row)
+            if at_ckpt:
+                save(row, DataPosition(epoch, i, loss_sum, n), epoch_done=False)
+                if info.rank == 0:
+                    print(f"[polymodal] step {step} (epoch {epoch + 1}/{cfg.optim.epochs}, batch {i}) "
+                          f"checkpointed: train_loss={loss_sum / n:.4g}", flush=True)
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
@@ -371,36 +484,26 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
                    "train_loss": loss_sum / max(n, 1), "lr": float(engine.get_lr()[0]),
                    "samples_per_s": seen * info.world_size / max(elapsed, 1e-9)}
         if "val" in sources:
-            metrics.update({f"val_{k}": v for k, v in
-                            evaluate_split(engine, task, sources["val"], info, float_dtype).items()})
-            # Tune and the checkpoint ranking read the task's primary metric under its plain name
-            metrics[task.primary_metric] = metrics.get(f"val_{task.primary_metric}")
-        ckpt_dir = Path(tempfile.mkdtemp(prefix="polymodal-ckpt-"))
-        engine.save_checkpoint(str(ckpt_dir / DS_DIR), tag=DS_TAG, exclude_frozen_parameters=True)
-        weights = trainable_state(engine.module, cfg.deepspeed.zero_stage)
-        if info.rank == 0:
-            write_export(ckpt_dir / MODEL_DIR, cfg, weights, {"epoch": epoch, "metrics": metrics,
-                                                              "trainable_parameters": n_train,
-                                                              "total_parameters": n_all})
-            (ckpt_dir / STATE_FILE).write_text(json.dumps(
-                {"epoch": epoch, "micro_step": micro_step, "global_step": int(engine.global_steps)}))
+            validate(metrics)
+        if log is not None:
             log.log(metrics)
-        reporter.report(metrics, ckpt_dir)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        save(metrics, DataPosition(epoch, i, loss_sum, n), epoch_done=not ended or i >= steps_per_epoch)
         if info.rank == 0:  # printed once the checkpoint is persisted
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-            print(f"[polymodal] epoch {epoch + 1}/{cfg.optim.epochs} checkpointed: {shown}", flush=True)
+            what = (f"step {metrics['global_step']} = optim.max_steps, run ends" if ended
+                    else f"epoch {epoch + 1}/{cfg.optim.epochs}")
+            print(f"[polymodal] {what} checkpointed: {shown}", flush=True)
     if log is not None:
         log.close()
     return metrics
 
 
-def _progress(enabled: bool, total: int, desc: str):
+def _progress(enabled: bool, total: int, desc: str, initial: int = 0):
     if not enabled:
         return None
     from polymodal.progress import bar
 
-    return bar(total=total, desc=desc, unit="step")  # in a Ray Train worker: drawn by the driver
+    return bar(total=total, desc=desc, unit="step", initial=initial)  # in a Ray Train worker: drawn by the driver
 
 
 # --------------------------------------------------------------------------- Ray harness
@@ -424,7 +527,8 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     sources = {name: RayBatches(name, task, m, cfg.optim.batch_size, cfg.data.shuffle_buffer, cfg.seed,
                                 train=name in train_names(cfg)) for name, m in manifests.items()}
     steps = loop_config["steps_per_epoch"]
-    train_worker(cfg, info, mix_train(cfg, sources, steps), RayReporter(), steps,
+    reporter = RayReporter(task.primary_metric if cfg.data.val else None)
+    train_worker(cfg, info, mix_train(cfg, sources, steps), reporter, steps,
                  progress=loop_config.get("progress", True))
 
 
@@ -557,7 +661,7 @@ def summarize_result(cfg: ExperimentConfig, result) -> dict[str, Any]:
     latest = prefix + result.checkpoint.path if result.checkpoint else None
     best = latest
     scored = [(m.get(task.primary_metric), c) for c, m in (result.best_checkpoints or [])]
-    scored = [(s, c) for s, c in scored if s is not None]
+    scored = [(s, c) for s, c in scored if s is not None and not math.isnan(s)]  # NaN: a step checkpoint
     if scored:
         pick = max(scored, key=lambda t: t[0]) if task.mode == "max" else min(scored, key=lambda t: t[0])
         best = prefix + pick[1].path
@@ -581,6 +685,8 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     import ray
 
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
+    deepspeed_config_for(cfg, world_size=cfg.scaling.num_workers,  # and a bad deepspeed.config
+                         device_type="cuda" if cfg.scaling.use_gpu else "cpu")
     if not ray.is_initialized():
         from polymodal.logs import ray_runtime_env
 

@@ -1,4 +1,4 @@
-"""Per-epoch metrics: a CSV and TensorBoard event files in ``<run>/logs``."""
+"""Per-epoch (and ``eval.every_steps``) metrics: a CSV and TensorBoard event files in ``<run>/logs``."""
 
 from __future__ import annotations
 
@@ -13,19 +13,21 @@ from polymodal.config import StorageOptions
 
 
 class MetricsLog:
-    """Rank-0 writer. Rows are kept in memory (one per epoch) and the whole folder is
+    """Rank-0 writer. Rows are kept in memory (one per epoch and step evaluation) and the whole folder is
     uploaded after each epoch, so a local folder and S3 behave the same."""
 
-    def __init__(self, run_uri: str, opts: StorageOptions | None, start_epoch: int = 0):
+    def __init__(self, run_uri: str, opts: StorageOptions | None, start_epoch: int = 0,
+                 start_step: int | None = None):
         self.uri = storage.join(run_uri, "logs")
         self.opts = opts
         self.local = Path(tempfile.mkdtemp(prefix="polymodal-logs-"))
         self.rows: list[dict[str, Any]] = []
         csv_uri = storage.join(self.uri, "metrics.csv")
-        if start_epoch > 0 and storage.exists(csv_uri, opts):
-            # resumed run: keep the epochs that the checkpoint covers
+        if (start_epoch > 0 or start_step is not None) and storage.exists(csv_uri, opts):
+            # resumed run: keep the rows that the checkpoint covers (up to its global step, if given)
             rows = list(csv.DictReader(io.StringIO(storage.read_text(csv_uri, opts))))
-            self.rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+            self.rows = [r for r in rows if (int(r["global_step"]) <= start_step if start_step is not None
+                                             else int(r["epoch"]) < start_epoch)]
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(self.local / "tensorboard"))
