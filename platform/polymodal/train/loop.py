@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -637,7 +638,9 @@ def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: li
             "config": cfg.to_dict(),
             "manifests": {k: m.model_dump(mode="json") for k, m in manifests.items()},
             "steps_per_epoch": _train_steps(cfg, manifests, cfg.scaling.num_workers),
-            "progress": progress,
+            # Ray's bars are drawn in place on a terminal; into a log they would come one line a
+            # second per worker, so a driver without a terminal gets the epoch lines alone
+            "progress": progress and sys.stderr.isatty(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
