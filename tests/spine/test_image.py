@@ -198,6 +198,16 @@ def test_every_stage_runs_as_a_non_root_user():
                 assert "--chown=1000:100" in copy, f"{stage.name}: COPY without --chown: {copy}"
 
 
+def test_cpu_target_can_compile_deepspeed_ops():
+    """DeepSpeed builds its CPU ops (cpu_adam) with g++ on first use; the rayproject CPU images
+    remove g++, so the cpu target installs it as root (uid 0), then drops back to the ray user."""
+    stage = BY_NAME["cpu"]
+    [apt] = [r for r in stage.all("RUN") if "apt-get" in r]
+    assert "install -y --no-install-recommends g++" in apt and apt.endswith("rm -rf /var/lib/apt/lists/*")
+    order = [(ins, args) for ins, args in stage.instructions if ins == "USER" or (ins == "RUN" and "apt-get" in args)]
+    assert order == [("USER", "0"), ("RUN", apt), ("USER", "1000:100")], order
+
+
 def test_image_has_the_repo_where_the_manifests_expect_it():
     for name in ("cpu", "gpu"):
         stage = BY_NAME[name]
