@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 
 LOCKTOOL := .lock-tool
 
-.PHONY: demo test test-slow test-faults test-all venv lock clean bench
+.PHONY: demo test test-slow test-faults test-all venv lock image clean bench
 
 venv: $(STAMP)
 
@@ -58,6 +58,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/violet_step.py --size small
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/serve_soak.py
+
+# Container images: docker/Dockerfile's targets, tagged as k8s/ names them (<version>-cpu|gpu).
+# Needs BuildKit (Docker 23+) or ENGINE=podman; IMAGE_BUILD_FLAGS passes --build-arg etc.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= ghcr.io/your-org/polymodal
+ENGINE ?= docker
+IMAGE_BUILD_FLAGS ?=
+
+image:
+	$(ENGINE) build $(IMAGE_BUILD_FLAGS) -f docker/Dockerfile --target cpu -t $(IMAGE):$(VERSION)-cpu .
+	$(ENGINE) build $(IMAGE_BUILD_FLAGS) -f docker/Dockerfile --target gpu -t $(IMAGE):$(VERSION)-gpu .
 
 clean:
 	rm -rf $(VENV) $(LOCKTOOL) demo_out runs .pytest_cache
