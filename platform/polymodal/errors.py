@@ -22,6 +22,9 @@ class ConfigError(PolymodalError, ValueError):
         lines += [f"  {path or '<root>'}: {msg}" for path, msg in self.errors]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self):  # raised in a Ray worker, it is pickled back to the driver
+        return type(self), (self.errors, self.source)
+
 
 class StorageError(PolymodalError, OSError):
     """A URI could not be resolved, read or written."""
@@ -40,6 +43,10 @@ class ShardError(PolymodalError, ValueError):
             parts.append(f"column {column!r}")
         prefix = (", ".join(parts) + ": ") if parts else ""
         super().__init__(prefix + message)
+        self._message = message
+
+    def __reduce__(self):
+        return _rebuild_shard_error, (self._message, self.shard, self.column)
 
 
 class ImportDataError(PolymodalError, ValueError):
@@ -57,6 +64,9 @@ class ServeInputError(PolymodalError, ValueError):
         self.message = message
         super().__init__(f"{field}: {message}")
 
+    def __reduce__(self):
+        return type(self), (self.field, self.message)
+
 
 def require(module: str, extra: str, what: str):
     """Import ``module`` (an optional dependency) or raise a :class:`PolymodalError` that names the
@@ -68,3 +78,7 @@ def require(module: str, extra: str, what: str):
     except ImportError as exc:
         raise PolymodalError(f"{what} needs the {module.split('.')[0]!r} package: pip install "
                              f"'polymodal[{extra}]' ({exc})") from None
+
+
+def _rebuild_shard_error(message: str, shard: str | None, column: str | None) -> ShardError:
+    return ShardError(message, shard=shard, column=column)

@@ -1,4 +1,4 @@
-"""`polymodal --version`, and -v / --log-level configuring polymodal's loggers (here and, through
+"""`polymodal --version`; -v / --log-level configuring polymodal's loggers (here and, through
 POLYMODAL_LOG_LEVEL, in Ray workers)."""
 
 from __future__ import annotations
@@ -61,3 +61,16 @@ def test_a_missing_optional_dependency_names_its_extra(monkeypatch):
     with pytest.raises(PolymodalError, match=r"decoding videos needs the 'av' package: pip install 'polymodal\[video\]'"):
         require("av", "video", "decoding videos")
     assert require("json", "x", "y").dumps([1]) == "[1]"
+
+
+def test_errors_survive_the_trip_from_a_ray_worker():
+    """An error raised in a Train worker is pickled back to the driver with its fields."""
+    import pickle
+
+    from polymodal.errors import ConfigError, ServeInputError, ShardError
+
+    for err in (ConfigError([("model.x", "bad")], "c.yaml"), ConfigError([("a", "1"), ("b", "2")]),
+                ShardError("truncated", shard="s3://b/d/part-0.parquet", column="x"),
+                ServeInputError("inputs.m0", "expected 8 x 32")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)
