@@ -1,5 +1,5 @@
 """`polymodal --version`; -v / --log-level configuring polymodal's loggers (here and, through
-POLYMODAL_LOG_LEVEL, in Ray workers)."""
+POLYMODAL_LOG_LEVEL, in Ray workers); errors that name their extra or cross from a Ray worker."""
 
 from __future__ import annotations
 
