@@ -4,6 +4,7 @@ on its console; anywhere else it is an ordinary ``tqdm.auto`` bar."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -23,7 +24,7 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     """A tqdm-style bar (``update``, ``set_postfix``, ``close``, iteration) over ``iterable``, starting
     at ``initial`` (a resumed epoch)."""
     if in_ray_worker():
-        ray_bar = _RayBar(iterable, desc=desc, total=total, unit=unit)
+        ray_bar = _ray_bar_class()(iterable, desc=desc, total=total, unit=unit)
         if initial:
             ray_bar.update(initial)
         return ray_bar
@@ -32,7 +33,9 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True, initial=initial)
 
 
+@functools.cache
 def _ray_bar_class() -> type:
+    """Made on first use, so that a process without Ray never imports it."""
     from ray.experimental.tqdm_ray import tqdm as tqdm_ray
 
     class RayBar(tqdm_ray):
@@ -48,6 +51,3 @@ def _ray_bar_class() -> type:
 
     return RayBar
 
-
-def _RayBar(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 -- a deferred class: ray imports on first use
-    return _ray_bar_class()(*args, **kwargs)
