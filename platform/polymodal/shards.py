@@ -798,31 +798,89 @@ def first_rows(uri: str, n: int = 1, opts: StorageOptions | None = None) -> dict
     return next(iter_local_batches(uri, n, shuffle=False, shuffle_buffer=0, opts=opts))
 
 
+def _estimated_block_bytes(info: ShardInfo, columns: Mapping[str, ColumnSpec]) -> int:
+    """Decoded (arrow) bytes of a shard: exact for fixed-shape numeric columns, the file size
+    for the rest (variable and string columns are rarely compressed much further)."""
+    fixed = 0
+    for spec in columns.values():
+        if spec.dtype in ("string", "binary") or spec.variable:
+            return max(info.bytes, fixed)
+        fixed += info.rows * math.prod(spec.item_shape) * spec.numpy_dtype.itemsize
+    return max(fixed, 1)
+
+
+def _read_shards(uris: list[str], columns: dict[str, ColumnSpec], opts: StorageOptions,
+                 retry: st.RetryPolicy) -> Iterator[pa.Table]:
+    """A Ray read task's body: each shard one GET (retried), decoded, checked, as one block."""
+    for uri in uris:
+        yield _read_shard(uri, columns, opts, retry)
+
+
+def _manifest_datasource(uri: str, manifest: Manifest, opts: StorageOptions, seed: int, shuffle: bool,
+                         retry: st.RetryPolicy) -> Any:
+    """A ``ray.data.Datasource`` whose read tasks are the manifest's shards (see :func:`ray_dataset`)."""
+    import ray.data
+    from ray.data.block import BlockMetadata
+
+    uris = shard_uris(manifest, uri)
+    columns = manifest.columns
+    schema = _arrow_schema(columns)
+    sizes = [_estimated_block_bytes(s, columns) for s in manifest.shards]
+    rows = [s.rows for s in manifest.shards]
+
+    class ManifestDatasource(ray.data.Datasource):
+        def get_name(self) -> str:
+            return "ManifestShards"
+
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(sizes)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[Any]:
+            # Planned afresh on every execution (each epoch): a permutation of the manifest's list,
+            # no listing and no request to storage, so the cost does not grow with the run.
+            execution = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
+            order = (_rng(seed, execution).permutation(len(uris)) if shuffle else np.arange(len(uris))).tolist()
+            groups = np.array_split(np.asarray(order, dtype=np.int64), max(1, min(parallelism, len(order))))
+            tasks = []
+            for group in groups:
+                idx = group.tolist()
+                meta = BlockMetadata(num_rows=sum(rows[i] for i in idx),
+                                     size_bytes=int(sum(sizes[i] for i in idx)),
+                                     input_files=[uris[i] for i in idx], exec_stats=None)
+                group_uris = [uris[i] for i in idx]
+                tasks.append(ray.data.ReadTask(
+                    lambda u=group_uris: _read_shards(u, columns, opts, retry), meta,
+                    schema=schema, per_task_row_limit=per_task_row_limit))
+            return tasks
+
+    return ManifestDatasource()
+
+
 def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOptions | None = None,
                 seed: int = 0, shuffle: bool = True, retry: st.RetryPolicy | None = None) -> Any:
     """A ``ray.data.Dataset`` over the manifest's shards and columns.
 
-    With ``shuffle`` the file order is shuffled from ``seed`` and reshuffled on every
-    execution (each epoch gets a new, reproducible order). The pyarrow filesystem is
-    pickled to Ray workers, which take S3 credentials from their own environment; it retries
-    listings, opens and reads under ``retry`` (default :meth:`RetryPolicy.from_env`, read on
-    the driver), because Ray Data's own retries only match pyarrow's native S3 error texts.
+    The read is planned from the manifest alone: one Ray read task per shard (grouped when Ray asks
+    for fewer), its row count and decoded size from the manifest, so there is no listing, no
+    footer fetch and no metadata step before the first block, and every epoch re-plans in
+    microseconds. Each task reads its shard with one GET (:func:`polymodal.storage.read_bytes`,
+    retried under ``retry``, default :meth:`RetryPolicy.from_env` read on the driver), decodes the
+    manifest's columns and checks their arrow types like :func:`iter_local_batches`. Storage options
+    are resolved on the driver (endpoint override included); workers take S3 credentials from their
+    own environment.
+
+    With ``shuffle`` the shard order is a permutation drawn from (``seed``, execution index): every
+    execution (each epoch) gets a new, reproducible order.
     """
     import ray.data
 
     manifest = manifest or Manifest.load(uri, opts)
     if not manifest.shards:
         raise ShardError(f"dataset {uri} has no shards (0 rows); nothing to read")
-    fs, _ = st.to_pyarrow_fs(uri, opts, retry=retry or st.RetryPolicy.from_env())
-    paths = [st.to_pyarrow_fs(u, opts)[1] for u in shard_uris(manifest, uri)]
-    file_shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle else None
-    ds = ray.data.read_parquet(
-        paths, filesystem=fs, shuffle=file_shuffle,
-        # The shard list is explicit: no hive "key=value" folder columns, no extension filter.
-        partitioning=None, file_extensions=None)
-    # This Ray deprecates read_parquet(columns=...); select_columns is pushed down into the
-    # Parquet read by Ray's projection-pushdown rule, so only manifest columns are decoded.
-    return ds.select_columns(list(manifest.columns))
+    source = _manifest_datasource(uri, manifest, st.resolve_options(opts), seed, shuffle,
+                                  retry or st.RetryPolicy.from_env())
+    return ray.data.read_datasource(source)
 
 
 # --------------------------------------------------------------------------- inspect
