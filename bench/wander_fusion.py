@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
 # --- shard streaming benchmark ---------------------------------------------------------------
 
 
-def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool) -> None:
+def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool,
+                    with_ray_parquet: bool = False) -> None:
     """Throughput of the shard readers against a raw ``pyarrow.parquet`` read of the same
     shards, all from an embedded S3 server on 127.0.0.1 (HTTP), in one run."""
     import os
@@ -217,17 +218,36 @@ def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool) -
                 uri, 256, manifest=manifest, shuffle=True, shuffle_buffer=256))
 
         readers = {"raw pyarrow.parquet": raw, "polymodal iter_local_batches": polymodal_local}
+        first: dict[str, list[float]] = {}
         if with_ray:
             import ray
 
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            # address="local": always a private cluster, never one another process on this host started
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             ds = shards.ray_dataset(uri, manifest=manifest)
 
             def polymodal_ray() -> int:
-                return sum(len(shards.table_to_numpy(t, manifest.columns)["label"])
-                           for t in ds.iter_batches(batch_size=256, batch_format="pyarrow"))
+                n, t0 = 0, time.perf_counter()
+                for t in ds.iter_batches(batch_size=256, batch_format="pyarrow"):
+                    if not n:  # per-epoch start-up: the iterator's call to its first batch
+                        first.setdefault("polymodal ray_dataset", []).append(time.perf_counter() - t0)
+                    n += len(shards.table_to_numpy(t, manifest.columns)["label"])
+                return n
 
             readers["polymodal ray_dataset"] = polymodal_ray
+            if with_ray_parquet:  # the reader ray_dataset used before 2026-12-07, for comparison
+                fs_pa, _ = storage.to_pyarrow_fs(uri)
+                paths = [storage.to_pyarrow_fs(u)[1] for u in shards.shard_uris(manifest, uri)]
+                ds_pq = ray.data.read_parquet(
+                    paths, filesystem=fs_pa, partitioning=None, file_extensions=None,
+                    shuffle=ray.data.FileShuffleConfig(seed=0, reseed_after_execution=True),
+                ).select_columns(list(manifest.columns))
+
+                def ray_read_parquet() -> int:
+                    return sum(len(shards.table_to_numpy(t, manifest.columns)["label"])
+                               for t in ds_pq.iter_batches(batch_size=256, batch_format="pyarrow"))
+
+                readers["ray read_parquet (listing)"] = ray_read_parquet
         times = {}
         for name, fn in readers.items():
             got = fn()  # warm-up, and a check that every row arrives
@@ -240,7 +260,12 @@ def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool) -
         for name, t in times.items():
             print(f"{name:>30}: {t * 1e3:9.1f} ms  {nbytes / t / 2**20:8.1f} MiB/s  "
                   f"throughput ratio vs raw = {base / t:.2f}")
+        for name, starts in first.items():  # starts[0] is the warm-up pass, the first epoch
+            later = starts[1:]
+            print(f"{name:>30}: time to first batch, first pass {starts[0] * 1e3:.0f} ms; later passes "
+                  f"median {statistics.median(later) * 1e3:.0f} ms, max {max(later) * 1e3:.0f} ms")
         if with_ray:
+            print("\nRay Data stats of the last pass:\n" + ds.stats())
             ray.shutdown()
 
 
@@ -259,11 +284,13 @@ def main_all(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=16384, help="rows in the streaming dataset")
     parser.add_argument("--rows-per-shard", type=int, default=4096)
     parser.add_argument("--ray", action="store_true", help="also time the Ray Data reader")
+    parser.add_argument("--ray-parquet", action="store_true",
+                        help="with --ray, also time ray.data.read_parquet over the shard list (the old path)")
     args = parser.parse_args(argv)
     if not args.skip_fusion:
         main(["--device", args.device, "--reps", str(args.reps)])
     if not args.skip_streaming:
-        bench_streaming(args.rows, args.rows_per_shard, max(3, args.reps // 3), args.ray)
+        bench_streaming(args.rows, args.rows_per_shard, max(3, args.reps // 3), args.ray, args.ray_parquet)
 
 
 if __name__ == "__main__":

@@ -387,6 +387,50 @@ def test_table_to_numpy_errors_name_shard_and_column():
 # --------------------------------------------------------------------------- Ray Data
 
 
+def test_ray_read_plan_comes_from_the_manifest_alone(s3_bucket_uri, monkeypatch):
+    """ray_dataset's read tasks are the manifest's shards, planned without a request to S3 (no
+    listing, no footer); reading sends no listing either, one GET per shard (after s3fs's HEAD for
+    the object size, as in iter_local_batches); the rows are the dataset's, and the
+    shard order is a fresh, reproducible permutation per execution (epoch). The tasks run here, in
+    this process, so no Ray cluster is needed."""
+    import types
+
+    import s3fs
+
+    from polymodal import storage
+
+    uri = s3_bucket_uri + "/plan"
+    rows = make_rows(45)
+    manifest = write(uri, rows, rows_per_shard=10)  # 5 shards
+    calls: list[str] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def spy(self, method, *args, **kwargs):
+        calls.append(method)
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", spy)
+    source = sh._manifest_datasource(uri, manifest, storage.resolve_options(None), seed=3, shuffle=True,
+                                     retry=storage.RetryPolicy.from_env())
+    plans = {i: source.get_read_tasks(100, data_context=types.SimpleNamespace(_execution_idx=i)) for i in (0, 1)}
+    assert calls == []  # planning an epoch costs no request
+    files = {i: [t.metadata.input_files[0] for t in tasks] for i, tasks in plans.items()}
+    assert sorted(files[0]) == sh.shard_uris(manifest, uri) and files[0] != files[1]
+    assert files[0] == [t.metadata.input_files[0] for t in source.get_read_tasks(
+        100, data_context=types.SimpleNamespace(_execution_idx=0))]
+    by_file = {sh.shard_uris(manifest, uri)[i]: s.rows for i, s in enumerate(manifest.shards)}
+    assert [t.metadata.num_rows for t in plans[0]] == [by_file[f] for f in files[0]]
+    assert sum(t.metadata.size_bytes for t in plans[0]) == source.estimate_inmemory_data_size()
+    assert len(source.get_read_tasks(2)) == 2  # fewer tasks than shards: groups of shards
+
+    tables = [block for task in plans[1] for block in task()]
+    assert sorted(set(calls)) == ["get_object", "head_object"]
+    assert calls.count("get_object") == calls.count("head_object") == len(manifest.shards)
+    got = collect([sh.table_to_numpy(t, manifest.columns) for t in tables])
+    order = np.argsort(np.asarray(got["id"]))
+    assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
+
+
 @pytest.fixture(scope="module")
 def ray_local(ray_cluster):
     """The session's Ray cluster (see conftest); its workers see the S3 server's env."""
