@@ -235,6 +235,17 @@ def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool,
                 return n
 
             readers["polymodal ray_dataset"] = polymodal_ray
+            split = ds.streaming_split(1, equal=True)[0]  # what Ray Train's DataConfig hands a worker
+
+            def polymodal_ray_split() -> int:
+                n, t0 = 0, time.perf_counter()
+                for t in split.iter_batches(batch_size=256, batch_format="pyarrow"):
+                    if not n:
+                        first.setdefault("ray_dataset streaming_split", []).append(time.perf_counter() - t0)
+                    n += len(shards.table_to_numpy(t, manifest.columns)["label"])
+                return n
+
+            readers["ray_dataset streaming_split"] = polymodal_ray_split
             if with_ray_parquet:  # the reader ray_dataset used before 2026-12-07, for comparison
                 fs_pa, _ = storage.to_pyarrow_fs(uri)
                 paths = [storage.to_pyarrow_fs(u)[1] for u in shards.shard_uris(manifest, uri)]
@@ -265,7 +276,7 @@ def bench_streaming(rows: int, rows_per_shard: int, reps: int, with_ray: bool,
             print(f"{name:>30}: time to first batch, first pass {starts[0] * 1e3:.0f} ms; later passes "
                   f"median {statistics.median(later) * 1e3:.0f} ms, max {max(later) * 1e3:.0f} ms")
         if with_ray:
-            print("\nRay Data stats of the last pass:\n" + ds.stats())
+            print("\nRay Data stats of ray_dataset's last pass:\n" + ds.stats())
             ray.shutdown()
 
 

@@ -387,7 +387,7 @@ def test_table_to_numpy_errors_name_shard_and_column():
 # --------------------------------------------------------------------------- Ray Data
 
 
-def test_ray_read_plan_comes_from_the_manifest_alone(s3_bucket_uri, monkeypatch):
+def test_ray_read_plan_comes_from_the_manifest_alone(s3_bucket_uri, tmp_path, monkeypatch):
     """ray_dataset's read tasks are the manifest's shards, planned without a request to S3 (no
     listing, no footer); reading sends no listing either, one GET per shard (after s3fs's HEAD for
     the object size, as in iter_local_batches); the rows are the dataset's, and the
@@ -423,12 +423,18 @@ def test_ray_read_plan_comes_from_the_manifest_alone(s3_bucket_uri, monkeypatch)
     assert sum(t.metadata.size_bytes for t in plans[0]) == source.estimate_inmemory_data_size()
     assert len(source.get_read_tasks(2)) == 2  # fewer tasks than shards: groups of shards
 
-    tables = [block for task in plans[1] for block in task()]
+    def read_all(tasks: list, columns: dict) -> dict:
+        got = collect([sh.table_to_numpy(block, columns) for task in tasks for block in task()])
+        order = np.argsort(np.asarray(got["id"]))
+        return {k: [v[i] for i in order] for k, v in got.items()}
+
+    assert_rows_equal(read_all(plans[1], manifest.columns), rows)
     assert sorted(set(calls)) == ["get_object", "head_object"]
     assert calls.count("get_object") == calls.count("head_object") == len(manifest.shards)
-    got = collect([sh.table_to_numpy(t, manifest.columns) for t in tables])
-    order = np.argsort(np.asarray(got["id"]))
-    assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
+    local = write(str(tmp_path / "local"), rows, rows_per_shard=10)  # a local folder reads the same way
+    source = sh._manifest_datasource(str(tmp_path / "local"), local, storage.resolve_options(None), seed=3,
+                                     shuffle=False, retry=storage.RetryPolicy.from_env())
+    assert_rows_equal(read_all(source.get_read_tasks(100), local.columns), rows)
 
 
 @pytest.fixture(scope="module")
@@ -447,3 +453,5 @@ def test_ray_dataset_reads_all_rows_from_s3(ray_local, s3_bucket_uri):
     got = collect(batches)
     order = np.argsort(np.asarray(got["id"]))
     assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
+    stats = ds.stats()  # the plan reads the manifest's shard list: no listing operator, one block per shard
+    assert "ReadManifestShards" in stats and "ListFiles" not in stats and "SplitBlocks" not in stats, stats
