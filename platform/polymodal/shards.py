@@ -811,7 +811,7 @@ def _estimated_block_bytes(info: ShardInfo, columns: Mapping[str, ColumnSpec]) -
 
 def _read_shards(uris: list[str], columns: dict[str, ColumnSpec], opts: StorageOptions,
                  retry: st.RetryPolicy) -> Iterator[pa.Table]:
-    """A Ray read task's body: each shard one GET (retried), decoded, checked, as one block."""
+    """A Ray read task's body: each shard read whole (retried), decoded, checked, as one block."""
     for uri in uris:
         yield _read_shard(uri, columns, opts, retry)
 
@@ -861,14 +861,14 @@ def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOpti
                 seed: int = 0, shuffle: bool = True, retry: st.RetryPolicy | None = None) -> Any:
     """A ``ray.data.Dataset`` over the manifest's shards and columns.
 
-    The read is planned from the manifest alone: one Ray read task and block per shard, its row
-    count and decoded size from the manifest, so there is no listing, no
-    footer fetch and no metadata step before the first block, and every epoch re-plans in
-    microseconds. Each task reads its shard with one GET (:func:`polymodal.storage.read_bytes`,
-    retried under ``retry``, default :meth:`RetryPolicy.from_env` read on the driver), decodes the
-    manifest's columns and checks their arrow types like :func:`iter_local_batches`. Storage options
-    are resolved on the driver (endpoint override included); workers take S3 credentials from their
-    own environment.
+    The read is planned from the manifest alone (a ``ReadManifestShards`` operator): one Ray read
+    task and block per shard, its row count and decoded size from the manifest, so there is no
+    listing, no footer fetch and no metadata step before the first block, and every epoch re-plans
+    without a request to storage. Each task reads its shard whole, as :func:`iter_local_batches`
+    does (:func:`polymodal.storage.read_bytes`: on S3 one GET after s3fs's HEAD, retried under
+    ``retry``, default :meth:`RetryPolicy.from_env` read on the driver), decodes the manifest's
+    columns and checks their arrow types. Storage options are resolved on the driver (endpoint
+    override included); workers take S3 credentials from their own environment.
 
     With ``shuffle`` the shard order is a permutation drawn from (``seed``, execution index): every
     execution (each epoch) gets a new, reproducible order.
