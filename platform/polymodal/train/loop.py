@@ -602,9 +602,11 @@ def open_splits(cfg: ExperimentConfig) -> dict[str, shards.Manifest]:
 def _ray_dataset(cfg: ExperimentConfig, name: str, uri: str, manifest: shards.Manifest):
     """The Ray dataset of one split; small ones (``data.cache_below_mb``) materialised once.
 
-    A streamed read starts Ray Data tasks anew every epoch (seconds on a small machine, longer
-    than a small epoch's training: 7-8 s per epoch for 512 LLaViLo rows on 2 cores, 0.05 s once
-    materialised). A materialised training set keeps one seeded block order (so runs repeat);
+    A streamed read plans each epoch from the manifest (no listing) and starts its Ray Data read
+    tasks anew: 0.4-1 s to the first batch on 2 busy cores (bench/RESULTS.md, 2026-12-07), more
+    than a small epoch's training (7-8 s per epoch for 512 LLaViLo rows through the former
+    read_parquet path, 0.05 s once materialised). A materialised training set keeps one seeded
+    block order (so runs repeat);
     the local shuffle buffer, seeded per epoch, still mixes the rows differently every epoch.
     """
     shuffle = name in train_names(cfg)
