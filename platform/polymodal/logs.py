@@ -271,7 +271,8 @@ def worker_lines(data: dict[str, Any]) -> tuple[list[str], list[str]]:
 def _filter_worker_output() -> bool:
     """Replace Ray's printer of worker output on this driver (present when ``ray.init`` had
     ``log_to_driver=True``) with one that writes every line to the log file and prints only
-    polymodal's. False when there is none to replace (or this Ray has no such hook)."""
+    polymodal's (the autoscaler's events still print), and send the raylet's notices to the log
+    file. False when there is none to replace (or this Ray has no such hook)."""
     try:
         from ray._private import worker
     except ImportError:
@@ -280,6 +281,7 @@ def _filter_worker_output() -> bool:
     printer = getattr(worker, "print_to_stdstream", None)
     if dispatcher is None or printer is None:
         return False
+    printer = getattr(printer, "_original", printer)
     with dispatcher._lock:
         handlers = dict(dispatcher.handlers)
     current = handlers.get("ray_print_logs")
@@ -288,18 +290,35 @@ def _filter_worker_output() -> bool:
     ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
 
     def handle(data: dict[str, Any]) -> None:
-        if not _quiet:
+        if not _quiet or data.get("pid") == "autoscaler":
+            # the autoscaler's events ("no node can fulfil this request") are few and actionable;
+            # Ray's printer drops its periodic status reports
             printer(data, ignore_prefix=ignore_prefix)
             return
         keep, logged = worker_lines(data)
-        stream = _file_handler().stream
-        if stream is not None:
-            stream.write("".join(line + "\n" for line in logged))
-            stream.flush()
+        _write_to_log_file(logged)
         if keep:
             printer({**data, "lines": keep}, ignore_prefix=ignore_prefix)
 
+    def raylet_notices(data: dict[str, Any], ignore_prefix: bool) -> None:
+        # the raylet's notices to this job ("N worker processes have been started", a worker
+        # killed): Ray hands them straight to its printer; failures also come back as exceptions
+        if _quiet and data.get("pid") == "raylet":
+            _write_to_log_file([f"(raylet) {_ANSI.sub('', str(line))}" for line in data.get("lines", [])])
+        else:
+            printer(data, ignore_prefix=ignore_prefix)
+
     handle._polymodal = True  # type: ignore[attr-defined]
+    raylet_notices._original = printer  # type: ignore[attr-defined]
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", handle)
+    worker.print_to_stdstream = raylet_notices
     return True
+
+
+def _write_to_log_file(lines: list[str]) -> None:
+    handler = _file_handler()
+    if handler.stream is not None:
+        with handler.lock:
+            handler.stream.write("".join(line + "\n" for line in lines))
+            handler.stream.flush()

@@ -32,6 +32,8 @@ STORY = ("[polymodal] epoch 1/4 checkpointed: train_loss=0.6931, lr=0.003",
 
 
 def test_only_polymodal_lines_of_a_worker_reach_the_console(log_path, monkeypatch):
+    """Ray's printer of worker output on the driver, swapped as ``init_ray`` swaps it after
+    ``ray.init(log_to_driver=True)``: a fake printer records what would reach the console."""
     from ray._private import ray_logging
     from ray._private import worker as ray_worker
 
@@ -52,10 +54,15 @@ def test_only_polymodal_lines_of_a_worker_reach_the_console(log_path, monkeypatc
     assert "(RayTrainWorker pid=4242) 12:00:01 WARNING polymodal.shards" in written  # colour codes dropped
 
     dispatcher.emit(_batch(*CHATTER))  # nothing of ours: nothing printed
+    notice = {"lines": ["WARNING: 8 PYTHON worker processes have been started on node"], "pid": "raylet",
+              "is_err": False}
+    ray_worker.print_to_stdstream(notice, ignore_prefix=False)  # how Ray prints the raylet's notices
     assert len(printed) == 1
+    assert "(raylet) WARNING: 8 PYTHON worker processes" in log_path.read_text()
     logs.configure("INFO")  # -v: Ray's printer gets every line again
     dispatcher.emit(_batch(*CHATTER))
-    assert printed[-1] == list(CHATTER)
+    ray_worker.print_to_stdstream(notice, ignore_prefix=False)
+    assert printed[-2:] == [list(CHATTER), notice["lines"]]
 
 
 def test_quiet_ray_data_prints_no_plan_and_no_progress(ray_cluster, log_path, capfd, monkeypatch):
