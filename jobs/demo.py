@@ -4,8 +4,11 @@ One embedded S3 (moto on 127.0.0.1) and one local Ray cluster serve every step. 
 (registered by the system itself: ``polymodal.registry.DemoStep``) writes synthetic data with a
 planted signal, trains tiny models through Ray Train + DeepSpeed (or fits its closed-form model),
 evaluates against chance, writes a report, and puts the trained run behind Ray Serve for one real
-HTTP request and one bad one. Every deployment goes up on a free port behind the demo's bearer
-token and comes down before the next step starts.
+HTTP request and one bad one. One Serve instance, on a free port behind the demo's bearer token,
+takes each step's application in turn (each is deleted before the next step starts).
+
+The console tells the story; Ray's, Ray Data's and DeepSpeed's messages go to the log file named at
+the start and at the end; ``-v`` or ``--log-level INFO`` brings them back to the console.
 
 The S3 server lives only as long as this script, so run folders and sweep results are copied to
 ``demo_out/``; the closing summary lists where.
@@ -37,6 +40,10 @@ def build_parser(steps) -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=float, default=1.0, help="synthetic dataset size multiplier")
     parser.add_argument("--tune-samples", type=int, default=3, help="trials in the demo sweep (0: skip Tune)")
     parser.add_argument("--no-serve", action="store_true", help="skip the Serve deployments")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="Ray's, Ray Data's and DeepSpeed's messages on the console too (-v: INFO, -vv: DEBUG)")
+    parser.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        metavar="LEVEL", help="log level of polymodal's loggers (default WARNING: the story only)")
     for step in steps:
         parser.add_argument(f"--no-{step.name}", dest=f"skip_{step.name}", action="store_true",
                             help=f"skip the {step.name} step")
@@ -52,9 +59,11 @@ def main(argv=None) -> int:
 
     import ray
 
+    from polymodal import logs
     from polymodal.s3server import EmbeddedS3
     from polymodal.serving import proxy
 
+    logs.configure(logs.level_from(args.verbose, args.log_level))  # at the default level Ray's, Ray Data's and DeepSpeed's chatter goes to the log file
     t0 = time.time()
     demo = Demo(root=ROOT, out=Path(args.out).resolve(), workers=args.workers, epochs=args.epochs, scale=args.scale,
                 tune_samples=args.tune_samples, serve=not args.no_serve)
@@ -65,9 +74,11 @@ def main(argv=None) -> int:
         os.environ.update(s3.env())  # before ray.init, so the workers inherit the endpoint
         demo.say(f"embedded S3 at {s3.endpoint_url}")
         proxy.install()  # the Serve proxies of this local cluster get polymodal's guard
-        # logical CPUs: the Train controller and the workers need slots beside each other on 2 cores;
-        # the dashboard serves the State API, through which Train frees ASHA-stopped trials' CPUs
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True)
+        # one cluster of its own for every step ("local": never one another process started).
+        # Logical CPUs: the Train controller and the workers need slots beside each other on 2
+        # cores; the dashboard serves the State API, through which Train frees ASHA-stopped trials' CPUs
+        logs.init_ray(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True)
+        demo.say(logs.where_logs_go())
         try:
             for step in steps:
                 if getattr(args, f"skip_{step.name}"):
@@ -76,11 +87,16 @@ def main(argv=None) -> int:
                 summary += step.run(demo)
                 demo.say(f"{step.name} done in {time.time() - started:.0f} s")
         finally:
+            if demo.serve_port is not None:  # the one Serve instance the steps deployed into
+                from ray import serve
+
+                serve.shutdown()
             ray.shutdown()
     print(f"\n[demo] done in {time.time() - t0:.0f} s. Copied from the embedded S3 to {demo.out}:")
     width = max((len(label) for label, _ in summary), default=0) + 1
     for label, where in summary:
         print(f"  {label + ':':<{width}} {where}")
+    print(f"[demo] {logs.where_logs_go()}")
     return 0
 
 

@@ -57,7 +57,8 @@ def ray_cluster(s3_server):
 
     if not ray.is_initialized():
         proxy.install()  # Serve's proxies get the guard (tests/spine/test_faults_serve.py)
-        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
+        # "local": a cluster of its own, never one another process on this machine started
+        ray.init(address="local", num_cpus=6, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from polymodal.cliargs import add_config, load, print_uris, storage_options
 from polymodal.errors import PolymodalError
-from polymodal.logs import ENV, LEVELS, level_from
+from polymodal.logs import ENV, LEVELS, level_from, where_logs_go
 from polymodal.logs import configure as configure_logging
 from polymodal.registry import registry
 
@@ -369,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "bucket", "") is None:
         args.bucket = ["polymodal"]
     configure_logging(level_from(args.verbose, args.log_level))
+    log_size = _log_size()
     try:
         status = args.func(args)
     except PolymodalError as exc:
@@ -384,7 +385,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"polymodal: {args.command} failed: {type(exc).__name__}: {reason} "
               "(set POLYMODAL_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if args.command in _RUNS or _log_size() > log_size:  # where the details are
+            print(f"polymodal: {where_logs_go()}", file=sys.stderr)
     return status if isinstance(status, int) else 0
+
+
+#: commands that run training, evaluation or Serve: they always name the log file at the end
+_RUNS = frozenset({"train", "tune", "evaluate", "eval", "deploy"})
+
+
+def _log_size() -> int:
+    from polymodal.logs import log_file
+
+    path = log_file()
+    return path.stat().st_size if path.exists() else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ and Ray start-up for every command."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 
@@ -41,12 +40,9 @@ def storage_options(args: argparse.Namespace) -> Any:
 
 def init_ray() -> None:
     """Join the cluster at ``RAY_ADDRESS``, or start a local one."""
-    import ray
+    from polymodal.logs import init_ray as init
 
-    if not ray.is_initialized():
-        from polymodal.logs import ray_runtime_env
-
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, runtime_env=ray_runtime_env())
+    init()
 
 
 def names(text: str | None) -> list[str]:

@@ -37,6 +37,8 @@ class Demo:
     serve: bool = True
     #: where synthetic data goes in the embedded S3
     data_prefix: str = "s3://polymodal/demo"
+    #: the one HTTP port of the demo's one Serve instance (chosen at the first deployment)
+    serve_port: int | None = None
 
     def say(self, message: str) -> None:
         print(f"[demo] {message}", flush=True)
@@ -77,8 +79,9 @@ class Demo:
     @contextmanager
     def deployed(self, app: str, **args: str) -> Iterator[tuple[str, dict[str, str]]]:
         """Deploy the registered Serve app ``app`` (its application in ``serve/<config>``) with
-        ``args`` overriding its serve args, on a free port; yield its URL and the bearer-token
-        header; shut Serve down on the way out, always.
+        ``args`` overriding its serve args; yield its URL and the bearer-token header; delete the
+        application on the way out, always. Serve itself starts once, on a free port, at the
+        first deployment and stays up for the next ones (``jobs/demo.py`` shuts it down).
 
         ``deploy`` starts every application of its file, so the file is copied with ``app`` alone
         (a file may hold apps whose checkpoints the demo never trains).
@@ -95,7 +98,9 @@ class Demo:
         raw["applications"] = [spec for spec in raw["applications"] if spec["name"] == app]
         if not raw["applications"]:
             raise ValueError(f"serve/{config} has no application {app!r}")
-        port = free_port()
+        if self.serve_port is None:
+            self.serve_port = free_port()
+        port = self.serve_port
         overrides = [f"{app}.args.{key}={value}" for key, value in args.items()] + [f"http_options.port={port}"]
         self.say(f"  serve: deploying {app} of serve/{config} on 127.0.0.1:{port}")
         with tempfile.TemporaryDirectory(prefix="polymodal-demo-serve-") as tmp:
@@ -106,4 +111,4 @@ class Demo:
                 # the replicas read the same token from the environment they inherited from this process
                 yield url, {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
             finally:
-                serve.shutdown()
+                serve.delete(app)

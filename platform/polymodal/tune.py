@@ -491,10 +491,9 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     task = get_task(base_cfg.task)
     opened = None if swept_data else task.open_data(base_cfg)
     manifests = None if opened is None else {k: m.model_dump(mode="json") for k, m in opened.items()}
-    if not ray.is_initialized():
-        from polymodal.logs import ray_runtime_env
+    from polymodal.logs import init_ray
 
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=progress, runtime_env=ray_runtime_env())
+    init_ray()
     concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)))
     _check_state_api(space)
 

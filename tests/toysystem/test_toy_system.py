@@ -98,3 +98,35 @@ def test_a_command_named_like_a_builtin_one_is_refused(toy_installed, capsys):
     assert main(["data", "inspect", "x"]) == 2
     err = capsys.readouterr().err
     assert "data command 'inspect' of polymodal_toy clashes with polymodal's own command" in err
+
+
+def test_train_local_prints_the_story_and_names_the_log_file(toy_installed, tmp_path, capsys, monkeypatch):
+    """The default console of ``train --local``: polymodal's own lines (the parameter count, the
+    epoch line, the summary, where it wrote) and the log file's name; DeepSpeed's and the
+    libraries' messages and warnings are in that file instead."""
+    import re
+
+    log = tmp_path / "logs" / "polymodal.log"
+    monkeypatch.setenv("POLYMODAL_LOG_FILE", str(log))
+    data = tmp_path / "data"
+    assert main(["-q", "data", "synth", "--task", "toy.classify", "--out", str(data)]) == 0
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(json.dumps({
+        "task": "toy.classify", "name": "toy", "model": {"preset": "tiny"}, "storage_path": str(tmp_path / "runs"),
+        "data": {s: str(data / s) for s in ("train", "val", "test")},
+        "optim": {"epochs": 1, "lr": 0.01, "batch_size": 32}, "scaling": {"num_workers": 1}}))
+    capsys.readouterr()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as outside pytest: warnings would print to stderr
+        assert main(["train", "--config", str(cfg), "--local"]) == 0
+    out, err = capsys.readouterr()
+    story = re.compile(r"^(\[polymodal\] |[{}]|  |run folder: |checkpoint: |metrics csv: |polymodal: log file |"
+                       r"epoch \d+/\d+: )")
+    lines = [line for line in (out + err).replace("\r", "\n").splitlines() if line.strip()]
+    chatter = [line for line in lines if not story.match(line)]
+    assert not chatter, chatter
+    assert any(line.startswith("[polymodal] epoch 1/1 checkpointed") for line in lines), lines
+    assert f"polymodal: log file (Ray, DeepSpeed and library messages, warnings): {log}" in err
+    assert log.is_file()

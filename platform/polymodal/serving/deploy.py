@@ -71,10 +71,12 @@ def deploy(source: str, overrides: list[str] | None = None, *, timeout_s: float 
     import ray
 
     raw = load_serve_config(source, overrides)  # before touching Ray: bad configs fail fast
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto")
+    from polymodal.logs import init_ray, quiet_ray
+
+    init_ray(address=os.environ.get("RAY_ADDRESS") or "auto")
     http = raw.get("http_options") or {}
     serve.start(http_options=http)
+    quiet_ray()  # Serve's loggers on this driver exist now
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     urls = []

@@ -687,15 +687,12 @@ def fit_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
 
 def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
-    import ray
+    from polymodal.logs import init_ray
 
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
     deepspeed_config_for(cfg, world_size=cfg.scaling.num_workers,  # and a bad deepspeed.config
                          device_type="cuda" if cfg.scaling.use_gpu else "cpu")
-    if not ray.is_initialized():
-        from polymodal.logs import ray_runtime_env
-
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True, runtime_env=ray_runtime_env())
+    init_ray()  # (quiet: only polymodal's lines of the workers reach the console)
     result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
     return summarize_result(cfg, result)
 
@@ -706,6 +703,8 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
 def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Single-process training without Ray (same worker code; CUDA when available)."""
     import deepspeed
+
+    from polymodal.logs import chatter_to_log
 
     manifests = open_splits(cfg)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -718,8 +717,9 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
         store = Path(tempfile.mkdtemp(prefix="polymodal-pg-")) / "store"
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
-                                   init_method=f"file://{store}", rank=0, world_size=1)
+        with chatter_to_log():  # DeepSpeed prints its shm op's build
+            deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                                       init_method=f"file://{store}", rank=0, world_size=1)
     task = get_task(cfg.task)
     sources = {name: LocalBatches(uri, task, manifests[name], cfg.optim.batch_size, cfg.data.shuffle_buffer,
                                   cfg.seed, train=name in train_names(cfg), opts=cfg.storage)

@@ -68,9 +68,15 @@ class Mapper(nn.Module):
     def __init__(self, in_dim: int, width: int, out_dim: int, n_queries: int, layers: int, heads: int):
         super().__init__()
         self.proj_in = nn.Linear(in_dim, width)
+        # nn.Transformer's own encoder, built here only to say that it takes no nested tensors
+        # (pre-norm layers cannot; left implicit, torch warns on every build). Same modules, same
+        # parameter names, same initialisation.
+        encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True),
+            layers, nn.LayerNorm(width), enable_nested_tensor=False)
         self.transformer = nn.Transformer(d_model=width, nhead=heads, num_encoder_layers=layers,
                                           num_decoder_layers=layers, dim_feedforward=4 * width, dropout=0.0,
-                                          batch_first=True, norm_first=True)
+                                          batch_first=True, norm_first=True, custom_encoder=encoder)
         self.queries = nn.Parameter(torch.randn(n_queries, width) * 0.02)
         self.proj_out = nn.Linear(width, out_dim)
 

@@ -60,7 +60,8 @@ def report_sections(cfg, out_dir: Path, n: int = 6) -> list[str]:
     t2ti = model.generate("t2ti", texts=titles, seeds=seeds)
     import torch
 
-    i2t = model.generate("i2t", clip_image=torch.from_numpy(batch["clip_image"]))
+    # a copy: the column may be a read-only view of the Arrow buffer
+    i2t = model.generate("i2t", clip_image=torch.tensor(batch["clip_image"]))
     rows = [{"title": titles[i], "real": decode_image(bytes(batch["image"][i]), f"row {i}"),
              "t2i": t2i[i].images[0], "t2ti": (t2ti[i].images or [None])[0]} for i in range(len(recipes))]
     image_grid(rows, out_dir / GRID_NAME)

@@ -13,7 +13,6 @@ after a failure only solves what is missing.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -131,8 +130,9 @@ def _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num
         return
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    from polymodal.logs import init_ray
+
+    init_ray()
     shared_ref = ray.put(shared.to("cpu") if hasattr(shared, "to") else shared)
     remote = ray.remote(num_cpus=num_cpus, num_gpus=1 if device == "cuda" else 0)(fn)
     pending = [remote.remote(shared_ref, *args, c, out_uri, opts, device) for c in chunks]

@@ -195,7 +195,8 @@ def fold_scores(basis: FoldBasis, Y: torch.Tensor, alphas: torch.Tensor, score: 
     So each fold costs a few (r x v) products once, and each alpha only (r x v) element-wise work.
     ``XtY`` (p, v) is ``X^T Y``, required by a basis built on the Gram route (``basis.U`` None).
     """
-    va = torch.as_tensor(basis.val, device=Y.device)
+    # a copy: the fold indices may be a read-only array from the object store (a Ray task argument)
+    va = torch.tensor(basis.val, device=Y.device)
     Yv = Y[va]                                                      # (n_val, v)
     n_val = Yv.shape[0]
     KtY = basis.K.T @ Yv                                            # (r, v)
@@ -204,7 +205,7 @@ def fold_scores(basis: FoldBasis, Y: torch.Tensor, alphas: torch.Tensor, score: 
             raise ValueError("this fold basis was built from X^T X: pass XtY = X^T Y")
         z = (basis.Vt @ XtY - KtY).double()                         # (r, v)
     else:
-        tr = torch.as_tensor(basis.train, device=Y.device)
+        tr = torch.tensor(basis.train, device=Y.device)
         z = (basis.s[:, None] * (basis.U.T @ Y[tr])).double()      # (r, v)
     y_mean = Yv.mean(0)
     y_mean64 = y_mean.double()

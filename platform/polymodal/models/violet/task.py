@@ -491,7 +491,8 @@ class OpenEndedQATask(_VioletTask):
         return {"frames": FINETUNE_FRAMES, "num_answers": 4 if preset == "tiny" else 1000}
 
     def collate(self, columns: dict[str, np.ndarray]) -> Batch:
-        return {**_collate_common(columns), "answer": torch.from_numpy(np.asarray(columns["answer"], np.int64))}
+        # a copy (torch.tensor): the column may be a read-only view of the Arrow buffer
+        return {**_collate_common(columns), "answer": torch.tensor(columns["answer"], dtype=torch.int64)}
 
     def _logits(self, model: nn.Module, batch: Batch) -> Tensor:
         net = _net(model)

@@ -57,12 +57,13 @@ def run(demo) -> list[tuple[str, str]]:
     cfg = demo.config("wander_tiny.yaml", f"scaling.num_workers={demo.workers}", f"optim.epochs={demo.epochs}")
     task = get_task(cfg.task)
     demo.say("wander: writing synthetic shards")
-    for split, uri in task.synth(f"{demo.data_prefix}/wander", seed=cfg.seed, scale=demo.scale).items():
+    written = task.synth(f"{demo.data_prefix}/wander", seed=cfg.seed, scale=demo.scale, progress=False)
+    for split, uri in written.items():
         demo.say(f"  {split}: {uri}")
-    summary = task.fit(cfg)
+    summary = task.fit(cfg, progress=False)
     demo.say(f"trained; best checkpoint {summary['best_checkpoint']}")
     for split in ("val", "test"):
-        result, _ = task.evaluate_run(cfg, split)
+        result, _ = task.evaluate_run(cfg, split, progress=False)
         demo.say(f"{split}: " + ", ".join(f"{k}={v:.3f}" for k, v in result["metrics"].items()))
     report_uri = task.write_report(cfg)
     out = demo.keep(cfg)
