@@ -331,6 +331,25 @@ class TimedBatches:
             self.wait_s += time.perf_counter() - t
 
 
+@dataclass
+class StepMeter:
+    """The optimizer step in progress: its micro-batches' loss sum and count, samples, start time."""
+
+    t0: float
+    loss_sum: float = 0.0
+    n: int = 0
+    samples: int = 0
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss_sum, self.n, self.samples = self.loss_sum + loss, self.n + 1, self.samples + samples
+
+    def scalars(self, lr: float, grad_norm: float, world_size: int) -> dict[str, float]:
+        """TensorBoard's ``step/*`` scalars of the finished step; samples/s counts every worker."""
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        return {"loss": self.loss_sum / max(self.n, 1), "lr": lr, "grad_norm": grad_norm,
+                "samples_per_s": self.samples * world_size / seconds}
+
+
 def _grad_norm(params: list[torch.nn.Parameter]) -> float:
     """L2 norm of the gradients of ``params`` (all-reduced already when DeepSpeed steps without ZeRO)."""
     norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
@@ -475,8 +494,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             break
         here = position if epoch == position.epoch else DataPosition(epoch)
         t0, seen, loss_sum, n, i = time.perf_counter(), 0, here.loss_sum, here.loss_n, here.batches
-        # this optimizer step so far: its micro-batches' loss sum and count, samples, start time
-        step_loss, step_n, step_seen, step_t0 = 0.0, 0, 0, t0
+        meter = StepMeter(t0)
         bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}",
                         initial=i)
         batches = TimedBatches(sources["train"].epoch(epoch, skip=here.batches))
@@ -494,7 +512,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             micro_step, i = micro_step + 1, i + 1
             batch_loss, rows = float(loss.detach()), next(iter(batch.values())).shape[0]
             loss_sum, n, seen = loss_sum + batch_loss, n + 1, seen + rows
-            step_loss, step_n, step_seen = step_loss + batch_loss, step_n + 1, step_seen + rows
+            meter.add(batch_loss, rows)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}")
@@ -503,11 +521,9 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
                 continue
             if log is not None:
                 grad_norm = engine.get_global_grad_norm()
-                now = time.perf_counter()
-                log.log_step(step, {"loss": step_loss / step_n, "lr": float(engine.get_lr()[0]),
-                                    "grad_norm": float(own_norm if grad_norm is None else grad_norm),
-                                    "samples_per_s": step_seen * info.world_size / max(now - step_t0, 1e-9)})
-            step_loss, step_n, step_seen, step_t0 = 0.0, 0, 0, time.perf_counter()
+                log.log_step(step, meter.scalars(float(engine.get_lr()[0]), float(
+                    own_norm if grad_norm is None else grad_norm), info.world_size))
+            meter = StepMeter(time.perf_counter())
             if max_steps and step >= max_steps:
                 ended = True
                 break
@@ -525,7 +541,8 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
                 if info.rank == 0:
                     print(f"[polymodal] step {step} (epoch {epoch + 1}/{cfg.optim.epochs}, batch {i}) "
                           f"checkpointed: train_loss={loss_sum / n:.4g}", flush=True)
-            step_t0 = time.perf_counter()  # the next step's throughput leaves out this evaluation/checkpoint
+            meter = StepMeter(time.perf_counter())  # the next step's throughput leaves out this evaluation
+        _close(batches.batches)  # after a break: release the reader now, not at the next epoch
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0

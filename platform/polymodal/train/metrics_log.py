@@ -65,6 +65,5 @@ class MetricsLog:
 
     def close(self) -> None:
         self.tb.close()
-        storage.upload_dir(str(self.local), self.uri, self.opts)  # step scalars written after the last row
         if self.mlflow is not None:
             self.mlflow.finish(self.local)
