@@ -104,6 +104,7 @@ def start_run(cfg: ExperimentConfig, *, ray_train: bool) -> MlflowRun | None:
 
         # sets the tracking URI and experiment (created if missing), starts the active run, logs params
         session = setup_mlflow(config=params, tracking_uri=opts.uri, experiment_name=opts.experiment,
+                               create_experiment_if_not_exists=True,  # Ray's default refuses a new one
                                run_name=cfg.name, tags=_tags(cfg), rank_zero_only=True)
         return MlflowRun(session, opts.uri, session.active_run().info.run_id)
     client = mlflow.tracking.MlflowClient(tracking_uri=opts.uri)
