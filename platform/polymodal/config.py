@@ -139,6 +139,21 @@ class EvalOptions(StrictModel):
                                 "global_step in logs/metrics.csv and TensorBoard)")
 
 
+class MlflowOptions(StrictModel):
+    uri: str = Field(..., min_length=1, description="MLflow tracking URI: http(s)://host:port of an `mlflow server` "
+                                                    "(what a cluster needs: every worker reaches it), or "
+                                                    "sqlite:///path.db for a single machine without a server")
+    experiment: str = Field("polymodal", min_length=1, description="MLflow experiment the runs go to (created "
+                                                                   "if missing)")
+
+
+class TrackingConfig(StrictModel):
+    mlflow: MlflowOptions | None = Field(
+        None, description="log to MLflow (needs pip install 'polymodal[tracking]'): the flattened config as "
+                          "params, per-step and per-epoch metrics, and logs/metrics.csv, TensorBoard files and "
+                          "the report as artifacts; a Tune sweep logs one run per trial")
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: what to train, on which data, how, and where results go."""
 
@@ -153,6 +168,7 @@ class ExperimentConfig(StrictModel):
     failure: FailureOptions = Field(default_factory=FailureOptions)
     checkpoint: CheckpointOptions = Field(default_factory=CheckpointOptions)
     eval: EvalOptions = Field(default_factory=EvalOptions)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage_path: str = Field("runs", description="folder or s3:// URI where runs are written")
     storage: StorageOptions = Field(default_factory=StorageOptions)
 

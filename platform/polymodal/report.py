@@ -11,7 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from polymodal import runs, storage
+from polymodal import runs, storage, tracking
 from polymodal.config import ExperimentConfig
 
 
@@ -41,6 +41,19 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _speed_section(rows: list[dict[str, str]]) -> list[str]:
+    """Throughput and data wait per epoch (the rows of epoch ends; runs from before ``data_wait_s``
+    show throughput only)."""
+    keys = [k for k in ("epoch", "samples_per_s", "data_wait_s", "data_wait_frac") if k in rows[0]]
+    epochs = [r for r in rows if r.get("samples_per_s") not in (None, "")]
+    if "samples_per_s" not in keys or not epochs:
+        return []
+    return ["### Speed", "",
+            "`data_wait_s`: seconds the train loop waited for batches in the epoch; `data_wait_frac`: its share "
+            "of the epoch (a high share means the data path, not the model, sets the pace).", "",
+            runs.markdown_table(epochs, keys, {"data_wait_frac"}), ""]
 
 
 def write_report(cfg: ExperimentConfig, compare: list[str] | None = None) -> str:
@@ -75,6 +88,7 @@ def write_training_report(task, cfg: ExperimentConfig) -> str:
         lines += ["Accuracies, recalls and other shares are shown in percent (%); `logs/metrics.csv` and "
                   "`eval/<split>.json` hold them as fractions in [0, 1].", ""]
     lines += [runs.markdown_table(rows, keys, percent), ""]
+    lines += _speed_section(rows)
     evals = []
     for split in ("val", "test"):
         uri = runs.eval_uri(cfg.run_uri, split)
@@ -91,4 +105,5 @@ def write_training_report(task, cfg: ExperimentConfig) -> str:
         plot_curves(rows, Path(tmp) / "curves.png")
         (Path(tmp) / "report.md").write_text("\n".join(lines))
         storage.upload_dir(tmp, out_uri, opts)
+        tracking.log_report(cfg, Path(tmp))  # into the run's MLflow run, when tracking is on
     return storage.join(out_uri, "report.md")

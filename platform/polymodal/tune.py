@@ -32,7 +32,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from polymodal import storage
+from polymodal import storage, tracking
 from polymodal.config import ExperimentConfig, apply_overrides, read_yaml, set_dotted, validate_config
 from polymodal.errors import ConfigError, require
 
@@ -379,6 +379,8 @@ def _make_trial_fn(setup: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         raw = trial_raw_config(setup["base"], config)
         # the trial id names the Train run, so a resumed trial finds its own checkpoints
         raw["name"], raw["storage_path"] = trial_id, setup["trials_uri"]
+        # MLflow: the sweep's MLflowLoggerCallback makes each trial's run; its Train run adds none
+        raw.pop("tracking", None)
         trial_cfg = validate_config(raw, source=f"sweep trial {trial_id}")
         # one marker per start: shows whether a trial ever ran twice (resume checks, debugging)
         marker = storage.join(trial_cfg.run_uri, "starts", f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json")
@@ -470,8 +472,9 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
               callbacks: list | None = None) -> SweepResult:
     """Run (or resume) the sweep of ``space`` over ``cfg`` and write ``results/``.
 
-    ``callbacks`` are extra ``ray.tune.Callback``s for a new sweep; a resumed sweep keeps the
-    ones it started with (Tune restores them with its state). With ``resume=False`` an
+    ``callbacks`` are extra ``ray.tune.Callback``s for a new sweep, after the ones ``tracking``
+    asks for (:func:`polymodal.tracking.tune_callbacks`); a resumed sweep keeps the ones it
+    started with (Tune restores them with its state). With ``resume=False`` an
     existing sweep of the same name is an error rather than being continued.
     """
     import ray
@@ -537,7 +540,8 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
                                         else None,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=space.name, storage_path=parent, storage_filesystem=fs,
-                                      callbacks=callbacks, verbose=1 if progress else 0))
+                                      callbacks=tracking.tune_callbacks(cfg) + list(callbacks or []),
+                                      verbose=1 if progress else 0))
     reserved = _live_placement_groups()
     try:
         tuner.fit()

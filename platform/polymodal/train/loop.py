@@ -30,7 +30,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 
-from polymodal import runs, shards, storage
+from polymodal import runs, shards, storage, tracking
 from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.ports import free_port
@@ -145,6 +145,8 @@ def _close(it: Any) -> None:
 
 
 class Reporter(Protocol):
+    ray_train: bool  # inside a Ray Train worker (MLflow opens its run through Ray's setup_mlflow)
+
     def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None: ...
 
@@ -152,6 +154,8 @@ class Reporter(Protocol):
 class RayReporter:
     """``score_metric``: the metric Ray ranks checkpoints by (None when it keeps the newest). A step
     checkpoint taken without an evaluation reports it as NaN, which Ray ranks below every score."""
+
+    ray_train = True
 
     def __init__(self, score_metric: str | None = None):
         self.score_metric = score_metric
@@ -227,6 +231,8 @@ def _as_path(cm):
 class LocalReporter:
     """Checkpoints go to ``<run>/checkpoints/epoch_NNNN`` (an epoch's end) and
     ``epoch_NNNN_step_SSSSSSSS`` (a step checkpoint within epoch NNNN); the newest complete one resumes."""
+
+    ray_train = False
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg, self.opts = cfg, cfg.storage
@@ -305,6 +311,49 @@ def resume_position(state: dict[str, Any], cfg: ExperimentConfig) -> DataPositio
                 f"{state['batches']}, a place in the data order of {key}={saved}, but the config now sets "
                 f"{key}={ours}; set it back to {saved} to resume, or start a new run (another name)")
     return DataPosition(state["epoch"], state["batches"], state.get("loss_sum", 0.0), state.get("loss_n", 0))
+
+
+class TimedBatches:
+    """Iterates a batch source's epoch, summing in ``wait_s`` the seconds the loop spent waiting for
+    the next batch: a data-bound run waits much, a compute-bound one little."""
+
+    def __init__(self, batches: Iterator[Batch]):
+        self.batches, self.wait_s = iter(batches), 0.0
+
+    def __iter__(self) -> "TimedBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        t = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.wait_s += time.perf_counter() - t
+
+
+@dataclass
+class StepMeter:
+    """The optimizer step in progress: its micro-batches' loss sum and count, samples, start time."""
+
+    t0: float
+    loss_sum: float = 0.0
+    n: int = 0
+    samples: int = 0
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss_sum, self.n, self.samples = self.loss_sum + loss, self.n + 1, self.samples + samples
+
+    def scalars(self, lr: float, grad_norm: float, world_size: int) -> dict[str, float]:
+        """TensorBoard's ``step/*`` scalars of the finished step; samples/s counts every worker."""
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        return {"loss": self.loss_sum / max(self.n, 1), "lr": lr, "grad_norm": grad_norm,
+                "samples_per_s": self.samples * world_size / seconds}
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    """L2 norm of the gradients of ``params`` (all-reduced already when DeepSpeed steps without ZeRO)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def _every(interval: int | None, step: int) -> bool:
@@ -411,7 +460,10 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
                       f"/{cfg.optim.epochs} after batch {position.batches}", flush=True)
             elif info.rank == 0:
                 print(f"[polymodal] resumed from epoch {state['epoch']} (step {engine.global_steps})", flush=True)
-    log = MetricsLog(cfg.run_uri, cfg.storage, start_epoch, start_step=resumed_step) if info.rank == 0 else None
+    log = None
+    if info.rank == 0:
+        log = MetricsLog(cfg.run_uri, cfg.storage, start_epoch, start_step=resumed_step,
+                         mlflow=tracking.start_run(cfg, ray_train=reporter.ray_train))
 
     def validate(metrics: dict[str, Any]) -> None:
         metrics.update({f"val_{k}": v for k, v in
@@ -442,25 +494,36 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             break
         here = position if epoch == position.epoch else DataPosition(epoch)
         t0, seen, loss_sum, n, i = time.perf_counter(), 0, here.loss_sum, here.loss_n, here.batches
+        meter = StepMeter(t0)
         bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}",
                         initial=i)
-        for batch in sources["train"].epoch(epoch, skip=here.batches):
+        batches = TimedBatches(sources["train"].epoch(epoch, skip=here.batches))
+        for batch in batches:
             if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
                 break
             batch = _to_device(batch, info.device, float_dtype)
             loss, extra = task.loss(engine, batch)
             before = engine.global_steps
             engine.backward(loss)
+            # DeepSpeed reports the norm where its optimizer computes it (ZeRO, bf16/fp16); else it is ours
+            own_norm = (_grad_norm(trainable) if log is not None and engine.zero_optimization_stage() == 0
+                        and engine.is_gradient_accumulation_boundary() else None)
             engine.step()
             micro_step, i = micro_step + 1, i + 1
-            loss_sum, n = loss_sum + float(loss.detach()), n + 1
-            seen += next(iter(batch.values())).shape[0]
+            batch_loss, rows = float(loss.detach()), next(iter(batch.values())).shape[0]
+            loss_sum, n, seen = loss_sum + batch_loss, n + 1, seen + rows
+            meter.add(batch_loss, rows)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}")
             step = int(engine.global_steps)
             if step == before:  # within a gradient accumulation: no optimizer step to stop or save at
                 continue
+            if log is not None:
+                grad_norm = engine.get_global_grad_norm()
+                log.log_step(step, meter.scalars(float(engine.get_lr()[0]), float(
+                    own_norm if grad_norm is None else grad_norm), info.world_size))
+            meter = StepMeter(time.perf_counter())
             if max_steps and step >= max_steps:
                 ended = True
                 break
@@ -478,12 +541,16 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
                 if info.rank == 0:
                     print(f"[polymodal] step {step} (epoch {epoch + 1}/{cfg.optim.epochs}, batch {i}) "
                           f"checkpointed: train_loss={loss_sum / n:.4g}", flush=True)
+            meter = StepMeter(time.perf_counter())  # the next step's throughput leaves out this evaluation
+        _close(batches.batches)  # after a break: release the reader now, not at the next epoch
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
         metrics = {"epoch": epoch, "global_step": int(engine.global_steps),
                    "train_loss": loss_sum / max(n, 1), "lr": float(engine.get_lr()[0]),
-                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9)}
+                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9),
+                   # mid-epoch evaluations and checkpoints count to the epoch, not to the wait
+                   "data_wait_s": batches.wait_s, "data_wait_frac": min(1.0, batches.wait_s / max(elapsed, 1e-9))}
         if "val" in sources:
             validate(metrics)
         if log is not None:

@@ -1,4 +1,6 @@
-"""Per-epoch (and ``eval.every_steps``) metrics: a CSV and TensorBoard event files in ``<run>/logs``."""
+"""Metrics of a run in ``<run>/logs``: per epoch (and ``eval.every_steps``) a CSV row and TensorBoard
+scalars; per optimizer step TensorBoard scalars under ``step/`` (loss, lr, grad_norm, samples_per_s);
+both also to MLflow when ``tracking.mlflow`` is set (:mod:`polymodal.tracking`)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,18 @@ from typing import Any
 
 from polymodal import storage
 from polymodal.config import StorageOptions
+from polymodal.tracking import STEP_PREFIX, MlflowRun
 
 
 class MetricsLog:
     """Rank-0 writer. Rows are kept in memory (one per epoch and step evaluation) and the whole folder is
-    uploaded after each epoch, so a local folder and S3 behave the same."""
+    uploaded after each row, so a local folder and S3 behave the same. Step scalars are written to the
+    local event file only (no upload, no flush per step); the next row flushes and uploads them."""
 
     def __init__(self, run_uri: str, opts: StorageOptions | None, start_epoch: int = 0,
-                 start_step: int | None = None):
+                 start_step: int | None = None, mlflow: MlflowRun | None = None):
         self.uri = storage.join(run_uri, "logs")
-        self.opts = opts
+        self.opts, self.mlflow = opts, mlflow
         self.local = Path(tempfile.mkdtemp(prefix="polymodal-logs-"))
         self.rows: list[dict[str, Any]] = []
         csv_uri = storage.join(self.uri, "metrics.csv")
@@ -32,7 +36,15 @@ class MetricsLog:
 
         self.tb = SummaryWriter(str(self.local / "tensorboard"))
 
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars of one optimizer step (global ``step``), as TensorBoard tags ``step/<name>``."""
+        for key, value in scalars.items():
+            self.tb.add_scalar(STEP_PREFIX + key, value, step)
+        if self.mlflow is not None:
+            self.mlflow.log_step(step, scalars)
+
     def log(self, row: dict[str, Any]) -> None:
+        """One metrics.csv row (an epoch's end or a step evaluation), at its ``global_step``."""
         self.rows.append(row)
         step = int(row.get("global_step", row["epoch"]))
         for key, value in row.items():
@@ -48,6 +60,10 @@ class MetricsLog:
         writer.writerows(self.rows)
         (self.local / "metrics.csv").write_text(buf.getvalue())
         storage.upload_dir(str(self.local), self.uri, self.opts)
+        if self.mlflow is not None:
+            self.mlflow.log_row(row)
 
     def close(self) -> None:
         self.tb.close()
+        if self.mlflow is not None:
+            self.mlflow.finish(self.local)
