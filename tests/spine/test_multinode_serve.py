@@ -1,0 +1,142 @@
+"""Serve on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``, tests/multinode.py):
+a head (Serve's controller and its one HTTP proxy) plus two worker nodes, each with one
+``replica_slot`` custom resource, so the two replicas of a deployment land one per node.
+
+* A worker node dies (its raylet and every process on it killed, as when a spot node is
+  preempted) under a bounded load: the requests in flight on its replica get polymodal's JSON
+  503 with Retry-After (:class:`polymodal.serving.proxy.ProxyGuard`), all others are answered
+  by the replica that survived; Serve keeps wanting two replicas, cannot place the second
+  while no node has a free slot, and places it on the node the test adds.
+
+Costs two node starts, two replica starts and one more after the loss (~40-60 s on 2 cores),
+so it runs under ``faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from multinode import MIN_OBJECT_STORE, alive_nodes, simulated_cluster, wait_until
+from support import wander_export
+
+from polymodal.ports import free_port
+from polymodal.serving.app import DEPLOYMENT_NAME, build_deployment, parse_args
+
+pytestmark = pytest.mark.faults
+
+SLOT = "replica_slot"  # custom resource: one per worker node, one per replica
+# node failure detection in ~2 s instead of Ray's default ~30 s (GCS health checks of raylets)
+FAST_NODE_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                    "health_check_failure_threshold": 4}
+
+
+def worker_node(name: str) -> dict:
+    return {"num_cpus": 1, "resources": {SLOT: 1, name: 1}, "object_store_memory": MIN_OBJECT_STORE}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    head = {"num_cpus": 2, "object_store_memory": MIN_OBJECT_STORE, "_system_config": FAST_NODE_CHECKS}
+    with simulated_cluster(head, [worker_node("node_a"), worker_node("node_b")]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def wander(tmp_path_factory) -> tuple[str, dict]:
+    return wander_export(tmp_path_factory.mktemp("multinode-serve"))
+
+
+def replicas(app: str) -> list[tuple[str, int]]:
+    """(node id, pid) of the live replicas of ``app``, sorted."""
+    import ray
+    from ray.util.state import list_actors
+
+    # the address explicitly: other Ray clusters may run on this machine, and "auto" picks the latest
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    return sorted((a.node_id, a.pid) for a in alive
+                  if a.class_name == f"ServeReplica:{app}:{DEPLOYMENT_NAME}")
+
+
+async def load(url: str, body: dict, seconds: float,
+               concurrency: int = 6) -> list[tuple[float, float, int, dict, bytes]]:
+    """``concurrency`` clients POST back to back for ``seconds``: [(start, end, status, headers,
+    body)] of every request, each bounded by a 60 s timeout (a hang fails the test)."""
+    out: list[tuple[float, float, int, dict, bytes]] = []
+    stop = time.time() + seconds
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def worker() -> None:
+            while time.time() < stop:
+                t = time.time()
+                r = await client.post(url, json=body)
+                out.append((t, time.time(), r.status_code, dict(r.headers), r.content))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+def test_serve_loses_a_node_under_load_and_restores_its_replicas_on_a_new_one(cluster, wander):
+    from ray import serve
+
+    checkpoint, body = wander
+    args = parse_args({"checkpoint": checkpoint, "max_ongoing_requests": 8})
+    port = free_port()
+    # one proxy, on the head: the nodes share 127.0.0.1, and the head is the node that stays
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    try:
+        app = build_deployment(args, num_replicas=2, health_check_period_s=1, health_check_timeout_s=3,
+                               ray_actor_options={"num_cpus": 0.5, "resources": {SLOT: 1}})
+        serve.run(app.bind(args.model_dump()), name="spread", route_prefix="/spread")
+        url = f"http://127.0.0.1:{port}/spread/v1/predict"
+        before = replicas("spread")
+        workers = {n.node_id: n for n in cluster.worker_nodes}
+        assert len(before) == 2 and {node for node, _ in before} == set(workers), before  # one per node
+        assert httpx.post(url, json=body, timeout=60).status_code == 200
+
+        lost_node, lost_pid = before[0]
+        killed_at: list[float] = []
+
+        async def run() -> list:
+            async def lose_node() -> None:
+                await asyncio.sleep(3)
+                cluster.remove_node(workers[lost_node], allow_graceful=False)  # preempted: no drain
+                killed_at.append(time.time())
+
+            results, _ = await asyncio.gather(load(url, body, seconds=12), lose_node())
+            return results
+
+        results = asyncio.run(run())
+        statuses = [s for _, _, s, _, _ in results]
+        # what was lost: the node, its replica, and only the requests that were on it
+        assert lost_node not in {n["NodeID"] for n in alive_nodes()}
+        assert set(statuses) <= {200, 503}, sorted(set(statuses))
+        failed = [(start, h, b) for start, _, s, h, b in results if s == 503]
+        for start, headers, content in failed:
+            assert start < killed_at[0] + 5, "a request sent well after the loss failed"
+            assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+            assert b"stopped before it answered" in content and b"Traceback" not in content
+        # the survivor answered the rest, during and after the loss
+        assert sum(s == 200 for t, _, s, _, _ in results if t > killed_at[0]) > 10
+        wait_until(lambda: [node for node, _ in replicas("spread")] == [before[1][0]], 60,
+                   "the dead node's replica left the live replicas")
+        assert replicas("spread") == [before[1]]  # the survivor was not restarted
+        # Serve still wants 2 replicas but no node has a free slot: the deployment is not healthy
+        status = serve.status().applications["spread"].deployments[DEPLOYMENT_NAME]
+        assert str(status.status).endswith(("UPDATING", "UNHEALTHY")), status
+
+        # what was recovered: capacity returns, Serve places the second replica on it
+        cluster.add_node(**worker_node("node_c"))
+        after = wait_until(lambda: (lambda r: r if len(r) == 2 else None)(replicas("spread")), 120,
+                           "Serve restored 2 replicas on the new node")
+        new_nodes = {n.node_id for n in cluster.worker_nodes} - set(workers)
+        assert {node for node, _ in after} == {before[1][0], *new_nodes}, after
+        wait_until(lambda: str(serve.status().applications["spread"].deployments[DEPLOYMENT_NAME].status)
+                   .endswith("HEALTHY"), 60, "the deployment is healthy again")
+        assert httpx.post(url, json=body, timeout=60).status_code == 200
+        in_flight = [s for start, end, s, _, _ in results if start < killed_at[0] < end]
+        print(f"\n{len(in_flight)} in flight at the loss: {in_flight}; {len(results)} requests: {statuses.count(200)} answered, {len(failed)} got 503 "
+              f"(in flight on the lost node)")
+    finally:
+        serve.shutdown()
