@@ -1,6 +1,12 @@
-"""Serve on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``, tests/multinode.py):
-a head (Serve's controller and its one HTTP proxy) plus two worker nodes, each with one
-``replica_slot`` custom resource, so the two replicas of a deployment land one per node.
+"""Serve and streaming on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``,
+tests/multinode.py): a head (Serve's controller and its one HTTP proxy) plus two worker nodes,
+each with a 75 MiB object store (Ray's smallest) and one ``replica_slot`` custom resource, so
+the two replicas of a deployment land one per node.
+
+* A streaming epoch (:func:`polymodal.shards.ray_dataset`) over a dataset 3x a node's object
+  store (as large as all three stores together) sees every row once, with the object store
+  bounded: its use peaks under the cluster's capacity, nothing is allocated past it (plasma's
+  fallback files) and the driver's memory grows by a fraction of the dataset.
 
 * A worker node dies (its raylet and every process on it killed, as when a spot node is
   preempted) under a bounded load: the requests in flight on its replica get polymodal's JSON
@@ -8,8 +14,8 @@ a head (Serve's controller and its one HTTP proxy) plus two worker nodes, each w
   by the replica that survived; Serve keeps wanting two replicas, cannot place the second
   while no node has a free slot, and places it on the node the test adds.
 
-Costs two node starts, two replica starts and one more after the loss (~40-60 s on 2 cores),
-so it runs under ``faults``.
+One cluster for both (its start costs ~20 s); the Serve test costs two replica starts and one
+more after the loss. Both run under ``faults``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 
 import httpx
 import pytest
-from multinode import MIN_OBJECT_STORE, alive_nodes, simulated_cluster, wait_until
+from multinode import MIB, MIN_OBJECT_STORE, alive_nodes, simulated_cluster, wait_until
 from support import wander_export
 
 from polymodal.ports import free_port
@@ -47,6 +53,66 @@ def cluster():
 @pytest.fixture(scope="module")
 def wander(tmp_path_factory) -> tuple[str, dict]:
     return wander_export(tmp_path_factory.mktemp("multinode-serve"))
+
+
+def test_a_streaming_epoch_over_3x_a_node_object_store_stays_within_the_stores(cluster, tmp_path):
+    import resource
+    import threading
+
+    import numpy as np
+    import ray.data
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    from polymodal.shards import ShardWriter, ray_dataset
+
+    rows, width = 3600, 16384  # 64 KiB a row: 225 MiB, 3x a node's store; random, so Parquet cannot shrink it
+    uri = str(tmp_path / "big")
+    with ShardWriter(uri, task="any", split="train", columns={"id": {"dtype": "int64"},
+                     "x": {"dtype": "float32", "shape": [width]}}, rows_per_shard=200, progress=False) as w:
+        for start in range(0, rows, 200):
+            w.write({"id": np.arange(start, start + 200),
+                     "x": np.random.default_rng(start).random((200, width), dtype=np.float32)})
+    dataset_bytes = rows * width * 4
+    state = get_state_from_address(cluster.address)
+    capacity = get_memory_info_reply(state).store_stats.object_store_bytes_avail  # all nodes together
+    assert dataset_bytes >= 3 * MIN_OBJECT_STORE and dataset_bytes >= capacity
+
+    peak = {"used": 0, "fallback": 0}
+    stop = threading.Event()
+
+    def watch() -> None:  # the raylets' store stats, summed over the nodes, 10 times a second
+        while not stop.is_set():
+            stats = get_memory_info_reply(state).store_stats
+            peak["used"] = max(peak["used"], stats.object_store_bytes_used)
+            peak["fallback"] = max(peak["fallback"], stats.object_store_bytes_fallback)
+            time.sleep(0.1)
+
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size
+    # blocks must be a small part of a node's store: Ray Data's default (128 MiB) exceeds a 75 MiB
+    # store, so each block is allocated past it (docs/scale.md); 8 MiB is to 75 MiB what 128 MiB
+    # is to the 1 GiB+ stores of the k8s worker groups
+    context.target_max_block_size = 8 * MIB
+    watcher = threading.Thread(target=watch, daemon=True)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    watcher.start()
+    seen, id_sum, started = 0, 0, time.time()
+    try:
+        for batch in ray_dataset(uri).iter_batches(batch_size=100, batch_format="numpy"):
+            seen += len(batch["id"])
+            id_sum += int(batch["id"].sum())
+    finally:
+        stop.set()
+        watcher.join()
+        context.target_max_block_size = saved
+    rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    spilled = get_memory_info_reply(state).store_stats.spilled_bytes_total
+    print(f"\nepoch of {dataset_bytes / MIB:.0f} MiB in {time.time() - started:.1f} s: object store peak "
+          f"{peak['used'] / MIB:.0f} of {capacity / MIB:.0f} MiB, fallback {peak['fallback'] / MIB:.0f} MiB, "
+          f"spilled {spilled / MIB:.0f} MiB, driver max RSS +{rss_growth / MIB:.0f} MiB")
+    assert seen == rows and id_sum == rows * (rows - 1) // 2  # every row once
+    assert 0 < peak["used"] <= capacity and peak["fallback"] == 0  # bounded by the stores, nothing past them
+    assert rss_growth < dataset_bytes / 2  # the driver streamed it, it did not hold it
 
 
 def replicas(app: str) -> list[tuple[str, int]]:
