@@ -47,18 +47,14 @@ def s3_bucket_uri(s3_server: EmbeddedS3) -> str:
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """One local Ray cluster for the whole session (TorchTrainer start-up costs ~20 s, so
-    tests share it). Logical CPUs exceed the 2 cores: a 2-worker Train run also needs a slot
-    for its controller, and Tune trials need one for their driver. The dashboard runs because
-    Ray's State API needs it, and Train needs that to release the placement group of a run
-    whose trial Tune stopped (ASHA)."""
+    tests share it); its settings are :func:`multinode.init_shared_ray`'s. The dashboard runs
+    because Ray's State API needs it, and Train needs that to release the placement group of a
+    run whose trial Tune stopped (ASHA)."""
     import ray
-
-    from polymodal.serving import proxy
+    from multinode import init_shared_ray
 
     if not ray.is_initialized():
-        proxy.install()  # Serve's proxies get the guard (tests/spine/test_faults_serve.py)
-        # "local": a cluster of its own, never one another process on this machine started
-        ray.init(address="local", num_cpus=6, include_dashboard=True, log_to_driver=False)
+        init_shared_ray()  # tests on a simulated multi-node cluster start it again after them
     yield ray
     ray.shutdown()
 

@@ -672,9 +672,16 @@ class PolymodalServer:
 
 def build_deployment(args: ServeArgs, **options: Any) -> Any:
     """The deployment with the args' request limits; ``options`` (a config file's ``deployments:``
-    entry) go to ``Deployment.options`` and win over the args' limits."""
+    entry) go to ``Deployment.options`` and win over the args' limits. A declared
+    ``ray_actor_options.memory`` smaller than the checkpoint's weights plus the index raises a
+    PolymodalError (:func:`polymodal.serving.memory.check_replica_memory`)."""
+    from polymodal.serving.memory import check_replica_memory
+
     limits = {"max_ongoing_requests": args.max_ongoing_requests, "max_queued_requests": args.max_queued_requests}
-    return PolymodalServer.options(**{**limits, **options})
+    merged = {**limits, **options}
+    # a replica whose declared memory cannot hold its weights and index is refused here, not OOM-killed later
+    check_replica_memory(args.checkpoint, args.index, (merged.get("ray_actor_options") or {}).get("memory"))
+    return PolymodalServer.options(**merged)
 
 
 def app_builder(args: "dict[str, Any] | ServeArgs") -> Any:
