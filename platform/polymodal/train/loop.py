@@ -39,6 +39,7 @@ from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, c
                                         publish_checkpoint, trainable_state, write_export)
 from polymodal.train.deepspeed_config import deepspeed_config_for, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
+from polymodal.train.throughput import StepClock
 
 Batch = dict[str, torch.Tensor]
 
@@ -359,14 +360,16 @@ def _disable_shm_comm_build_on_cpu() -> None:
 
 
 def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, BatchSource],
-                 reporter: Reporter, steps_per_epoch: int, progress: bool = True) -> dict[str, Any]:
+                 reporter: Reporter, steps_per_epoch: int, progress: bool = True,
+                 started_at: float | None = None) -> dict[str, Any]:
     """Train ``cfg`` on this worker. Returns the last epoch's metrics.
 
     The run ends after ``optim.epochs`` or at global step ``optim.max_steps``, whichever comes first,
     with a checkpoint and an evaluation. ``checkpoint.every_steps`` and ``eval.every_steps`` add
     both within epochs (not on an epoch's last step, whose own checkpoint and evaluation follow).
     A step checkpoint records the data position (:class:`DataPosition`); a resumed run skips the
-    batches it already trained on and goes on with the next one."""
+    batches it already trained on and goes on with the next one. ``started_at`` (``time.time()``
+    when the harness started) dates the first step (``first_step_s``, :mod:`polymodal.train.throughput`)."""
     import deepspeed
 
     task = get_task(cfg.task)
@@ -437,6 +440,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     max_steps = cfg.optim.max_steps
     ended = bool(max_steps) and engine.global_steps >= max_steps  # resumed from the run's last checkpoint
     metrics: dict[str, Any] = {}
+    clock = StepClock(started_at, info.world_size)
     for epoch in range(start_epoch, cfg.optim.epochs):
         if ended:
             break
@@ -444,6 +448,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         t0, seen, loss_sum, n, i = time.perf_counter(), 0, here.loss_sum, here.loss_n, here.batches
         bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}",
                         initial=i)
+        clock.start_epoch()
         for batch in sources["train"].epoch(epoch, skip=here.batches):
             if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
                 break
@@ -454,7 +459,9 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             engine.step()
             micro_step, i = micro_step + 1, i + 1
             loss_sum, n = loss_sum + float(loss.detach()), n + 1
-            seen += next(iter(batch.values())).shape[0]
+            rows = next(iter(batch.values())).shape[0]
+            seen += rows
+            clock.tick(rows)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}")
@@ -483,7 +490,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         elapsed = time.perf_counter() - t0
         metrics = {"epoch": epoch, "global_step": int(engine.global_steps),
                    "train_loss": loss_sum / max(n, 1), "lr": float(engine.get_lr()[0]),
-                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9)}
+                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9), **clock.epoch_metrics()}
         if "val" in sources:
             validate(metrics)
         if log is not None:
@@ -530,7 +537,7 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     steps = loop_config["steps_per_epoch"]
     reporter = RayReporter(task.primary_metric if cfg.data.val else None)
     train_worker(cfg, info, mix_train(cfg, sources, steps), reporter, steps,
-                 progress=loop_config.get("progress", True))
+                 progress=loop_config.get("progress", True), started_at=loop_config.get("started_at"))
 
 
 def train_names(cfg: ExperimentConfig) -> list[str]:
@@ -616,8 +623,9 @@ def _ray_dataset(cfg: ExperimentConfig, name: str, uri: str, manifest: shards.Ma
 
 
 def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: list | None = None,
-                  manifests: dict[str, shards.Manifest] | None = None):
+                  manifests: dict[str, shards.Manifest] | None = None, started_at: float | None = None):
     """The :class:`ray.train.torch.TorchTrainer` for ``cfg`` (Ray must be initialised).
+    ``started_at`` (``time.time()``; default: now) is when the run started, for ``first_step_s``.
 
     ``callbacks`` are ``ray.train.UserCallback``s, e.g. Tune's ``TuneReportCallback`` when a
     Tune trial drives this trainer.
@@ -641,6 +649,7 @@ def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: li
             # Ray's bars are drawn in place on a terminal; into a log they would come one line a
             # second per worker, so a driver without a terminal gets the epoch lines alone
             "progress": progress and sys.stderr.isatty(),
+            "started_at": time.time() if started_at is None else started_at,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -687,6 +696,7 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
     import ray
 
+    started_at = time.time()
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
     deepspeed_config_for(cfg, world_size=cfg.scaling.num_workers,  # and a bad deepspeed.config
                          device_type="cuda" if cfg.scaling.use_gpu else "cpu")
@@ -694,7 +704,7 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
         from polymodal.logs import ray_runtime_env
 
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True, runtime_env=ray_runtime_env())
-    result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
+    result = build_trainer(cfg, progress=progress, manifests=manifests, started_at=started_at).fit()
     return summarize_result(cfg, result)
 
 
@@ -705,10 +715,13 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
     """Single-process training without Ray (same worker code; CUDA when available)."""
     import deepspeed
 
+    started_at = time.time()
     manifests = open_splits(cfg)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:  # before init_distributed, whose comm backend would load (or first compile) the op
+        _disable_shm_comm_build_on_cpu()
     if not torch.distributed.is_initialized():
         # A group of one, met through a file store: a TCP store's "free" port can be taken again
         # before it binds (EADDRINUSE seen right after a killed run), and an inherited MASTER_PORT
@@ -725,5 +738,5 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
     reporter = LocalReporter(cfg)
     steps = _train_steps(cfg, manifests, 1)
     metrics = train_worker(cfg, WorkerInfo(0, 1, device), mix_train(cfg, sources, steps), reporter, steps,
-                           progress=progress)
+                           progress=progress, started_at=started_at)
     return runs.read_summary(cfg.run_uri, cfg.storage) or {"metrics": metrics}
