@@ -153,8 +153,10 @@ def main() -> None:
             return overrides(data, runs, name, args.batch, list(extra))
 
         results["plain"] = run_plain(load_config(str(BASE_CONFIG), base("plain")))
+        print(f"RESULT plain {results['plain']}", flush=True)
         if "local" in modes:
             results["local"] = run_cli(base("local", "deepspeed.zero_stage=0"), local=True)
+            print(f"RESULT local {results['local']}, load {os.getloadavg()[0]:.1f}", flush=True)
         ray_init_s = None
         if {"ray1", "ray2"} & set(modes):
             import ray
@@ -164,12 +166,15 @@ def main() -> None:
             t0 = time.perf_counter()
             ray.init(log_to_driver=True, runtime_env=ray_runtime_env())
             ray_init_s = time.perf_counter() - t0
+            print(f"RESULT ray.init {ray_init_s:.1f} s", flush=True)
         if "ray1" in modes:
             results["ray1"] = run_cli(base("ray1", "deepspeed.zero_stage=0", "scaling.num_workers=1",
                                            f"scaling.resources_per_worker={{CPU: {cpus}}}"), local=False)
+            print(f"RESULT ray1 {results['ray1']}, load {os.getloadavg()[0]:.1f}", flush=True)
         if "ray2" in modes:
             results["ray2"] = run_cli(base("ray2", "deepspeed.zero_stage=2", "scaling.num_workers=2",
                                            "scaling.resources_per_worker={CPU: 1}"), local=False)
+            print(f"RESULT ray2 {results['ray2']}, load {os.getloadavg()[0]:.1f}", flush=True)
     peer = results["plain"]["steady_samples_per_s"]
     print(f"\nwander.classification, hidden {args.hidden}, seq_len {args.seq_len}, batch {args.batch}, "
           f"{int(2048 * args.scale)} train rows, 1 epoch; plain step {results['plain']['step_ms']:.1f} ms (median); "
