@@ -164,7 +164,8 @@ def main() -> None:
             from polymodal.logs import ray_runtime_env
 
             t0 = time.perf_counter()
-            ray.init(log_to_driver=True, runtime_env=ray_runtime_env())
+            # a cluster of its own: a bare ray.init() joins any other local cluster running here
+            ray.init(address="local", log_to_driver=True, runtime_env=ray_runtime_env())
             ray_init_s = time.perf_counter() - t0
             print(f"RESULT ray.init {ray_init_s:.1f} s", flush=True)
         if "ray1" in modes:
