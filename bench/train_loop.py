@@ -28,8 +28,9 @@ Reported per mode:
   (``ray.init``) once before the Ray modes and timed on its own line.
 * the median step time, so the 20 ms floor can be checked.
 
-Run: ``.venv/bin/python bench/train_loop.py [--hidden 128] [--seq-len 32] [--batch 32] [--scale 2]
-[--modes plain,local,ray1,ray2]``.
+Run: ``.venv/bin/python bench/train_loop.py [--hidden 64] [--seq-len 16] [--batch 32] [--scale 0.5]
+[--threads 1] [--modes plain,local,ray1,ray2]`` (the defaults: a 30 ms plain step on one core of the
+2-core host).
 """
 
 from __future__ import annotations
@@ -124,14 +125,14 @@ def run_cli(base: list[str], local: bool) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=int, default=128, help="backbone width (the synthetic data's token width)")
-    ap.add_argument("--seq-len", type=int, default=32, help="tokens per modality")
+    ap.add_argument("--hidden", type=int, default=64, help="backbone width (the synthetic data's token width)")
+    ap.add_argument("--seq-len", type=int, default=16, help="tokens per modality")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--scale", type=float, default=2.0, help="train rows = 2048 x scale")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--scale", type=float, default=0.5, help="train rows = 2048 x scale")
+    ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of plain/local, and CPUs (so threads) of the one ray1 worker; ray2's "
-                         "workers get 1 CPU each (default: every CPU; on a loaded machine 1, as OpenMP's waiting "
-                         "threads fall far behind when the cores are oversubscribed)")
+                         "workers get 1 CPU each (default 1: on a shared machine OpenMP's waiting threads fall far "
+                         "behind when the cores are oversubscribed)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
