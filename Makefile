@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/violet_step.py --size small
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/serve_soak.py
+	$(BIN)/python bench/train_loop.py
 
 # Container images: docker/Dockerfile's targets, tagged as k8s/ names them (<version>-cpu|gpu).
 # Needs BuildKit (Docker 23+) or ENGINE=podman; IMAGE_BUILD_FLAGS passes --build-arg etc.

@@ -45,6 +45,7 @@ def test_wander_beats_chance_and_no_fusion_through_ray_deepspeed(ray_cluster, wa
         results[method] = evaluation["metrics"]["accuracy"]
         rows = metrics_rows(cfg)
         assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+        assert float(rows[0]["first_step_s"]) > 0  # dated from fit(), through the worker (Ray) or not
     print(f"test accuracy by method: {results}")
     assert results["wander"] >= 0.80, results           # chance is 0.5
     assert results["none"] <= 0.65, results             # additive features cannot fit a product
@@ -85,6 +86,9 @@ def test_each_zero_stage_trains_on_cpu(stage, wander_data, s3_bucket_uri):
           f"val accuracy {summary['metrics']['accuracy']:.3f}")
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert summary["metrics"]["accuracy"] > 0.7
+    # speed, measured by the loop: steady-state samples/s every epoch, the first step's time once
+    assert all(float(r["steady_samples_per_s"]) > 0 for r in rows)
+    assert 0 < float(rows[0]["first_step_s"]) < 300 and rows[1]["first_step_s"] == ""
 
 
 @pytest.mark.faults

@@ -76,6 +76,28 @@ def test_mixed_batches_skip_is_the_tail_of_the_same_epoch():
         assert list(mix.epoch(4, skip=skip)) == whole[skip:]
 
 
+def test_step_clock_leaves_out_the_first_steps_and_dates_the_first_step_once(monkeypatch):
+    """steady_samples_per_s counts the samples after the warm-up ticks over the time since them (x the
+    workers); first_step_s is reported in the first epoch only."""
+    from polymodal.train import throughput
+
+    now = iter([0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0] + [10.0, 10.2, 10.4] + [20.0])
+    monkeypatch.setattr(throughput, "perf_counter", lambda: next(now))
+    monkeypatch.setattr(throughput, "wall_clock", lambda: 107.0)
+    clock = throughput.StepClock(started_at=100.0, world_size=2)
+    clock.start_epoch()
+    for _ in range(10):  # 10 steps of 8 rows: k0 = min(5, 10 // 4) = 2 warm-up ticks
+        clock.tick(8)
+    assert clock.epoch_metrics() == {"steady_samples_per_s": 8 * 8 * 2 / (5.0 - 1.0), "first_step_s": 7.0}
+    clock.start_epoch()
+    for _ in range(3):  # k0 = 1: only the first step is left out
+        clock.tick(4)
+    assert clock.epoch_metrics() == pytest.approx({"steady_samples_per_s": 2 * 4 * 2 / 0.4})
+    clock.start_epoch()
+    clock.tick(4)
+    assert clock.epoch_metrics() == {}  # one step: no interval to time
+
+
 def test_asha_sweep_refuses_step_checkpoints():
     """Tune counts every report as an iteration and ASHA compares trials there; step checkpoints
     add reports within epochs (without a validation), so an ASHA sweep refuses them."""

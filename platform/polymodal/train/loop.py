@@ -39,6 +39,7 @@ from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, c
                                         publish_checkpoint, trainable_state, write_export)
 from polymodal.train.deepspeed_config import deepspeed_config_for, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
+from polymodal.train.throughput import StepClock
 
 Batch = dict[str, torch.Tensor]
 
@@ -408,14 +409,16 @@ def _disable_shm_comm_build_on_cpu() -> None:
 
 
 def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, BatchSource],
-                 reporter: Reporter, steps_per_epoch: int, progress: bool = True) -> dict[str, Any]:
+                 reporter: Reporter, steps_per_epoch: int, progress: bool = True,
+                 started_at: float | None = None) -> dict[str, Any]:
     """Train ``cfg`` on this worker. Returns the last epoch's metrics.
 
     The run ends after ``optim.epochs`` or at global step ``optim.max_steps``, whichever comes first,
     with a checkpoint and an evaluation. ``checkpoint.every_steps`` and ``eval.every_steps`` add
     both within epochs (not on an epoch's last step, whose own checkpoint and evaluation follow).
     A step checkpoint records the data position (:class:`DataPosition`); a resumed run skips the
-    batches it already trained on and goes on with the next one."""
+    batches it already trained on and goes on with the next one. ``started_at`` (``time.time()``
+    when the harness started) dates the first step (``first_step_s``, :mod:`polymodal.train.throughput`)."""
     import deepspeed
 
     task = get_task(cfg.task)
@@ -489,6 +492,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     max_steps = cfg.optim.max_steps
     ended = bool(max_steps) and engine.global_steps >= max_steps  # resumed from the run's last checkpoint
     metrics: dict[str, Any] = {}
+    clock = StepClock(started_at, info.world_size)
     for epoch in range(start_epoch, cfg.optim.epochs):
         if ended:
             break
@@ -498,6 +502,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}",
                         initial=i)
         batches = TimedBatches(sources["train"].epoch(epoch, skip=here.batches))
+        clock.start_epoch()
         for batch in batches:
             if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
                 break
@@ -513,6 +518,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             batch_loss, rows = float(loss.detach()), next(iter(batch.values())).shape[0]
             loss_sum, n, seen = loss_sum + batch_loss, n + 1, seen + rows
             meter.add(batch_loss, rows)
+            clock.tick(rows)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}")
@@ -548,7 +554,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         elapsed = time.perf_counter() - t0
         metrics = {"epoch": epoch, "global_step": int(engine.global_steps),
                    "train_loss": loss_sum / max(n, 1), "lr": float(engine.get_lr()[0]),
-                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9),
+                   "samples_per_s": seen * info.world_size / max(elapsed, 1e-9), **clock.epoch_metrics(),
                    # mid-epoch evaluations and checkpoints count to the epoch, not to the wait
                    "data_wait_s": batches.wait_s, "data_wait_frac": min(1.0, batches.wait_s / max(elapsed, 1e-9))}
         if "val" in sources:
@@ -597,7 +603,7 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     steps = loop_config["steps_per_epoch"]
     reporter = RayReporter(task.primary_metric if cfg.data.val else None)
     train_worker(cfg, info, mix_train(cfg, sources, steps), reporter, steps,
-                 progress=loop_config.get("progress", True))
+                 progress=loop_config.get("progress", True), started_at=loop_config.get("started_at"))
 
 
 def train_names(cfg: ExperimentConfig) -> list[str]:
@@ -685,8 +691,9 @@ def _ray_dataset(cfg: ExperimentConfig, name: str, uri: str, manifest: shards.Ma
 
 
 def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: list | None = None,
-                  manifests: dict[str, shards.Manifest] | None = None):
+                  manifests: dict[str, shards.Manifest] | None = None, started_at: float | None = None):
     """The :class:`ray.train.torch.TorchTrainer` for ``cfg`` (Ray must be initialised).
+    ``started_at`` (``time.time()``; default: now) is when the run started, for ``first_step_s``.
 
     ``callbacks`` are ``ray.train.UserCallback``s, e.g. Tune's ``TuneReportCallback`` when a
     Tune trial drives this trainer.
@@ -710,6 +717,7 @@ def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: li
             # Ray's bars are drawn in place on a terminal; into a log they would come one line a
             # second per worker, so a driver without a terminal gets the epoch lines alone
             "progress": progress and sys.stderr.isatty(),
+            "started_at": time.time() if started_at is None else started_at,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -756,11 +764,12 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     """Train with Ray Train + DeepSpeed. Re-running the same ``name``/``storage_path`` resumes."""
     from polymodal.logs import init_ray
 
+    started_at = time.time()
     manifests = open_splits(cfg)  # bad data fails here, before any Ray work
     deepspeed_config_for(cfg, world_size=cfg.scaling.num_workers,  # and a bad deepspeed.config
                          device_type="cuda" if cfg.scaling.use_gpu else "cpu")
     init_ray()  # (quiet: only polymodal's lines of the workers reach the console)
-    result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
+    result = build_trainer(cfg, progress=progress, manifests=manifests, started_at=started_at).fit()
     return summarize_result(cfg, result)
 
 
@@ -773,10 +782,13 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
 
     from polymodal.logs import chatter_to_log
 
+    started_at = time.time()
     manifests = open_splits(cfg)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:  # before init_distributed, whose comm backend would load (or first compile) the op
+        _disable_shm_comm_build_on_cpu()
     if not torch.distributed.is_initialized():
         # A group of one, met through a file store: a TCP store's "free" port can be taken again
         # before it binds (EADDRINUSE seen right after a killed run), and an inherited MASTER_PORT
@@ -794,5 +806,5 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
     reporter = LocalReporter(cfg)
     steps = _train_steps(cfg, manifests, 1)
     metrics = train_worker(cfg, WorkerInfo(0, 1, device), mix_train(cfg, sources, steps), reporter, steps,
-                           progress=progress)
+                           progress=progress, started_at=started_at)
     return runs.read_summary(cfg.run_uri, cfg.storage) or {"metrics": metrics}
