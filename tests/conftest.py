@@ -57,7 +57,9 @@ def ray_cluster(s3_server):
 
     if not ray.is_initialized():
         proxy.install()  # Serve's proxies get the guard (tests/spine/test_faults_serve.py)
-        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
+        # address="local": a new cluster even when another one on this machine is on record
+        # (/tmp/ray/ray_current_cluster, written by any `ray start`), which ray.init() would join
+        ray.init(address="local", num_cpus=6, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -716,6 +716,8 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
         store = Path(tempfile.mkdtemp(prefix="polymodal-pg-")) / "store"
+        if device.type == "cpu":
+            _disable_shm_comm_build_on_cpu()  # before init_distributed, which would build it
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                    init_method=f"file://{store}", rank=0, world_size=1)
     task = get_task(cfg.task)
