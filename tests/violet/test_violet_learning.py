@@ -1,4 +1,4 @@
-"""Tiny VIOLET learns to read the direction of motion (`slow`: two Ray Train runs and a local one, ~4 minutes).
+"""Tiny VIOLET learns to read the direction of motion (`slow`: three Ray Train runs, ~5 minutes).
 
 Synthetic moving shapes (:mod:`polymodal.models.violet.synth`): the question "which way does the
 <colour> <shape> move?" has four answers, so chance is 25 %. The axis of motion (left/right versus
@@ -7,20 +7,13 @@ its frames over time can therefore reach 50 % at best, however well it is traine
 
 Shipped configs, data and checkpoints in the S3 server, Ray Train with one CPU worker, DeepSpeed
 ZeRO-2: pre-train (VTM + MLM + MVM, BM+AM masks), fine-tune open-ended QA from that export, and
-fine-tune the mean-pooling ablation (``video_encoder: mean``) from the same export. The ablation
-trains meanwhile in a ``polymodal train --local`` subprocess (the same worker loop, without Ray, one
-thread): a one-worker Ray Train run uses one CPU thread (Ray sets ``OMP_NUM_THREADS`` to the
-worker's one CPU), so on 2 cores the two fine-tunes take about the time of one, and what mean
-pooling cannot learn does not depend on the runner.
+fine-tune the mean-pooling ablation (``video_encoder: mean``) from the same export.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,13 +39,10 @@ def violet_data(s3_server) -> dict[str, dict[str, str]]:
             "oeqa": get_task("violet.oeqa").synth("s3://polymodal/session/violet/oeqa", seed=1, progress=False)}
 
 
-def violet_overrides(data: dict[str, str], storage_path: str, name: str, *overrides: str) -> list[str]:
-    return [f"name={name}", f"storage_path={storage_path}", f"model.bert={data['bert']}", f"data.train={data['train']}",
-            f"data.val={data['val']}", f"data.test={data['test']}", *overrides]
-
-
 def violet_config(yaml: str, data: dict[str, str], storage_path: str, name: str, *overrides: str):
-    return load_config(str(ROOT / "jobs" / "configs" / yaml), violet_overrides(data, storage_path, name, *overrides))
+    return load_config(str(ROOT / "jobs" / "configs" / yaml), [
+        f"name={name}", f"storage_path={storage_path}", f"model.bert={data['bert']}", f"data.train={data['train']}",
+        f"data.val={data['val']}", f"data.test={data['test']}", *overrides])
 
 
 def val_log(cfg) -> list[dict[str, float]]:
@@ -62,7 +52,7 @@ def val_log(cfg) -> list[dict[str, float]]:
 
 
 def test_pretrained_then_finetuned_violet_answers_direction_and_mean_pooling_cannot(ray_cluster, violet_data,
-                                                                                     s3_bucket_uri, tmp_path):
+                                                                                     s3_bucket_uri):
     from polymodal.evaluate import evaluate_run
     from polymodal.train.loop import fit
 
@@ -82,31 +72,13 @@ def test_pretrained_then_finetuned_violet_answers_direction_and_mean_pooling_can
     assert pre_log[-1]["mlm_acc"] > 0.50
 
     init = f"model.init={pre_summary['best_checkpoint']}"
-    qa_yaml = ROOT / "jobs" / "configs" / "violet_tiny_qa.yaml"
-    overrides = {encoder: violet_overrides(violet_data["oeqa"], runs, f"qa-{encoder}", init,
-                                           f"model.video_encoder={encoder}", "optim.epochs=20")
-                 for encoder in ("swin", "mean")}
-    cfgs = {encoder: load_config(str(qa_yaml), sets) for encoder, sets in overrides.items()}
-    # the ablation on the second core (one thread, as the Ray Train worker has), the swin run on Ray Train
-    log_path = tmp_path / "qa-mean.log"
-    with log_path.open("w") as log:
-        mean_run = subprocess.Popen(
-            [sys.executable, "-m", "polymodal.cli", "-q", "train", "--local", "--config", str(qa_yaml),
-             *[arg for item in overrides["mean"] for arg in ("--set", item)]],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            fit(cfgs["swin"], progress=False)
-            mean_run.wait(timeout=1200)
-        finally:
-            if mean_run.poll() is None:
-                mean_run.kill()
-                mean_run.wait()
-    assert mean_run.returncode == 0, log_path.read_text()[-3000:]
     scores = {}
-    for encoder, cfg in cfgs.items():
+    for encoder in ("swin", "mean"):
+        cfg = violet_config("violet_tiny_qa.yaml", violet_data["oeqa"], runs, f"qa-{encoder}", init,
+                            f"model.video_encoder={encoder}", "optim.epochs=20")
+        fit(cfg, progress=False)
         out, _ = evaluate_run(cfg, split="test", progress=False)
         scores[encoder] = {"val": val_log(cfg)[-1]["acc"], "test": out["metrics"]["acc"]}
-        assert len(val_log(cfg)) == cfg.optim.epochs == 20, encoder  # both trained the same 20 epochs
     print("direction QA accuracy (fraction), chance 0.25, order-blind ceiling 0.50:", scores)
     assert scores["swin"]["test"] >= 0.60 and scores["swin"]["val"] >= 0.60
     assert scores["mean"]["test"] <= 0.58  # 256 test rows: 50 % plus two standard errors, and some
