@@ -151,7 +151,9 @@ def test_a_checkpoint_that_cannot_load_fails_the_deployment_naming_the_file(ray_
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
         with pytest.raises(RuntimeError) as err:
-            serve.run(build_deployment(args, ray_actor_options={"num_cpus": 0.5}).bind(args.model_dump()),
+            # one constructor attempt: Serve's default retries (3 per replica) load the same bad file again
+            serve.run(build_deployment(args, ray_actor_options={"num_cpus": 0.5}, max_constructor_retry_count=1)
+                      .bind(args.model_dump()),
                       name="unloadable", route_prefix="/unloadable")
         status = serve.status().applications["unloadable"]
     finally:

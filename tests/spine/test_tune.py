@@ -1,28 +1,20 @@
-"""Tune sweeps: search-space validation, a real ASHA sweep over Ray Train, interrupt + resume."""
+"""Tune sweeps: search-space validation and concurrency checks (the real ASHA sweep over Ray Train,
+killed and resumed, is in test_faults_train.py)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from support import wander_config
-from ray import tune
 
-from polymodal import storage
 from polymodal.config import load_config
 from polymodal.errors import ConfigError
-from polymodal.tune import SearchSpace, _concurrency, load_space, run_sweep, validate_space
+from polymodal.tune import SearchSpace, _concurrency, load_space, validate_space
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -88,73 +80,5 @@ def test_grid_with_optuna_and_oversized_concurrency_are_errors():
     assert _concurrency(cfg, space, 10.0) == 2  # 2 x (driver 1 + workers 2 + Ray Data 2)
 
 
-_INTERRUPTS_LEFT = [1]  # module state: Tune restores the callback with the sweep, and must not fire again
-
-
-class InterruptAfterFirstTrial(tune.Callback):
-    """Ctrl+C the sweep (Tune's SIGUSR1 = graceful stop, state saved) in the middle of the
-    trial that follows the first finished one."""
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if _INTERRUPTS_LEFT and any(t.status == "TERMINATED" for t in trials):
-            _INTERRUPTS_LEFT.pop()
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
-def starts(run_uri: str) -> int:
-    uri = storage.join(run_uri, "starts")
-    return len(storage.listdir(uri)) if storage.exists(uri) else 0
-
-
-def test_asha_sweep_interrupted_then_resumed(ray_cluster, wander_data, s3_bucket_uri):
-    """3 trials, one at a time (6 CPUs fit one trial with its Ray Data headroom), ASHA over 2 epochs; interrupted after the first trial finishes,
-    resumed: finished trials are not rerun, the interrupted one continues, the unstarted one starts,
-    results appear. Three trials cover each of those states once (a fourth cost ~50 s)."""
-    cfg = wander_config(wander_data, s3_bucket_uri, "base", "optim.epochs=2", "optim.max_steps_per_epoch=4",
-                        "scaling.num_workers=1", "deepspeed.zero_stage=0")
-    space = load_space(str(ROOT / "tune_spaces" / "wander.yaml"), cfg).model_copy(
-        update={"name": "wander-test", "num_samples": 3, "max_concurrent_trials": 1})
-
-    reserved_before = _live_placement_groups()
-    first = run_sweep(cfg, space, callbacks=[InterruptAfterFirstTrial()])
-    assert not first.complete, first.trials
-    done = {r["trial_id"]: r for r in first.trials if r["status"] in ("finished", "stopped early")}
-    assert done, first.trials
-    trials_uri = storage.join(first.sweep_uri, "trials")
-    started_before = {r["trial_id"]: starts(storage.join(trials_uri, r["trial_id"])) for r in first.trials}
-
-    second = run_sweep(cfg, space)
-    assert second.complete, second.trials
-    rows = {r["trial_id"]: r for r in second.trials}
-    assert len(rows) == 3 and all(r["status"] in ("finished", "stopped early") for r in rows.values()), rows
-    for trial_id, before in done.items():  # kept, not re-executed
-        assert rows[trial_id] == before
-        assert starts(storage.join(trials_uri, trial_id)) == 1
-    # every other trial ran once more: the one cut off mid-way continued, the rest started
-    for trial_id in set(rows) - set(done):
-        assert starts(storage.join(trials_uri, trial_id)) == started_before.get(trial_id, 0) + 1, trial_id
-
-    table = list(csv.DictReader(io.StringIO(storage.read_text(second.results_csv))))
-    assert len(table) == 3 and {"model.down_dim", "model.rank_h", "model.rank_t", "optim.lr"} <= set(table[0])
-    assert "| trial_id |" in storage.read_text(second.results_md)
-    best = load_config(second.best_config)  # validates, ready for `polymodal train`
-    assert best.model.down_dim == second.best_values["model.down_dim"]
-    assert best.model.rank_h == second.best_values["model.rank_h"]
-    assert best.model.rank_t == second.best_values["model.rank_t"]
-    assert best.optim.lr == pytest.approx(second.best_values["optim.lr"])
-    assert second.best_metric == max(r["accuracy_best"] for r in rows.values())
-    assert set(second.plots) == set(space.params)
-    for uri in second.plots.values():
-        assert storage.read_bytes(uri)[:8] == PNG
-    # ASHA-stopped and interrupted trials give their Train workers' CPUs back (Train's cleaner
-    # polls every few seconds), so a long sweep never runs out of CPUs
-    deadline = time.time() + 60
-    while _live_placement_groups() - reserved_before and time.time() < deadline:
-        time.sleep(1)
-    assert not _live_placement_groups() - reserved_before, ray_cluster.util.placement_group_table()
-
-
-def _live_placement_groups() -> set[str]:
-    import ray
-
-    return {pg for pg, info in ray.util.placement_group_table().items() if info["state"] != "REMOVED"}
+# The interrupted-then-resumed ASHA sweep over Ray Train lives in tests/spine/test_faults_train.py
+# (make test-faults): there the driver is SIGKILLed, a harder case than the Ctrl+C it used to get here.
