@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from polymodal import storage  # noqa: E402
 from polymodal.s3server import EmbeddedS3  # noqa: E402
+from support import connect_shared_ray  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +54,7 @@ def ray_cluster(s3_server):
     whose trial Tune stopped (ASHA)."""
     import ray
 
-    from polymodal.serving import proxy
-
-    if not ray.is_initialized():
-        proxy.install()  # Serve's proxies get the guard (tests/spine/test_faults_serve.py)
-        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
+    connect_shared_ray()  # also called again after a module ran a multi-node cluster of its own
     yield ray
     ray.shutdown()
 

@@ -90,3 +90,18 @@ def cheffusion_config(data: dict[str, str], storage_path: str, name: str, *overr
         f"name={name}", f"storage_path={storage_path}", f"model.lm={data['lm']}", f"model.clip={data['clip']}",
         f"model.sd={data['sd']}", f"data.train={data['train']}", f"data.val={data['val']}",
         f"data.test={data['test']}", *overrides])
+
+
+def connect_shared_ray() -> None:
+    """Start the session's local Ray cluster unless this process is connected to one.
+
+    Called by ``ray_cluster`` and again by a module that ran its own multi-node cluster in
+    between (tests/spine/test_faults_multinode.py): that module shuts the shared one down, and
+    the tests after it get a fresh one with the same settings."""
+    import ray
+
+    from polymodal.serving import proxy
+
+    if not ray.is_initialized():
+        proxy.install()  # Serve's proxies get the guard (tests/spine/test_faults_serve.py)
+        ray.init(num_cpus=6, include_dashboard=True, log_to_driver=False)
