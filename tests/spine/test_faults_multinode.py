@@ -232,7 +232,7 @@ def train_worker_nodes() -> set[str]:
     return nodes
 
 
-def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, replace: bool, timeout: float = 180.0) -> None:
+def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, replace: bool, timeout: float = 600.0) -> None:
     """Once the checkpoint of epoch 0 is registered, remove a worker node that hosts a Train
     worker (it is inside epoch 1 then); with ``replace`` add a fresh node right after."""
     deadline = time.time() + timeout
@@ -373,7 +373,7 @@ def test_tune_trial_on_a_lost_node_resumes_elsewhere(multinode, wander_data, s3_
     killed: dict = {}
 
     def kill_second_trials_node() -> None:
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         while time.time() < deadline:
             ids = trial_ids()
             done = [t for t in ids if finished(t)]

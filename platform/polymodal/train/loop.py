@@ -698,11 +698,28 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     try:
         result = build_trainer(cfg, progress=progress, manifests=manifests).fit()
     except ray.train.TrainingFailedError as exc:
-        lost = [n for n in ray.nodes() if n["NodeID"] in alive and not n["Alive"]]
+        lost = _lost_nodes(alive, str(exc))
         if not lost:
             raise
         raise PolymodalError(lost_nodes_message(cfg, lost)) from exc
     return summarize_result(cfg, result)
+
+
+def _lost_nodes(alive_before: set[str], error: str, wait_s: float = 30.0) -> list[dict[str, Any]]:
+    """The nodes that were up when the run started and are gone now; a node a failed worker's
+    error names is waited for (the GCS declares a node dead only after its health checks fail)."""
+    import re
+
+    import ray
+
+    named = set(re.findall(r"node_id='([0-9a-f]{56})'", error)) & alive_before
+    deadline = time.time() + (wait_s if named else 0.0)
+    while True:
+        nodes = ray.nodes()
+        lost = [n for n in nodes if n["NodeID"] in alive_before and not n["Alive"]]
+        if named <= {n["NodeID"] for n in lost} or time.time() >= deadline:
+            return lost
+        time.sleep(1.0)
 
 
 def latest_checkpoint(cfg: ExperimentConfig) -> str | None:
