@@ -541,7 +541,11 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=space.name, storage_path=parent, storage_filesystem=fs,
                                       callbacks=tracking.tune_callbacks(cfg) + list(callbacks or []),
-                                      verbose=1 if progress else 0))
+                                      verbose=1 if progress else 0,
+                                      # a trial whose driver died with its node starts again and its
+                                      # Train run resumes from its own last checkpoint
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=base_cfg.failure.max_failures)))
     reserved = _live_placement_groups()
     try:
         tuner.fit()

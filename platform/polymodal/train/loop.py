@@ -769,8 +769,59 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     deepspeed_config_for(cfg, world_size=cfg.scaling.num_workers,  # and a bad deepspeed.config
                          device_type="cuda" if cfg.scaling.use_gpu else "cpu")
     init_ray()  # (quiet: only polymodal's lines of the workers reach the console)
-    result = build_trainer(cfg, progress=progress, manifests=manifests, started_at=started_at).fit()
+    import ray
+
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    try:
+        result = build_trainer(cfg, progress=progress, manifests=manifests, started_at=started_at).fit()
+    except ray.train.TrainingFailedError as exc:
+        lost = _lost_nodes(alive, str(exc))
+        if not lost:
+            raise
+        raise PolymodalError(lost_nodes_message(cfg, lost)) from exc
     return summarize_result(cfg, result)
+
+
+def _lost_nodes(alive_before: set[str], error: str, wait_s: float = 30.0) -> list[dict[str, Any]]:
+    """The nodes that were up when the run started and are gone now; a node a failed worker's
+    error names is waited for (the GCS declares a node dead only after its health checks fail)."""
+    import re
+
+    import ray
+
+    named = set(re.findall(r"node_id='([0-9a-f]{56})'", error)) & alive_before
+    deadline = time.time() + (wait_s if named else 0.0)
+    while True:
+        nodes = ray.nodes()
+        lost = [n for n in nodes if n["NodeID"] in alive_before and not n["Alive"]]
+        if named <= {n["NodeID"] for n in lost} or time.time() >= deadline:
+            return lost
+        time.sleep(1.0)
+
+
+def latest_checkpoint(cfg: ExperimentConfig) -> str | None:
+    """URI of the newest complete Ray Train checkpoint of the run (by its epoch and step), if any."""
+    if not storage.exists(cfg.run_uri, cfg.storage):
+        return None
+    found = []
+    for name in storage.listdir(cfg.run_uri, cfg.storage):
+        state_uri = storage.join(cfg.run_uri, name, STATE_FILE)
+        if name.startswith("checkpoint_") and storage.exists(state_uri, cfg.storage):
+            state = json.loads(storage.read_text(state_uri, cfg.storage))
+            found.append(((state.get("epoch", -1), state.get("global_step", -1)), storage.join(cfg.run_uri, name)))
+    return max(found)[1] if found else None
+
+
+def lost_nodes_message(cfg: ExperimentConfig, lost: list[dict[str, Any]]) -> str:
+    """What a run that died with its nodes says: which nodes, and where a rerun resumes from."""
+    nodes = "; ".join(f"node {n['NodeID']} ({n.get('NodeManagerAddress', '?')}: "
+                      f"{n.get('DeathReasonMessage') or 'no reason given'})" for n in lost)
+    checkpoint = latest_checkpoint(cfg)
+    resume = (f"the last checkpoint is {checkpoint}; run the same command again (same name and storage_path) "
+              "to resume from it" if checkpoint else "no checkpoint was written; a rerun starts from scratch")
+    return (f"training run {cfg.name!r} failed: {len(lost)} Ray node(s) left the cluster mid-run: {nodes}. "
+            f"failure.max_failures={cfg.failure.max_failures} allowed no further restart; {resume}. "
+            "Set failure.max_failures to restart on the remaining nodes automatically.")
 
 
 # --------------------------------------------------------------------------- local harness

@@ -135,7 +135,10 @@ def _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num
     init_ray()
     shared_ref = ray.put(shared.to("cpu") if hasattr(shared, "to") else shared)
     remote = ray.remote(num_cpus=num_cpus, num_gpus=1 if device == "cuda" else 0)(fn)
-    pending = [remote.remote(shared_ref, *args, c, out_uri, opts, device) for c in chunks]
+    # one task name per chunk: the dashboard (and the node-loss test) tell the chunks apart; a task
+    # lost with its node is retried elsewhere (Ray's max_retries); finished ones are not rerun
+    pending = [remote.options(name=f"{fn.__name__}:{c.name}").remote(shared_ref, *args, c, out_uri, opts, device)
+               for c in chunks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])

@@ -1,0 +1,409 @@
+"""Node loss on a simulated multi-node Ray cluster (``ray.cluster_utils.Cluster``): training,
+the voxelwise ridge and a Tune sweep each lose a worker node mid-run.
+
+Each node is a raylet of its own on this machine, with its own CPUs, object store and a custom
+resource ``slot`` (one per worker node) that pins one Ray Train worker per node. Removing a node
+kills its raylet and every worker on it, and its object store goes with it, as when a KubeRay
+pod is preempted.
+
+The cluster needs a head of its own, so the module shuts the session's shared Ray connection
+down first and starts it again afterwards (``multinode.simulated_cluster``). Marked ``faults``
+(``make test-faults``): each test waits out real restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from multinode import simulated_cluster
+from support import wander_config
+
+from polymodal import storage
+from polymodal.errors import PolymodalError
+from polymodal.train.checkpoint import STATE_FILE
+
+pytestmark = pytest.mark.faults
+
+OBJECT_STORE = 80 * 2**20   # per node: small, as the brief of the issue asks (Ray's minimum is ~75 MiB)
+HEAD_CPUS, NODE_CPUS = 3, 2
+WORKER_NODE = {"num_cpus": NODE_CPUS, "resources": {"slot": 1}, "object_store_memory": OBJECT_STORE}
+
+
+class MultiNode:
+    """The simulated cluster and the worker nodes the tests add and remove."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.nodes: dict[str, object] = {}   # node id -> ray._private.node.Node of a worker node
+
+    def add(self) -> str:
+        node = self.cluster.add_node(**WORKER_NODE)
+        self.cluster.wait_for_nodes()
+        self.nodes[node.node_id] = node
+        return node.node_id
+
+    def remove(self, node_id: str) -> None:
+        self.cluster.remove_node(self.nodes.pop(node_id), allow_graceful=False)
+
+    def ensure(self, n: int = 2) -> None:
+        """Add worker nodes until ``n`` are up (a test before may have removed one)."""
+        while len(self.nodes) < n:
+            self.add()
+
+    def alive(self) -> set[str]:
+        import ray
+
+        return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+@pytest.fixture(scope="module")
+def multinode(s3_server) -> Iterator[MultiNode]:
+    """A head (``HEAD_CPUS`` CPUs, no ``slot``) and two worker nodes (:func:`multinode.simulated_cluster`:
+    the session's shared Ray is shut down before and started again after)."""
+    import os
+
+    # task states reach the State API every 100 ms instead of every second: the tests watch them
+    saved = os.environ.get("RAY_task_events_report_interval_ms")
+    os.environ["RAY_task_events_report_interval_ms"] = "100"
+    try:
+        with simulated_cluster({"num_cpus": HEAD_CPUS, "object_store_memory": OBJECT_STORE},
+                               [WORKER_NODE, WORKER_NODE]) as cluster:
+            mn = MultiNode(cluster)
+            mn.nodes = {node.node_id: node for node in cluster.worker_nodes}
+            yield mn
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_task_events_report_interval_ms", None)
+        else:
+            os.environ["RAY_task_events_report_interval_ms"] = saved
+
+
+def task_attempts(prefix: str) -> list[dict]:
+    """Every attempt of the tasks whose name starts with ``prefix``: name, attempt, node, state."""
+    from ray.util.state import list_tasks
+
+    import ray
+
+    # the address: other Ray instances on this machine make the default ambiguous
+    rows = list_tasks(address=ray.get_runtime_context().gcs_address, limit=10000, raise_on_missing_output=False)
+    return [{"name": t.name, "attempt": t.attempt_number, "node": t.node_id, "state": t.state}
+            for t in rows if t.name.startswith(prefix)]
+
+
+# --------------------------------------------------------------------------- ridge
+
+
+def test_ridge_recomputes_only_the_chunks_lost_with_a_node(multinode, tmp_path):
+    """Eight voxel chunks, one task each, spread over the head and two worker nodes (2 CPUs per
+    task: one chunk per node at a time). Once a worker node has finished a chunk and is solving
+    another, it is removed: that chunk's task is retried on a live node, no finished chunk (on
+    any node, the dead one included) is solved again, and the weights equal the in-memory fit.
+
+    The X basis lives in the driver's object store on the head, so losing a worker node loses
+    only its copy; the retried task fetches it again from the head.
+    """
+    from polymodal.models.fmri import RidgeCV
+    from polymodal.models.fmri.data import write_responses
+    from polymodal.models.fmri.distributed import ResponseSelection, fit_ridge_ray, load_solution, stack_responses
+    from polymodal.models.fmri.synth import design, make_synthetic
+
+    # 40 signal voxels plus noise voxels: 1,200 voxels a chunk is ~1 s of solving on one core
+    synth = make_synthetic(n_stories=6, trs_per_story=300, n_voxels=40, dim=48, seed=3)
+    names = sorted(synth.stories)
+    rng = np.random.default_rng(0)
+    responses = {n: np.hstack([synth.stories[n].responses,
+                               rng.standard_normal((len(synth.stories[n].responses), 9600 - 40), dtype=np.float32)])
+                 for n in names}
+    root = str(tmp_path / "responses")
+    index = write_responses(root, "S01", responses, chunk=1200)
+    chunks = [c.name for c in index.chunks]
+    X, _, groups = design(synth, names)
+    sel = ResponseSelection(root=root, subject="S01", stories=names, tr=synth.tr, trim=synth.trim)
+    out = str(tmp_path / "solution")
+    alphas = np.logspace(0, 4, 6)
+
+    multinode.ensure(2)
+    killed: dict = {}
+
+    def kill_when_busy() -> None:
+        """Remove the first worker node seen with a finished chunk and a running one."""
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            rows = task_attempts("solve_chunk:")
+            for node in list(multinode.nodes):
+                mine = {r["state"] for r in rows if r["node"] == node}
+                if {"FINISHED", "RUNNING"} <= mine:
+                    killed.update(node=node, seen=[r for r in rows if r["node"] == node])
+                    multinode.remove(node)
+                    return
+            if len(rows) == len(chunks) and {r["state"] for r in rows} == {"FINISHED"}:
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_when_busy, daemon=True)
+    killer.start()
+    result = fit_ridge_ray(X, groups, sel, out, alphas=alphas, cv=3, num_cpus_per_task=2)
+    killer.join(timeout=30)
+    assert killed, f"no worker node held a finished and a running chunk at once: {task_attempts('solve_chunk:')}"
+    victim = killed["node"]
+    assert victim not in multinode.alive()
+
+    # the State API hears of task ends a moment later: wait until every chunk's last attempt is in
+    deadline = time.time() + 20
+    while True:
+        attempts = task_attempts("solve_chunk:")
+        last = {}
+        for r in attempts:
+            if r["attempt"] >= last.get(r["name"], {"attempt": -1})["attempt"]:
+                last[r["name"]] = r
+        if len(last) == len(chunks) and all(r["state"] == "FINISHED" for r in last.values()) \
+                or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    by_chunk = {c: sorted((r for r in attempts if r["name"] == f"solve_chunk:{c}"), key=lambda r: r["attempt"])
+                for c in chunks}
+    facts = f"node {victim} removed; attempts per chunk: {by_chunk}"
+    finished_on_victim = {c for c, rows in by_chunk.items()
+                          if any(r["node"] == victim and r["state"] == "FINISHED" for r in rows)}
+    lost = {c for c, rows in by_chunk.items()
+            if any(r["node"] == victim and r["state"] != "FINISHED" for r in rows)}
+    assert finished_on_victim and lost, facts
+    for c in lost:  # recomputed once more, elsewhere
+        assert [r["state"] for r in by_chunk[c]][-1] == "FINISHED" and by_chunk[c][-1]["node"] != victim, facts
+        assert len(by_chunk[c]) == 2, facts
+    for c in set(chunks) - lost:  # solved exactly once, also those finished on the dead node
+        assert [(r["attempt"], r["state"]) for r in by_chunk[c]] == [(0, "FINISHED")], facts
+    assert len({r["node"] for r in attempts}) >= 3, facts  # head and both worker nodes solved chunks
+    assert result["solved_now"] == chunks, result["solved_now"]
+
+    got = load_solution(out)
+    ref = RidgeCV(alphas, cv=3).fit(X, stack_responses(responses, sel), groups=groups)  # undisturbed, in memory
+    np.testing.assert_array_equal(got["best_alphas"], ref.best_alphas_.astype(np.float32))
+    np.testing.assert_allclose(got["coef"], ref.coef_, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- Ray Train + DeepSpeed
+
+EPOCHS, STEPS = 3, 4
+TRAIN = (f"optim.epochs={EPOCHS}", f"optim.max_steps_per_epoch={STEPS}", "scaling.num_workers=2",
+         "scaling.resources_per_worker={CPU: 1, slot: 1}", f"checkpoint.num_to_keep={EPOCHS + 2}")
+
+
+def registered_epoch(cfg) -> int:
+    """Epoch of the latest checkpoint Ray Train's controller has registered (-1: none yet); see
+    tests/spine/test_faults_train.py: only a registered checkpoint is resumed from."""
+    uri = storage.join(cfg.run_uri, "checkpoint_manager_snapshot.json")
+    if not storage.exists(uri, cfg.storage):
+        return -1
+    try:
+        latest = json.loads(storage.read_text(uri, cfg.storage)).get("latest_checkpoint_result")
+    except (ValueError, FileNotFoundError):  # caught mid-write
+        return -1
+    return int(latest["metrics"]["epoch"]) if latest else -1
+
+
+def train_worker_nodes() -> set[str]:
+    """Nodes holding a bundle of a live placement group that reserves a ``slot`` (the Ray Train
+    workers' groups; read from the GCS, which answers at once even on a busy machine)."""
+    import ray
+
+    nodes = set()
+    for info in ray.util.placement_group_table().values():
+        if info["state"] == "CREATED":
+            for i, bundle in info["bundles"].items():
+                if bundle.get("slot"):
+                    nodes.add(info["bundles_to_node_id"][i])
+    return nodes
+
+
+def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, replace: bool, timeout: float = 600.0) -> None:
+    """Once the checkpoint of epoch 0 is registered, remove a worker node that hosts a Train
+    worker (it is inside epoch 1 then); with ``replace`` add a fresh node right after."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            epoch = registered_epoch(cfg)
+        except Exception as exc:  # noqa: BLE001 - an S3 read under load; the failure message shows it
+            killed["poll_error"] = repr(exc)
+            epoch = -1
+        if epoch >= 0:
+            hosts = train_worker_nodes() & set(multinode.nodes)
+            if hosts:
+                node = sorted(hosts)[0]
+                killed.update(node=node, after_epoch=registered_epoch(cfg), hosts=sorted(hosts))
+                multinode.remove(node)
+                if replace:
+                    killed["replacement"] = multinode.add()
+                return
+        time.sleep(0.2)
+
+
+def checkpoint_epochs(cfg) -> list[int]:
+    epochs = []
+    for name in storage.listdir(cfg.run_uri, cfg.storage):
+        state = storage.join(cfg.run_uri, name, STATE_FILE)
+        if name.startswith("checkpoint_") and storage.exists(state, cfg.storage):
+            epochs.append(json.loads(storage.read_text(state, cfg.storage))["epoch"])
+    return sorted(epochs)
+
+
+@pytest.fixture(scope="module")
+def reference_fit(multinode, wander_data, s3_server):
+    """One uninterrupted 2-worker run (a worker on each worker node), shared by the train tests."""
+    from polymodal.train.loop import fit
+
+    multinode.ensure(2)
+    cfg = wander_config(wander_data, f"s3://polymodal/test-multinode-{time.time_ns()}", "clean", *TRAIN)
+    return cfg, fit(cfg, progress=False)
+
+
+@pytest.mark.skip(reason="unfinished (multinode1, 2026-12-07): the run did not end within 9 min on a quiet "
+                         "machine after its node was removed; the restart on the replacement node is undiagnosed")
+def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_data, s3_bucket_uri):
+    """Two DeepSpeed workers, one per worker node; the node of one is removed mid-epoch 1 and a
+    fresh node joins. ``failure.max_failures=1`` restarts the worker group on the remaining and
+    the new node, from the checkpoint of epoch 0: no epoch up to it is trained twice, and the
+    final metrics equal the uninterrupted run's."""
+    from polymodal.train.loop import fit
+
+    clean, expected = reference_fit
+    multinode.ensure(2)
+    cfg = wander_config(wander_data, s3_bucket_uri, "lost-node", *TRAIN, "failure.max_failures=1")
+    killed: dict = {}
+    killer = threading.Thread(target=remove_a_train_node, args=(cfg, multinode, killed, True), daemon=True)
+    killer.start()
+    summary = fit(cfg, progress=False)
+    killer.join(timeout=60)
+    assert killed.get("replacement"), f"no Train worker node was removed and replaced: {killed}"
+    hosts_after = train_worker_nodes()  # the run is over: none left
+    epochs = checkpoint_epochs(cfg)
+    facts = f"removed {killed}, checkpoint epochs {epochs}, workers alive after {hosts_after}"
+    assert killed["node"] not in multinode.alive(), facts
+    assert set(epochs) == set(range(EPOCHS)), facts
+    assert all(epochs.count(e) == 1 for e in range(killed["after_epoch"] + 1)), facts  # not redone
+    got, want = summary["metrics"], expected["metrics"]
+    assert got["global_step"] == want["global_step"] == STEPS * EPOCHS, (got, want)
+    for key in ("val_accuracy", "val_loss", "train_loss"):
+        if key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (key, got, want, facts)
+
+
+def test_train_without_restarts_names_the_lost_node_and_checkpoint(multinode, wander_data, s3_bucket_uri):
+    """With ``failure.max_failures=0`` the run fails once a worker's node is gone, and the error
+    names that node and the checkpoint a rerun resumes from."""
+    from polymodal.train.loop import fit, latest_checkpoint
+
+    multinode.ensure(2)
+    cfg = wander_config(wander_data, s3_bucket_uri, "lost-node-no-retry", *TRAIN, "failure.max_failures=0")
+    killed: dict = {}
+    killer = threading.Thread(target=remove_a_train_node, args=(cfg, multinode, killed, False), daemon=True)
+    killer.start()
+    with pytest.raises(PolymodalError) as err:
+        fit(cfg, progress=False)
+    killer.join(timeout=60)
+    assert killed, "no Train worker node was removed"
+    checkpoint = latest_checkpoint(cfg)
+    message = str(err.value)
+    assert checkpoint and killed["node"] in message and checkpoint in message, (killed, checkpoint, message)
+    assert json.loads(storage.read_text(storage.join(checkpoint, STATE_FILE)))["epoch"] >= killed["after_epoch"], \
+        (killed, checkpoint)
+    assert "run the same command again" in message and "failure.max_failures" in message, message
+
+
+# --------------------------------------------------------------------------- Tune
+
+
+def _live_placement_groups() -> set[str]:
+    import ray
+
+    return {pg for pg, info in ray.util.placement_group_table().items() if info["state"] != "REMOVED"}
+
+
+def _run_cfg(base, trials_uri: str, trial_id: str):
+    """A stand-in config whose ``run_uri`` is the Train run folder of one trial."""
+    return base.model_copy(update={"name": trial_id, "storage_path": trials_uri})
+
+
+@pytest.mark.skip(reason="unverified (multinode1, 2026-12-07): never got a clean run, its two tries were "
+                         "interrupted; needs a run on a quiet machine before it is enabled")
+def test_tune_trial_on_a_lost_node_resumes_elsewhere(multinode, wander_data, s3_bucket_uri, tmp_path):
+    """Two trials, one at a time, each one Train worker pinned to a worker node. Once the first
+    trial has finished and the second has a registered checkpoint, the second's node is removed:
+    the second trial continues on the other node from its epoch-0 checkpoint (no epoch up to it
+    trained twice), the finished trial does not run again, and every placement group the sweep
+    made is gone afterwards."""
+    from polymodal.tune import load_space, run_sweep
+
+    multinode.ensure(2)
+    cfg = wander_config(wander_data, s3_bucket_uri, "base", f"optim.epochs={EPOCHS}",
+                        f"optim.max_steps_per_epoch={STEPS}", "scaling.num_workers=1", "deepspeed.zero_stage=0",
+                        "scaling.resources_per_worker={CPU: 1, slot: 1}", "failure.max_failures=1",
+                        f"checkpoint.num_to_keep={EPOCHS + 2}")
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("name: lost-node-sweep\ntask: wander.classification\nmetric: accuracy\nmode: max\n"
+                          "num_samples: 2\nparams:\n  model.rank_h: {choice: [2, 4]}\nscheduler: {type: fifo}\n"
+                          "search: {algorithm: random, seed: 0}\nresources_per_trial: {cpu: 1, gpu: 0}\n"
+                          "max_concurrent_trials: 1\n")
+    space = load_space(str(space_file), cfg)
+    trials_uri = storage.join(s3_bucket_uri, "sweeps", "lost-node-sweep", "trials")
+    reserved_before = _live_placement_groups()
+
+    def trial_ids() -> list[str]:
+        return sorted(storage.listdir(trials_uri)) if storage.exists(trials_uri) else []
+
+    def finished(trial_id: str) -> bool:
+        return storage.exists(storage.join(trials_uri, trial_id, "summary.json"))
+
+    def starts(trial_id: str) -> list[str]:
+        uri = storage.join(trials_uri, trial_id, "starts")
+        return sorted(storage.listdir(uri)) if storage.exists(uri) else []
+
+    killed: dict = {}
+
+    def kill_second_trials_node() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            ids = trial_ids()
+            done = [t for t in ids if finished(t)]
+            running = [t for t in ids if not finished(t) and registered_epoch(_run_cfg(cfg, trials_uri, t)) >= 0]
+            if done and running:
+                hosts = train_worker_nodes() & set(multinode.nodes)
+                if hosts:
+                    node = sorted(hosts)[0]
+                    killed.update(node=node, finished=done, trial=running[0],
+                                  after_epoch=registered_epoch(_run_cfg(cfg, trials_uri, running[0])),
+                                  starts={t: starts(t) for t in ids})
+                    multinode.remove(node)
+                    return
+            time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_second_trials_node, daemon=True)
+    killer.start()
+    result = run_sweep(cfg, space)
+    killer.join(timeout=60)
+    assert killed, f"the second trial's node was never removed; trials {trial_ids()}"
+    assert killed["node"] not in multinode.alive(), killed
+
+    rows = {r["trial_id"]: r for r in result.trials}
+    facts = f"removed {killed}; trials {rows}"
+    assert result.complete and len(rows) == 2, facts
+    assert {r["status"] for r in rows.values()} == {"finished"}, facts
+    assert all(int(r["epochs_done"]) == EPOCHS for r in rows.values()), facts
+    for trial_id in killed["finished"]:  # not run again
+        assert starts(trial_id) == killed["starts"][trial_id] and len(starts(trial_id)) == 1, facts
+    hit = _run_cfg(cfg, trials_uri, killed["trial"])
+    epochs = checkpoint_epochs(hit)
+    assert set(epochs) == set(range(EPOCHS)), (epochs, facts)
+    assert all(epochs.count(e) == 1 for e in range(killed["after_epoch"] + 1)), (epochs, facts)  # restored
+
+    deadline = time.time() + 60  # Train's cleaner releases a dead run's placement group within seconds
+    while _live_placement_groups() - reserved_before and time.time() < deadline:
+        time.sleep(1)
+    import ray
+
+    assert not _live_placement_groups() - reserved_before, (ray.util.placement_group_table(), facts)
