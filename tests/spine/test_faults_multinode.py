@@ -329,8 +329,6 @@ def _run_cfg(base, trials_uri: str, trial_id: str):
     return base.model_copy(update={"name": trial_id, "storage_path": trials_uri})
 
 
-@pytest.mark.skip(reason="unverified (multinode1, 2026-12-07): never got a clean run, its two tries were "
-                         "interrupted; needs a run on a quiet machine before it is enabled")
 def test_tune_trial_on_a_lost_node_resumes_elsewhere(multinode, wander_data, s3_bucket_uri, tmp_path):
     """Two trials, one at a time, each one Train worker pinned to a worker node. Once the first
     trial has finished and the second has a registered checkpoint, the second's node is removed:
