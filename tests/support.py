@@ -4,11 +4,15 @@ conftest.py. ``tests/`` is on ``sys.path`` (pytest's ``pythonpath``)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from polymodal import storage
 from polymodal.ports import free_port
+from polymodal.train.checkpoint import STATE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +94,50 @@ def cheffusion_config(data: dict[str, str], storage_path: str, name: str, *overr
         f"name={name}", f"storage_path={storage_path}", f"model.lm={data['lm']}", f"model.clip={data['clip']}",
         f"model.sd={data['sd']}", f"data.train={data['train']}", f"data.val={data['val']}",
         f"data.test={data['test']}", *overrides])
+
+
+def checkpoint_epochs(cfg) -> list[int]:
+    """Epoch of every complete Ray Train checkpoint folder in the run (``num_to_keep`` keeps all)."""
+    epochs = []
+    for name in storage.listdir(cfg.run_uri, cfg.storage):
+        state = storage.join(cfg.run_uri, name, STATE_FILE)
+        if name.startswith("checkpoint_") and storage.exists(state, cfg.storage):
+            epochs.append(json.loads(storage.read_text(state, cfg.storage))["epoch"])
+    return sorted(epochs)
+
+
+def registered_epoch(cfg) -> int:
+    """The epoch of the latest checkpoint Ray Train's controller has registered (-1: none yet).
+
+    A checkpoint counts once the controller has polled it from the worker (every 2 s,
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); one a worker uploaded but died before handing over is
+    not resumed from, so the test kills only after a registration it can see."""
+    uri = storage.join(cfg.run_uri, "checkpoint_manager_snapshot.json")
+    if not storage.exists(uri, cfg.storage):
+        return -1
+    try:
+        latest = json.loads(storage.read_text(uri, cfg.storage)).get("latest_checkpoint_result")
+    except (ValueError, FileNotFoundError):  # caught mid-write
+        return -1
+    return int(latest["metrics"]["epoch"]) if latest else -1
+
+
+async def post_under_load(url: str, body: dict, seconds: float,
+                          concurrency: int = 8) -> list[tuple[float, float, int, dict, bytes]]:
+    """POST ``body`` back to back from ``concurrency`` clients for ``seconds``:
+    [(start time, end time, status, headers, body)] of every request, each bounded by a 60 s timeout."""
+    import asyncio
+
+    import httpx
+
+    out: list[tuple[float, float, int, dict, bytes]] = []
+    stop = time.time() + seconds
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def worker() -> None:
+            while time.time() < stop:
+                t = time.time()
+                r = await client.post(url, json=body)  # a timeout raises and fails the test
+                out.append((t, time.time(), r.status_code, dict(r.headers), r.content))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out

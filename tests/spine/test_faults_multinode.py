@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from multinode import simulated_cluster
-from support import wander_config
+from support import checkpoint_epochs, registered_epoch, wander_config
 
 from polymodal import storage
 from polymodal.errors import PolymodalError
@@ -194,19 +194,6 @@ TRAIN = (f"optim.epochs={EPOCHS}", f"optim.max_steps_per_epoch={STEPS}", "scalin
          "scaling.resources_per_worker={CPU: 1, slot: 1}", f"checkpoint.num_to_keep={EPOCHS + 2}")
 
 
-def registered_epoch(cfg) -> int:
-    """Epoch of the latest checkpoint Ray Train's controller has registered (-1: none yet); see
-    tests/spine/test_faults_train.py: only a registered checkpoint is resumed from."""
-    uri = storage.join(cfg.run_uri, "checkpoint_manager_snapshot.json")
-    if not storage.exists(uri, cfg.storage):
-        return -1
-    try:
-        latest = json.loads(storage.read_text(uri, cfg.storage)).get("latest_checkpoint_result")
-    except (ValueError, FileNotFoundError):  # caught mid-write
-        return -1
-    return int(latest["metrics"]["epoch"]) if latest else -1
-
-
 def train_worker_nodes() -> set[str]:
     """Nodes holding a bundle of a live placement group that reserves a ``slot`` (the Ray Train
     workers' groups; read from the GCS, which answers at once even on a busy machine)."""
@@ -241,15 +228,6 @@ def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, replace: bool, 
                     killed["replacement"] = multinode.add()
                 return
         time.sleep(0.2)
-
-
-def checkpoint_epochs(cfg) -> list[int]:
-    epochs = []
-    for name in storage.listdir(cfg.run_uri, cfg.storage):
-        state = storage.join(cfg.run_uri, name, STATE_FILE)
-        if name.startswith("checkpoint_") and storage.exists(state, cfg.storage):
-            epochs.append(json.loads(storage.read_text(state, cfg.storage))["epoch"])
-    return sorted(epochs)
 
 
 @pytest.fixture(scope="module")

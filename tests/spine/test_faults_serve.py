@@ -19,7 +19,7 @@ import time
 
 import httpx
 import pytest
-from support import served, wander_export
+from support import post_under_load, served, wander_export
 from safetensors.torch import load_file, save_file
 
 from polymodal.ports import free_port
@@ -52,23 +52,6 @@ def wait_for_new_replica(app: str, old: int, timeout_s: float = 120) -> int:
     raise AssertionError(f"no replica replaced pid {old} within {timeout_s} s")
 
 
-async def load(url: str, body: dict, seconds: float,
-               concurrency: int = 8) -> list[tuple[float, float, int, dict, bytes]]:
-    """POST ``body`` back to back from ``concurrency`` clients for ``seconds``:
-    [(start time, end time, status, headers, body)] of every request, each bounded by a 60 s timeout."""
-    out: list[tuple[float, float, int, dict, bytes]] = []
-    stop = time.time() + seconds
-    async with httpx.AsyncClient(timeout=60) as client:
-        async def worker() -> None:
-            while time.time() < stop:
-                t = time.time()
-                r = await client.post(url, json=body)  # a timeout raises and fails the test
-                out.append((t, time.time(), r.status_code, dict(r.headers), r.content))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return out
-
-
 def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(ray_cluster, wander):
     checkpoint, body = wander
     args = parse_args({"checkpoint": checkpoint, "max_ongoing_requests": 16})
@@ -83,7 +66,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(ray_cluste
                 os.kill(victim, signal.SIGKILL)
                 killed_at.append(time.time())
 
-            results, _ = await asyncio.gather(load(f"{url}/v1/predict", body, seconds=20), kill())
+            results, _ = await asyncio.gather(post_under_load(f"{url}/v1/predict", body, seconds=20), kill())
             return results
 
         results = asyncio.run(run())

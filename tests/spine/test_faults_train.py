@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import wander_config
+from support import checkpoint_epochs, registered_epoch, wander_config
 
 from polymodal import storage
-from polymodal.train.checkpoint import STATE_FILE
 from polymodal.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,16 +35,6 @@ def metrics_rows(cfg) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(storage.read_text(uri, cfg.storage))))
 
 
-def checkpoint_epochs(cfg) -> list[int]:
-    """Epoch of every complete Ray Train checkpoint folder in the run (``num_to_keep`` keeps all)."""
-    epochs = []
-    for name in storage.listdir(cfg.run_uri, cfg.storage):
-        state = storage.join(cfg.run_uri, name, STATE_FILE)
-        if name.startswith("checkpoint_") and storage.exists(state, cfg.storage):
-            epochs.append(json.loads(storage.read_text(state, cfg.storage))["epoch"])
-    return sorted(epochs)
-
-
 def train_worker_pids(address: str) -> set[int]:
     from ray.util.state import list_actors
 
@@ -53,22 +42,6 @@ def train_worker_pids(address: str) -> set[int]:
     actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                          raise_on_missing_output=False)
     return {a.pid for a in actors if a.pid}
-
-
-def registered_epoch(cfg) -> int:
-    """The epoch of the latest checkpoint Ray Train's controller has registered (-1: none yet).
-
-    A checkpoint counts once the controller has polled it from the worker (every 2 s,
-    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); one a worker uploaded but died before handing over is
-    not resumed from, so the test kills only after a registration it can see."""
-    uri = storage.join(cfg.run_uri, "checkpoint_manager_snapshot.json")
-    if not storage.exists(uri, cfg.storage):
-        return -1
-    try:
-        latest = json.loads(storage.read_text(uri, cfg.storage)).get("latest_checkpoint_result")
-    except (ValueError, FileNotFoundError):  # caught mid-write
-        return -1
-    return int(latest["metrics"]["epoch"]) if latest else -1
 
 
 def kill_worker_after_epoch(cfg, epoch: int, address: str, killed: dict[str, int], timeout: float = 120.0) -> None:

@@ -26,7 +26,7 @@ import time
 import httpx
 import pytest
 from multinode import MIB, MIN_OBJECT_STORE, alive_nodes, simulated_cluster, wait_until
-from support import wander_export
+from support import post_under_load, wander_export
 
 from polymodal.ports import free_port
 from polymodal.serving.app import DEPLOYMENT_NAME, build_deployment, parse_args
@@ -126,23 +126,6 @@ def replicas(app: str) -> list[tuple[str, int]]:
                   if a.class_name == f"ServeReplica:{app}:{DEPLOYMENT_NAME}")
 
 
-async def load(url: str, body: dict, seconds: float,
-               concurrency: int = 6) -> list[tuple[float, float, int, dict, bytes]]:
-    """``concurrency`` clients POST back to back for ``seconds``: [(start, end, status, headers,
-    body)] of every request, each bounded by a 60 s timeout (a hang fails the test)."""
-    out: list[tuple[float, float, int, dict, bytes]] = []
-    stop = time.time() + seconds
-    async with httpx.AsyncClient(timeout=60) as client:
-        async def worker() -> None:
-            while time.time() < stop:
-                t = time.time()
-                r = await client.post(url, json=body)
-                out.append((t, time.time(), r.status_code, dict(r.headers), r.content))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return out
-
-
 def test_serve_loses_a_node_under_load_and_restores_its_replicas_on_a_new_one(cluster, wander):
     from ray import serve
 
@@ -170,7 +153,7 @@ def test_serve_loses_a_node_under_load_and_restores_its_replicas_on_a_new_one(cl
                 cluster.remove_node(workers[lost_node], allow_graceful=False)  # preempted: no drain
                 killed_at.append(time.time())
 
-            results, _ = await asyncio.gather(load(url, body, seconds=12), lose_node())
+            results, _ = await asyncio.gather(post_under_load(url, body, seconds=12, concurrency=6), lose_node())
             return results
 
         results = asyncio.run(run())
