@@ -17,6 +17,18 @@ from polymodal import storage  # noqa: E402
 from polymodal.s3server import EmbeddedS3  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _polymodal_records_reach_caplog(caplog):
+    """``polymodal`` loggers do not propagate to the root once :func:`polymodal.logs.configure` ran
+    (a CLI call in an earlier test): hand caplog's handler to them directly, as pytest advises."""
+    import logging
+
+    logger = logging.getLogger("polymodal")
+    logger.addHandler(caplog.handler)
+    yield
+    logger.removeHandler(caplog.handler)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[EmbeddedS3]:
     """One moto S3 server on 127.0.0.1 with bucket ``polymodal``; its env is exported

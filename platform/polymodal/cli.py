@@ -391,8 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status if isinstance(status, int) else 0
 
 
-#: commands that run training, evaluation or Serve: they always name the log file at the end
-_RUNS = frozenset({"train", "tune", "evaluate", "eval", "deploy"})
+#: commands that run training, evaluation or Serve on Ray: they always name the log file at the end
+_RUNS = frozenset({"train", "tune", "evaluate", "deploy"})
 
 
 def _log_size() -> int:

@@ -17,6 +17,7 @@ file still gets a copy).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -188,11 +189,17 @@ def gate_console_handlers() -> None:
         if not isinstance(logger, logging.Logger) or name == "polymodal" or name.startswith("polymodal."):
             continue
         for h in logger.handlers:
-            if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                    and _GATE not in h.filters):
+            if _is_console(h) and _GATE not in h.filters:
                 h.addFilter(_GATE)
         if not logger.propagate and logger.handlers and handler not in logger.handlers:
             logger.addHandler(handler)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler that prints: a stream handler, but not one writing to a file or to memory (a
+    ``StringIO``, as log-capturing handlers do)."""
+    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            and not isinstance(getattr(handler, "stream", None), io.StringIO))
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -71,7 +71,9 @@ def test_quiet_ray_data_prints_no_plan_and_no_progress(ray_cluster, log_path, ca
 
     ctx = DataContext.get_current()
     for name in ("enable_progress_bars", "print_on_execution_start"):
-        monkeypatch.setattr(ctx, name, getattr(ctx, name))  # restored after the test
+        # Ray's defaults, as in a fresh process (an earlier quiet command in this session turned
+        # them off); restored after the test
+        monkeypatch.setattr(ctx, name, True)
 
     def run() -> str:
         capfd.readouterr()
