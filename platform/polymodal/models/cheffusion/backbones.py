@@ -89,7 +89,12 @@ def load_sd(uri: str, opts: StorageOptions | None = None, dtype: torch.dtype = t
     (``low_cpu_mem_usage``); a pipeline takes no per-device ``device_map``, so the modules then
     move to ``device`` (SD 1.5 is 1 GB in half precision)."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    from polymodal import logs
+
+    if logs.is_quiet():  # its "Loading pipeline components" bar belongs to the log, not the console
+        diffusers_logging.disable_progress_bar()
     path = resolve_backbone("sd", uri, opts)
     pipe = _loading("sd", uri, lambda: StableDiffusionPipeline.from_pretrained(
         path, **pretrained_kwargs(dtype), safety_checker=None, feature_extractor=None, requires_safety_checker=False))
