@@ -436,11 +436,15 @@ def _check_state_api(space: SearchSpace) -> None:
     """
     if space.scheduler.type != "asha":
         return
+    import ray
     from ray.util.state import list_actors
     from ray.util.state.exception import RayStateApiException
 
     try:
-        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+        # this driver's cluster by its address: without one the State API takes the cluster last
+        # started on this machine (/tmp/ray/ray_current_cluster), which may be another
+        list_actors(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10,
+                    raise_on_missing_output=False)
     except (RayStateApiException, ConnectionError) as exc:
         raise ConfigError([("scheduler.type", "ASHA stops trials early, and Ray Train frees a stopped trial's "
                                               "worker CPUs through Ray's State API, which this cluster does not "

@@ -36,10 +36,11 @@ def wander(tmp_path_factory) -> tuple[str, dict]:
 
 
 def replica_pids(app: str) -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    return sorted(a.pid for a in list_actors(filters=[("state", "=", "ALIVE")])
-                  if a.class_name == f"ServeReplica:{app}:{DEPLOYMENT_NAME}")
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    return sorted(a.pid for a in alive if a.class_name == f"ServeReplica:{app}:{DEPLOYMENT_NAME}")
 
 
 def wait_for_new_replica(app: str, old: int, timeout_s: float = 120) -> int:
