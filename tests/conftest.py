@@ -18,15 +18,16 @@ from polymodal.s3server import EmbeddedS3  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _polymodal_records_reach_caplog(caplog):
-    """``polymodal`` loggers do not propagate to the root once :func:`polymodal.logs.configure` ran
-    (a CLI call in an earlier test): hand caplog's handler to them directly, as pytest advises."""
+def _polymodal_records_reach_caplog():
+    """``polymodal`` loggers stop propagating to the root once :func:`polymodal.logs.configure` ran
+    (a CLI call in an earlier test), and caplog listens at the root: each test starts with them
+    propagating again."""
     import logging
 
     logger = logging.getLogger("polymodal")
-    logger.addHandler(caplog.handler)
+    saved, logger.propagate = logger.propagate, True
     yield
-    logger.removeHandler(caplog.handler)
+    logger.propagate = saved
 
 
 @pytest.fixture(scope="session")
