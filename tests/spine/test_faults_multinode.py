@@ -245,7 +245,7 @@ def reference_fit(multinode, wander_data, s3_server):
     return cfg, fit(cfg, progress=False)
 
 
-@pytest.mark.skip(reason="unfinished (multinode1, 2026-12-07): the run did not end within 9 min on a quiet "
+@pytest.mark.skip(reason="unfinished (2026-12-07): the run did not end within 9 min on a quiet "
                          "machine after its node was removed; the restart on the replacement node is undiagnosed")
 def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_data, s3_bucket_uri):
     """Two DeepSpeed workers, one per worker node; the node of one is removed mid-epoch 1 and a
