@@ -279,7 +279,8 @@ def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_da
 def test_train_without_restarts_names_the_lost_node_and_checkpoint(multinode, wander_data, s3_bucket_uri):
     """With ``failure.max_failures=0`` the run fails once a worker's node is gone, and the error
     names that node and the checkpoint a rerun resumes from."""
-    from polymodal.train.loop import fit, latest_checkpoint
+    from polymodal import runs
+    from polymodal.train.loop import fit
 
     multinode.ensure(2)
     cfg = wander_config(wander_data, s3_bucket_uri, "lost-node-no-retry", *TRAIN, "failure.max_failures=0")
@@ -290,7 +291,7 @@ def test_train_without_restarts_names_the_lost_node_and_checkpoint(multinode, wa
         fit(cfg, progress=False)
     killer.join(timeout=60)
     assert killed, "no Train worker node was removed"
-    checkpoint = latest_checkpoint(cfg)
+    checkpoint = runs.resolve_weights(cfg.run_uri, cfg.storage, which="latest")
     message = str(err.value)
     assert checkpoint and killed["node"] in message and checkpoint in message, (killed, checkpoint, message)
     assert json.loads(storage.read_text(storage.join(checkpoint, STATE_FILE)))["epoch"] >= killed["after_epoch"], \

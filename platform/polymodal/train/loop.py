@@ -799,24 +799,14 @@ def _lost_nodes(alive_before: set[str], error: str, wait_s: float = 30.0) -> lis
         time.sleep(1.0)
 
 
-def latest_checkpoint(cfg: ExperimentConfig) -> str | None:
-    """URI of the newest complete Ray Train checkpoint of the run (by its epoch and step), if any."""
-    if not storage.exists(cfg.run_uri, cfg.storage):
-        return None
-    found = []
-    for name in storage.listdir(cfg.run_uri, cfg.storage):
-        state_uri = storage.join(cfg.run_uri, name, STATE_FILE)
-        if name.startswith("checkpoint_") and storage.exists(state_uri, cfg.storage):
-            state = json.loads(storage.read_text(state_uri, cfg.storage))
-            found.append(((state.get("epoch", -1), state.get("global_step", -1)), storage.join(cfg.run_uri, name)))
-    return max(found)[1] if found else None
-
-
 def lost_nodes_message(cfg: ExperimentConfig, lost: list[dict[str, Any]]) -> str:
     """What a run that died with its nodes says: which nodes, and where a rerun resumes from."""
     nodes = "; ".join(f"node {n['NodeID']} ({n.get('NodeManagerAddress', '?')}: "
                       f"{n.get('DeathReasonMessage') or 'no reason given'})" for n in lost)
-    checkpoint = latest_checkpoint(cfg)
+    try:  # the newest complete checkpoint, as evaluate --which latest would find it
+        checkpoint = runs.resolve_weights(cfg.run_uri, cfg.storage, which="latest")
+    except PolymodalError:
+        checkpoint = None
     resume = (f"the last checkpoint is {checkpoint}; run the same command again (same name and storage_path) "
               "to resume from it" if checkpoint else "no checkpoint was written; a rerun starts from scratch")
     return (f"training run {cfg.name!r} failed: {len(lost)} Ray node(s) left the cluster mid-run: {nodes}. "
@@ -847,7 +837,7 @@ def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, An
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
         store = Path(tempfile.mkdtemp(prefix="polymodal-pg-")) / "store"
-        with chatter_to_log():  # DeepSpeed prints its shm op's build
+        with chatter_to_log():  # DeepSpeed prints its accelerator and backend set-up
             deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                        init_method=f"file://{store}", rank=0, world_size=1)
     task = get_task(cfg.task)
