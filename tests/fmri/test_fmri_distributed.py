@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,9 +11,11 @@ from polymodal import storage
 from polymodal.errors import PolymodalError
 from polymodal.models.fmri import RidgeCV
 from polymodal.models.fmri.data import read_chunk, read_index, write_responses
-from polymodal.models.fmri.distributed import ResponseSelection, fit_ridge_ray, load_solution
+from polymodal.models.fmri.distributed import ResponseSelection, fit_ridge_ray, load_solution, task_options
 from polymodal.models.fmri.synth import design, make_synthetic, story_features
 from polymodal.shards import ShardError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,21 @@ def test_corrupt_chunk_names_the_shard(synth, s3_bucket_uri):
         read_chunk(s3_bucket_uri, "S02", index.chunks[1])
 
 
+def test_chunk_tasks_ask_for_scaling_resources_per_worker():
+    """A chunk task asks Ray for ``scaling.resources_per_worker`` as written: CPUs, GPUs and custom
+    resources (which pin chunks to the nodes that offer them); 1 CPU and, on CUDA, 1 GPU unless set."""
+    from polymodal.config import load_config
+    from polymodal.models.fmri.pipeline import chunk_resources
+
+    assert task_options(None, "cpu") == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}
+    assert task_options({"CPU": 2, "ridge": 1}, "cuda") == {"num_cpus": 2, "num_gpus": 1.0, "resources": {"ridge": 1}}
+    assert task_options({"GPU": 0.5}, "cuda")["num_gpus"] == 0.5
+    config = str(ROOT / "jobs" / "configs" / "fmri_huth_paper.yaml")
+    assert chunk_resources(load_config(config)) == {"CPU": 2.0}
+    cfg = load_config(config, ["scaling.use_gpu=true", "scaling.resources_per_worker={CPU: 4, ridge: 1}"])
+    assert task_options(chunk_resources(cfg), "cuda") == {"num_cpus": 4.0, "num_gpus": 1.0, "resources": {"ridge": 1.0}}
+
+
 def test_ray_chunks_equal_the_in_memory_solve(ray_cluster, synth, s3_bucket_uri):
     names = sorted(synth.stories)
     write_responses(s3_bucket_uri, "S01", {n: synth.stories[n].responses for n in names}, chunk=64)
@@ -50,7 +69,7 @@ def test_ray_chunks_equal_the_in_memory_solve(ray_cluster, synth, s3_bucket_uri)
     sel = ResponseSelection(root=s3_bucket_uri, subject="S01", stories=train, tr=synth.tr, trim=synth.trim)
     out = storage.join(s3_bucket_uri, "ridge", "S01")
     alphas = np.logspace(0, 4, 8)
-    result = fit_ridge_ray(X, groups, sel, out, alphas=alphas, cv=4, num_cpus_per_task=0.5)
+    result = fit_ridge_ray(X, groups, sel, out, alphas=alphas, cv=4, resources={"CPU": 0.5})
     assert result["solved_now"] == ["v000000-000064", "v000064-000128", "v000128-000150"]
     got = load_solution(out)
     ref = RidgeCV(alphas, cv=4).fit(X, Y, groups=groups)
@@ -74,7 +93,7 @@ def test_mismatched_rows_are_a_clear_error(ray_cluster, synth, s3_bucket_uri):
     groups = np.repeat(np.arange(6), len(X) // 6)
     sel = ResponseSelection(root=s3_bucket_uri, subject="S01", stories=names[:5], tr=synth.tr, trim=synth.trim)
     with pytest.raises(ray.exceptions.RayTaskError, match="stories or trimming differ"):
-        fit_ridge_ray(X, groups, sel, storage.join(s3_bucket_uri, "bad"), cv=3, num_cpus_per_task=0.5)
+        fit_ridge_ray(X, groups, sel, storage.join(s3_bucket_uri, "bad"), cv=3, resources={"CPU": 0.5})
     missing = ResponseSelection(root=s3_bucket_uri, subject="S01", stories=["ghost"], tr=synth.tr, trim=synth.trim)
     with pytest.raises(ValueError, match="ghost"):
         fit_ridge_ray(X, groups, missing, storage.join(s3_bucket_uri, "bad"))

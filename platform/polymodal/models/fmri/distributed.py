@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,13 +80,13 @@ def solve_chunk(basis: RidgeBasis, sel: ResponseSelection, chunk: ChunkInfo, out
 def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_uri: str, *,
                   alphas: Sequence[float] = tuple(np.logspace(0, 4, 10)), cv: int = 5,
                   score: str = "correlation", dtype: str = "float32", device: str = "cpu",
-                  opts: StorageOptions | None = None, num_cpus_per_task: float = 1.0,
+                  opts: StorageOptions | None = None, resources: Mapping[str, float] | None = None,
                   use_ray: bool = True, progress: bool = False) -> dict[str, Any]:
     """Solve every voxel chunk of ``sel.subject``; write ``<out>/index.json``.
 
-    With ``use_ray`` each chunk is a Ray task (``num_cpus_per_task`` CPUs, one GPU each when
-    ``device`` is ``cuda``) sharing the X basis through the object store; without it the chunks
-    are solved one after another in this process (``polymodal train --local``).
+    With ``use_ray`` each chunk is a Ray task sharing the X basis through the object store, asking
+    for ``resources`` as ``scaling.resources_per_worker`` spells them (:func:`task_options`);
+    without it the chunks are solved one after another in this process (``polymodal train --local``).
     """
     index = read_index(sel.root, sel.subject, opts)
     missing = [s for s in sel.stories if s not in index.stories]
@@ -96,7 +97,7 @@ def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_u
     if todo:  # a finished run needs no decomposition of X
         basis = RidgeCV(alphas, cv=cv, scoring=score, dtype=dtype, device=device).basis(X, groups)
         summaries = list(_run_chunks(solve_chunk, basis, todo, (sel,), out_uri, opts, device, use_ray,
-                                     num_cpus_per_task, progress and f"ridge {sel.subject}"))
+                                     resources, progress and f"ridge {sel.subject}"))
     result = {"subject": sel.subject, "n_voxels": index.n_voxels, "chunks": [c.model_dump() for c in index.chunks],
               "alphas": [float(a) for a in alphas], "score": score, "stories": sel.stories,
               "solved_now": sorted(s["chunk"] for s in summaries)}
@@ -104,8 +105,18 @@ def fit_ridge_ray(X: np.ndarray, groups: Sequence, sel: ResponseSelection, out_u
     return result
 
 
+def task_options(resources: Mapping[str, float] | None, device: str) -> dict[str, Any]:
+    """Ray task options for one chunk from ``scaling.resources_per_worker``-style ``resources``:
+    ``CPU`` (default 1), ``GPU`` (default 1 when ``device`` is ``cuda``, else 0) and any custom
+    resource (e.g. ``{CPU: 2, ridge_node: 1}`` keeps the chunks on the nodes that offer it)."""
+    custom = dict(resources or {})
+    cpus = custom.pop("CPU", 1.0)
+    gpus = custom.pop("GPU", 1.0 if device == "cuda" else 0.0)
+    return {"num_cpus": cpus, "num_gpus": gpus, "resources": custom}
+
+
 def _run_chunks(fn, shared: Any, chunks: list[ChunkInfo], args: tuple, out_uri: str, opts, device: str,
-                use_ray: bool, num_cpus: float, progress: str | bool = False):
+                use_ray: bool, resources: Mapping[str, float] | None, progress: str | bool = False):
     """Yield ``fn(shared, *args, chunk, out_uri, opts, device)`` per chunk, as results arrive;
     ``progress``: a tqdm bar with this description."""
     bar = None
@@ -114,7 +125,7 @@ def _run_chunks(fn, shared: Any, chunks: list[ChunkInfo], args: tuple, out_uri: 
 
         bar = tqdm(total=len(chunks), desc=str(progress), unit="chunk")
     try:
-        for result in _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num_cpus):
+        for result in _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, resources):
             if bar is not None:
                 bar.update(1)
             yield result
@@ -123,7 +134,7 @@ def _run_chunks(fn, shared: Any, chunks: list[ChunkInfo], args: tuple, out_uri: 
             bar.close()
 
 
-def _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num_cpus):
+def _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, resources):
     if not use_ray:
         for c in chunks:
             yield fn(shared, *args, c, out_uri, opts, device)
@@ -134,7 +145,7 @@ def _chunk_results(fn, shared, chunks, args, out_uri, opts, device, use_ray, num
 
     init_ray()
     shared_ref = ray.put(shared.to("cpu") if hasattr(shared, "to") else shared)
-    remote = ray.remote(num_cpus=num_cpus, num_gpus=1 if device == "cuda" else 0)(fn)
+    remote = ray.remote(**task_options(resources, device))(fn)
     # one task name per chunk: the dashboard (and the node-loss test) tell the chunks apart; a task
     # lost with its node is retried elsewhere (Ray's max_retries); finished ones are not rerun
     pending = [remote.options(name=f"{fn.__name__}:{c.name}").remote(shared_ref, *args, c, out_uri, opts, device)
@@ -172,13 +183,13 @@ def evaluate_chunk(X_test: np.ndarray, sel: ResponseSelection, chunk: ChunkInfo,
 
 
 def evaluate_ray(X_test: np.ndarray, sel: ResponseSelection, sol_uri: str, *, opts: StorageOptions | None = None,
-                 device: str = "cpu", num_cpus_per_task: float = 1.0, use_ray: bool = True,
+                 device: str = "cpu", resources: Mapping[str, float] | None = None, use_ray: bool = True,
                  progress: bool = False) -> dict[str, np.ndarray]:
     """:func:`evaluate_chunk` over every chunk of a solution, reassembled in voxel order."""
     meta = json.loads(storage.read_text(storage.join(sol_uri, "index.json"), opts))
     chunks = [ChunkInfo(**c) for c in meta["chunks"]]
     parts = {part["chunk"]: part for part in _run_chunks(evaluate_chunk, X_test, chunks, (sel,), sol_uri, opts, device,
-                                                         use_ray, num_cpus_per_task,
+                                                         use_ray, resources,
                                                          progress and f"evaluate {sel.subject}")}
     ordered = [parts[c.name] for c in chunks]
     return {key: np.concatenate([p[key] for p in ordered], axis=-1)
@@ -195,4 +206,4 @@ def load_solution(out_uri: str, opts: StorageOptions | None = None) -> dict[str,
 
 
 __all__ = ["ResponseSelection", "evaluate_chunk", "evaluate_ray", "fit_ridge_ray", "load_solution", "solve_chunk",
-           "stack_responses"]
+           "stack_responses", "task_options"]

@@ -178,8 +178,10 @@ def _one_tr(stories: dict[str, Story]) -> float:
     return trs.pop()
 
 
-def _chunk_cpus(cfg: ExperimentConfig) -> float:
-    return float(cfg.scaling.resources_per_worker.get("CPU", 1.0))
+def chunk_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """What each voxel-chunk task asks Ray for: ``scaling.resources_per_worker`` (1 CPU by
+    default, custom resources kept) with one GPU each under ``scaling.use_gpu``."""
+    return {"CPU": 1.0, **({"GPU": 1.0} if cfg.scaling.use_gpu else {}), **cfg.scaling.resources_per_worker}
 
 
 def resolve_device(device: str) -> str:
@@ -247,7 +249,7 @@ def fit(cfg: ExperimentConfig, *, progress: bool = True, use_ray: bool = True) -
         sel = ResponseSelection(cfg.data.train, subject, prep.train, prep.tr, mcfg.trim, prep.offsets(prep.train))
         fit_ridge_ray(X, groups, sel, storage.join(subject_uri(cfg, subject), "ridge"), alphas=mcfg.alphas.values,
                       cv=mcfg.cv, score=mcfg.score, dtype=mcfg.dtype, device=device, opts=cfg.storage,
-                      num_cpus_per_task=_chunk_cpus(cfg), use_ray=use_ray, progress=progress)
+                      resources=chunk_resources(cfg), use_ray=use_ray, progress=progress)
     _write_export(cfg, prep)
     result = evaluate(cfg, prep, progress=progress, use_ray=use_ray)
     from polymodal.runs import write_summary
@@ -291,7 +293,7 @@ def evaluate(cfg: ExperimentConfig, prep: Prepared | None = None, *, progress: b
     for subject in prep.subjects:
         sel = ResponseSelection(cfg.data.train, subject, prep.test, prep.tr, mcfg.trim, prep.offsets(prep.test))
         res = evaluate_ray(X_test, sel, storage.join(subject_uri(cfg, subject), "ridge"), opts=cfg.storage,
-                           device=device, num_cpus_per_task=_chunk_cpus(cfg), use_ray=use_ray, progress=progress)
+                           device=device, resources=chunk_resources(cfg), use_ray=use_ray, progress=progress)
         storage.write_bytes(storage.join(subject_uri(cfg, subject), "eval.safetensors"),
                             save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in res.items()},
                                  metadata={"stories": json.dumps(prep.test)}), cfg.storage)

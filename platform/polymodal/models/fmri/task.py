@@ -67,7 +67,9 @@ class EncodingTask(Task):
         driver, one per scaling worker (that many voxel chunks are fitted at once per trial)."""
         from ray import tune
 
-        worker = {"CPU": cfg.scaling.resources_per_worker.get("CPU", 1.0), "GPU": 1.0 if cfg.scaling.use_gpu else 0.0}
+        from .pipeline import chunk_resources
+
+        worker = chunk_resources(cfg)
         return tune.PlacementGroupFactory([{"CPU": driver["cpu"], "GPU": driver["gpu"]}]
                                           + [worker] * cfg.scaling.num_workers)
 
