@@ -5,16 +5,17 @@ the memory of the driver and of the workers, per Ray Data block size and object-
 
     PYTHONPATH=platform:tests python bench/object_store_epoch.py --block-mib 128   # Ray's default
     PYTHONPATH=platform:tests python bench/object_store_epoch.py --block-mib 8
-    PYTHONPATH=platform:tests python bench/object_store_epoch.py --block-mib 8 --store-fraction 4
+    PYTHONPATH=platform:tests python bench/object_store_epoch.py --block-mib 8 --store-fraction 4 --first-step-s 8
 
 A head plus two worker nodes (``tests/multinode.py``), each with a 75 MiB store and one CPU,
 spilling to a temporary folder; random float32 rows (Parquet cannot shrink them) read through
 :func:`polymodal.shards.ray_dataset`. ``--store-fraction`` is the share of the stores Ray Data
 lets its operators fill (``DataContext.override_object_store_memory_limit_fraction``, Ray's
-default 0.5): above 1 its read tasks run ahead of the consumer past the stores, which Ray
-spills to disk. The test
+default 0.5): above 1 its read tasks may run ahead of a slow consumer (``--first-step-s``,
+``--consume-s``) past the stores, and Ray spills to disk. The test
 ``tests/spine/test_multinode_serve.py::test_a_streaming_epoch_over_3x_a_node_object_store_spills_and_stays_bounded``
-asserts the ``--block-mib 8 --store-fraction 4`` case.
+asserts the ``--block-mib 8 --rows 3600 --store-fraction 4`` case with a first step that lasts
+until the raylets have spilled a block.
 """
 
 from __future__ import annotations
