@@ -16,8 +16,10 @@ the two replicas of a deployment land one per node.
   by the replica that survived; Serve keeps wanting two replicas, cannot place the second
   while no node has a free slot, and places it on the node the test adds.
 
-One cluster for both (its start costs ~20 s); the Serve test costs two replica starts and one
-more after the loss. Both run under ``faults``.
+One cluster for both (its start costs ~10-20 s); the Serve test costs two replica starts and
+one more after the loss and runs under ``faults``; the epoch (~10-20 s: it writes and reads 225
+MiB, spilling a third of it) runs under ``slow``, as ``faults`` is near its time budget, so each
+target starts the cluster once.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ from support import post_under_load, wander_export
 
 from polymodal.ports import free_port
 from polymodal.serving.app import DEPLOYMENT_NAME, build_deployment, parse_args
-
-pytestmark = pytest.mark.faults
 
 SLOT = "replica_slot"  # custom resource: one per worker node, one per replica
 # node failure detection in ~2 s instead of Ray's default ~30 s (GCS health checks of raylets)
@@ -64,6 +64,7 @@ def wander(tmp_path_factory) -> tuple[str, dict]:
     return wander_export(tmp_path_factory.mktemp("multinode-serve"))
 
 
+@pytest.mark.slow
 def test_a_streaming_epoch_over_3x_a_node_object_store_spills_and_stays_bounded(cluster, spill_dir, tmp_path):
     """Ray Data may fill 4x the stores (``override_object_store_memory_limit_fraction``; Ray's
     default is half of them, within which nothing spills: docs/scale.md section 4) and the
@@ -129,6 +130,7 @@ def replicas(app: str) -> list[tuple[str, int]]:
                   if a.class_name == f"ServeReplica:{app}:{DEPLOYMENT_NAME}")
 
 
+@pytest.mark.faults
 def test_serve_loses_a_node_under_load_and_restores_its_replicas_on_a_new_one(cluster, wander):
     from ray import serve
 
