@@ -68,15 +68,26 @@ class MultiNode:
         return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
 
+#: Ray settings the simulated cluster's processes start with (they read them from the environment)
+RAY_ENV = {
+    # task states reach the State API every 100 ms instead of every second: the tests watch them
+    "RAY_task_events_report_interval_ms": "100",
+    # the GCS declares a removed node dead after 3 failed health checks 1 s apart (~3 s) instead of
+    # 5 checks 3 s apart (~15 s): the tests wait for that. A killed raylet refuses the connection
+    # at once; a live one on a busy machine still has the default 10 s per check to answer.
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
 @pytest.fixture(scope="module")
 def multinode(s3_server) -> Iterator[MultiNode]:
     """A head (``HEAD_CPUS`` CPUs, no ``slot``) and two worker nodes (:func:`multinode.simulated_cluster`:
-    the session's shared Ray is shut down before and started again after)."""
+    the session's shared Ray is shut down before and started again after), started with ``RAY_ENV``."""
     import os
 
-    # task states reach the State API every 100 ms instead of every second: the tests watch them
-    saved = os.environ.get("RAY_task_events_report_interval_ms")
-    os.environ["RAY_task_events_report_interval_ms"] = "100"
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
     try:
         with simulated_cluster({"num_cpus": HEAD_CPUS, "object_store_memory": OBJECT_STORE},
                                [WORKER_NODE, WORKER_NODE]) as cluster:
@@ -84,10 +95,11 @@ def multinode(s3_server) -> Iterator[MultiNode]:
             mn.nodes = {node.node_id: node for node in cluster.worker_nodes}
             yield mn
     finally:
-        if saved is None:
-            os.environ.pop("RAY_task_events_report_interval_ms", None)
-        else:
-            os.environ["RAY_task_events_report_interval_ms"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def task_attempts(prefix: str) -> list[dict]:
