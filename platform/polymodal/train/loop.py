@@ -771,9 +771,12 @@ def train_ray(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]
     init_ray()  # (quiet: only polymodal's lines of the workers reach the console)
     import ray
 
+    from polymodal.train.capacity import CapacityWatch
+
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     try:
-        result = build_trainer(cfg, progress=progress, manifests=manifests, started_at=started_at).fit()
+        with CapacityWatch(cfg, alive):  # a restart that waits for a lost node's resources says so
+            result = build_trainer(cfg, progress=progress, manifests=manifests, started_at=started_at).fit()
     except ray.train.TrainingFailedError as exc:
         lost = _lost_nodes(alive, str(exc))
         if not lost:
