@@ -56,7 +56,12 @@ def simulated_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> It
         for args in workers:
             cluster.add_node(**args)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        # RAY_ADDRESS in every worker of the job: the State API inside the cluster (Ray Train's
+        # PlacementGroupCleaner asks it whether the run's controller lives) otherwise finds "the
+        # latest cluster" on this machine, another one where the controller is unknown, and the
+        # cleaner removed the live run's placement group (seen while other clusters ran here)
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
         yield cluster
     finally:
         ray.shutdown()

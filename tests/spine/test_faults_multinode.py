@@ -235,15 +235,10 @@ def train_worker_nodes() -> set[str]:
     return nodes
 
 
-def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, replace: bool = False,
-                        running: Callable[[], bool] = lambda: True, timeout: float = 600.0) -> None:
+def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, running: Callable[[], bool] = lambda: True,
+                        timeout: float = 600.0) -> None:
     """Once the checkpoint of epoch 0 is registered, remove a worker node that hosts a Train
-    worker (it is inside epoch 1 then); with ``replace`` add a fresh node right after. Gives up
-    when ``running()`` turns false (the run ended first).
-
-    With ``replace`` call it on the main thread: ``Cluster.add_node`` installs a SIGTERM handler,
-    which Python allows only there (from a thread it raised ``ValueError``, the thread died after
-    the removal, and the restart waited for a second ``slot`` for ever)."""
+    worker (it is inside epoch 1 then). Gives up when ``running()`` turns false (the run ended)."""
     deadline = time.time() + timeout
     while time.time() < deadline and running():
         try:
@@ -257,15 +252,13 @@ def remove_a_train_node(cfg, multinode: MultiNode, killed: dict, replace: bool =
                 node = sorted(hosts)[0]
                 killed.update(node=node, after_epoch=registered_epoch(cfg), hosts=sorted(hosts))
                 multinode.remove(node)
-                if replace:
-                    killed["replacement"] = multinode.add()
                 return
         time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def reference_fit(multinode, wander_data, s3_server):
-    """One uninterrupted 2-worker run (a worker on each worker node), shared by the train tests."""
+    """One uninterrupted 2-worker run (a worker on each worker node): what the restarted run must equal."""
     from polymodal.train.loop import fit
 
     multinode.ensure(2)
@@ -273,20 +266,32 @@ def reference_fit(multinode, wander_data, s3_server):
     return cfg, fit(cfg, progress=False)
 
 
-def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_data, s3_bucket_uri):
-    """Two DeepSpeed workers, one per worker node; the node of one is removed mid-epoch 1 and a
-    fresh node joins. ``failure.max_failures=1`` restarts the worker group on the surviving and
-    the new node (a restart needs both ``slot``s: until the new node is up, Ray Train retries its
-    placement group every ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``), from the checkpoint of
-    epoch 0: no epoch up to it is trained twice, every epoch is logged once, and the final
-    metrics equal the uninterrupted run's.
+def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_data, s3_bucket_uri, caplog,
+                                             monkeypatch):
+    """Two DeepSpeed workers, one per worker node; the node of one is removed mid-epoch 1.
+    ``failure.max_failures=1`` restarts the worker group, which needs both ``slot``s again: the run
+    waits (Ray Train retries its placement group every ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``)
+    and says so on the console, naming what it waits for and the lost node
+    (:class:`polymodal.train.capacity.CapacityWatch`); then a fresh node joins and the group
+    restarts on it and the survivor, from the checkpoint of epoch 0: no epoch up to it is trained
+    twice, every epoch is logged once, and the per-epoch and final metrics equal the
+    uninterrupted run's.
 
-    The run trains in a thread: this (main) thread removes and adds the nodes, as
-    ``Cluster.add_node`` must (:func:`remove_a_train_node`)."""
+    The two runs agree to float rounding: the small training set is materialised in the driver's
+    object store with a seeded block order (``data.cache_below_mb``), which Ray Data's split hands
+    out to the two workers the same way every run, each epoch's local shuffle is seeded, and
+    gloo's all-reduce of two workers' gradients is exact (a + b).
+
+    The run trains in a thread: ``Cluster.add_node`` installs a SIGTERM handler, which Python
+    allows only on the main thread (called from a killer thread, it raised ``ValueError`` after
+    the removal, no node joined, and the restart waited for its second ``slot`` for ever)."""
+    from polymodal.train.capacity import WARN_ENV
     from polymodal.train.loop import fit
 
     clean, expected = reference_fit
     multinode.ensure(2)
+    monkeypatch.setenv(WARN_ENV, "5")  # the GCS declares the node dead within ~4 s
+    caplog.set_level("WARNING", logger="polymodal.train.capacity")
     cfg = wander_config(wander_data, s3_bucket_uri, "lost-node", *TRAIN, "failure.max_failures=1")
     out: dict = {}
 
@@ -296,13 +301,19 @@ def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_da
         except BaseException as exc:  # noqa: BLE001 - re-raised below, on the test's thread
             out["error"] = exc
 
+    def waiting() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "polymodal.train.capacity"]
+
     runner = threading.Thread(target=train, daemon=True)
     runner.start()
     killed: dict = {}
-    remove_a_train_node(cfg, multinode, killed, replace=True, running=runner.is_alive)
-    if killed.get("replacement"):  # the restarted group's nodes, read while it trains
+    remove_a_train_node(cfg, multinode, killed, running=runner.is_alive)
+    if killed and runner.is_alive():
+        # the restart waits for a second slot and says so; then a node with one joins
+        wait_until(lambda: waiting() or not runner.is_alive(), 180, "the run saying it waits for resources")
+        killed["replacement"] = multinode.add()
         deadline = time.time() + 300
-        while runner.is_alive() and time.time() < deadline:
+        while runner.is_alive() and time.time() < deadline:  # the restarted group's nodes, while it trains
             hosts = train_worker_nodes()
             if killed["replacement"] in hosts:
                 killed["hosts_after"] = sorted(hosts)
@@ -317,6 +328,8 @@ def test_train_resumes_on_a_replacement_node(multinode, reference_fit, wander_da
     survivor = set(killed["hosts"]) - {killed["node"]}
     epochs = checkpoint_epochs(cfg)
     facts = f"removed {killed}, checkpoint epochs {epochs}"
+    said = waiting()
+    assert said and killed["node"] in said[0] and "slot" in said[0] and "'lost-node'" in said[0], (said, facts)
     # the restarted workers ran on the surviving node and the replacement
     assert set(killed.get("hosts_after", ())) == survivor | {killed["replacement"]}, facts
     multinode.wait_dead(killed["node"])
@@ -346,7 +359,7 @@ def test_train_without_restarts_names_the_lost_node_and_checkpoint(multinode, wa
     multinode.ensure(2)
     cfg = wander_config(wander_data, s3_bucket_uri, "lost-node-no-retry", *TRAIN, "failure.max_failures=0")
     killed: dict = {}
-    killer = threading.Thread(target=remove_a_train_node, args=(cfg, multinode, killed, False), daemon=True)
+    killer = threading.Thread(target=remove_a_train_node, args=(cfg, multinode, killed), daemon=True)
     killer.start()
     with pytest.raises(PolymodalError) as err:
         fit(cfg, progress=False)
