@@ -47,6 +47,12 @@ class DataConfig(StrictModel):
     cache_below_mb: float = Field(256.0, ge=0, description="Ray Train: a dataset whose shards total less than this is "
                                   "read once into Ray's object store and every epoch iterates it from there (a fresh "
                                   "read costs seconds of start-up per epoch); 0 streams every dataset from storage")
+    prefetch_batches: int = Field(
+        2, ge=0, description="training batches each worker reads and converts ahead of its steps, on a background "
+                             "thread that starts the first epoch's read while the model is built and each next "
+                             "epoch's during the previous epoch's evaluation and checkpoint (each batch held "
+                             "ready costs its size in memory); 0 reads every batch on the loop's thread when it "
+                             "is asked for")
 
     @field_validator("train")
     @classmethod

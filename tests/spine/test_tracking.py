@@ -111,7 +111,9 @@ def test_own_grad_norm_matches_torch_clip_grad_norm():
 def test_local_run_logs_steps_to_tensorboard_data_wait_to_csv_and_all_to_mlflow(
         wander_data, tmp_path, monkeypatch):
     """Two epochs of 3 steps with ZeRO-0 (the gradient norm is the loop's own), MLflow on a sqlite
-    store. Epoch 0's batches arrive 0.25 s late each (a slow source), epoch 1's at once."""
+    store. Epoch 0's batches arrive 0.25 s late each (a slow source), epoch 1's at once; they are
+    read on the loop's thread (``data.prefetch_batches=0``: read ahead, the model's build would
+    hide this slow start, test_train_prefetch.py), so the loop waits for every one."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from polymodal.report import write_report
@@ -128,7 +130,8 @@ def test_local_run_logs_steps_to_tensorboard_data_wait_to_csv_and_all_to_mlflow(
 
     monkeypatch.setattr(loop.LocalBatches, "epoch", slow_first_epoch)
     cfg = wander_config(wander_data, str(tmp_path / "runs"), "tracked", "optim.epochs=2",
-                        "optim.max_steps_per_epoch=3", "deepspeed.zero_stage=0", f"tracking.mlflow.uri={uri}",
+                        "optim.max_steps_per_epoch=3", "deepspeed.zero_stage=0", "data.prefetch_batches=0",
+                        f"tracking.mlflow.uri={uri}",
                         "tracking.mlflow.experiment=local")
     loop.fit_local(cfg, progress=False)
 

@@ -39,6 +39,7 @@ from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, c
                                         publish_checkpoint, trainable_state, write_export)
 from polymodal.train.deepspeed_config import deepspeed_config_for, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
+from polymodal.train.prefetch import Prefetched
 from polymodal.train.throughput import StepClock
 
 Batch = dict[str, torch.Tensor]
@@ -148,6 +149,11 @@ def _close(it: Any) -> None:
 class Reporter(Protocol):
     ray_train: bool  # inside a Ray Train worker (MLflow opens its run through Ray's setup_mlflow)
 
+    def state(self) -> dict[str, Any] | None:
+        """The ``state.json`` of the checkpoint :meth:`restore` would restore (None: none), read
+        without downloading the checkpoint."""
+        ...
+
     def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None: ...
 
@@ -160,6 +166,15 @@ class RayReporter:
 
     def __init__(self, score_metric: str | None = None):
         self.score_metric = score_metric
+
+    def state(self) -> dict[str, Any] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.filesystem.open_input_stream(f"{ckpt.path.rstrip('/')}/{STATE_FILE}") as f:
+            return json.loads(f.read())
 
     def restore(self):
         import ray.train
@@ -246,6 +261,10 @@ class LocalReporter:
         names = sorted((n for n in storage.listdir(self.root, self.opts) if n.startswith("epoch_")),
                        key=checkpoint_order)
         return [n for n in names if storage.exists(storage.join(self.root, n, STATE_FILE), self.opts)]
+
+    def state(self) -> dict[str, Any] | None:
+        done = self._complete()
+        return json.loads(storage.read_text(storage.join(self.root, done[-1], STATE_FILE), self.opts)) if done else None
 
     @contextlib.contextmanager
     def restore(self):
@@ -422,6 +441,10 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     import deepspeed
 
     task = get_task(cfg.task)
+    state = reporter.state()
+    position = resume_position(state, cfg) if state is not None else DataPosition()
+    # the first epoch's batches start coming now, under the model's build and the engine's set-up
+    upcoming = _read_ahead(cfg, sources["train"], position) if position.epoch < cfg.optim.epochs else None
     device_type = "cuda" if info.device.type == "cuda" else "cpu"
     if device_type == "cpu":
         _disable_shm_comm_build_on_cpu()
@@ -449,14 +472,12 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config,
                                            lr_scheduler=schedule)
-    start_epoch, micro_step = 0, 0
-    position, resumed_step = DataPosition(), None
+    start_epoch, micro_step, resumed_step = 0, 0, None
     with reporter.restore() as ckpt:
         if ckpt is not None:
             state = json.loads((ckpt / STATE_FILE).read_text())
             with weights_only_loads():
                 engine.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_module_strict=False)
-            position = resume_position(state, cfg)
             start_epoch, micro_step, resumed_step = position.epoch, state["micro_step"], int(engine.global_steps)
             if info.rank == 0 and position.batches:
                 print(f"[polymodal] resumed from step {engine.global_steps}: epoch {position.epoch + 1}"
@@ -501,7 +522,8 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         meter = StepMeter(t0)
         bar = _progress(progress and info.rank == 0, steps_per_epoch, f"epoch {epoch + 1}/{cfg.optim.epochs}",
                         initial=i)
-        batches = TimedBatches(sources["train"].epoch(epoch, skip=here.batches))
+        batches = TimedBatches(upcoming if upcoming is not None else _read_ahead(cfg, sources["train"], here))
+        upcoming = None
         clock.start_epoch()
         for batch in batches:
             if cfg.optim.max_steps_per_epoch and i >= cfg.optim.max_steps_per_epoch:
@@ -549,6 +571,8 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
                           f"checkpointed: train_loss={loss_sum / n:.4g}", flush=True)
             meter = StepMeter(time.perf_counter())  # the next step's throughput leaves out this evaluation
         _close(batches.batches)  # after a break: release the reader now, not at the next epoch
+        if not ended and epoch + 1 < cfg.optim.epochs:  # the next epoch's batches come under this one's end
+            upcoming = _read_ahead(cfg, sources["train"], DataPosition(epoch + 1))
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
@@ -567,9 +591,18 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             what = (f"step {metrics['global_step']} = optim.max_steps, run ends" if ended
                     else f"epoch {epoch + 1}/{cfg.optim.epochs}")
             print(f"[polymodal] {what} checkpointed: {shown}", flush=True)
+    if upcoming is not None:  # resumed at the run's end: nothing to train
+        upcoming.close()
     if log is not None:
         log.close()
     return metrics
+
+
+def _read_ahead(cfg: ExperimentConfig, source: BatchSource, at: DataPosition) -> Prefetched[Batch]:
+    """The batches of epoch ``at.epoch`` from batch ``at.batches`` on, read and converted on a
+    background thread from now on, ``data.prefetch_batches`` ahead of the loop."""
+    return Prefetched(lambda: source.epoch(at.epoch, skip=at.batches), cfg.data.prefetch_batches,
+                      name=f"polymodal-batches-epoch-{at.epoch}")
 
 
 def _progress(enabled: bool, total: int, desc: str, initial: int = 0):
