@@ -116,7 +116,7 @@ def _fill(make: Callable[[], Iterable[Any]], q: queue.Queue, stop: threading.Eve
     try:
         it = iter(make())
         for item in it:
-            if not put((_ITEM, item)):
+            if not put((_ITEM, item)) or stop.is_set():  # stopped: read no further item
                 return
         put((_END, None))
     except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
