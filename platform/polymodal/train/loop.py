@@ -444,7 +444,9 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     state = reporter.state()
     position = resume_position(state, cfg) if state is not None else DataPosition()
     # the first epoch's batches start coming now, under the model's build and the engine's set-up
-    upcoming = _read_ahead(cfg, sources["train"], position) if position.epoch < cfg.optim.epochs else None
+    trains = position.epoch < cfg.optim.epochs and not (
+        cfg.optim.max_steps and state is not None and state.get("global_step", 0) >= cfg.optim.max_steps)
+    upcoming = _read_ahead(cfg, sources["train"], position) if trains else None
     device_type = "cuda" if info.device.type == "cuda" else "cpu"
     if device_type == "cpu":
         _disable_shm_comm_build_on_cpu()
@@ -591,7 +593,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
             what = (f"step {metrics['global_step']} = optim.max_steps, run ends" if ended
                     else f"epoch {epoch + 1}/{cfg.optim.epochs}")
             print(f"[polymodal] {what} checkpointed: {shown}", flush=True)
-    if upcoming is not None:  # resumed at the run's end: nothing to train
+    if upcoming is not None:  # not read (a run that ended before its epochs did)
         upcoming.close()
     if log is not None:
         log.close()
