@@ -4,11 +4,12 @@ The task is ``wander.classification`` (the shipped ``jobs/configs/wander_tiny.ya
 preset: Wander's CP sequence-fusion adapters over a frozen two-modality BERT backbone) on its
 synthetic data (``write_synthetic``), widened by ``--hidden`` / ``--seq-len`` so that one step costs
 tens of milliseconds of CPU compute. Every mode trains one epoch of the same train split with the same
-batch size, AdamW settings (lr, betas, eps 1e-8, weight decay), warm-up + cosine schedule and seed:
+batch size, AdamW settings (lr, betas, eps 1e-8, weight decay), gradient clipping (``optim.grad_clip``),
+warm-up + cosine schedule and seed:
 
 * ``plain`` (the peer): ``task.build_model`` + ``torch.optim.AdamW`` + ``LambdaLR`` over the same
   trainable parameters; the split read once with pyarrow into memory, shuffled by ``torch.randperm``,
-  each batch through ``task.collate`` and ``task.loss``; backward, step. Nothing else: no DeepSpeed, no
+  each batch through ``task.collate`` and ``task.loss``; backward, clip, step. Nothing else: no DeepSpeed, no
   checkpoint, no evaluation, no progress bar.
 * ``local``: ``polymodal train --local`` (the CLI, in this process): DeepSpeed ZeRO-0, shards streamed
   by ``iter_local_batches``, the progress bar, the epoch's evaluation and checkpoint.
@@ -100,6 +101,8 @@ def run_plain(cfg) -> dict[str, float]:
         loss, _ = task.loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if o.grad_clip > 0:  # as DeepSpeed's gradient_clipping does for the polymodal modes
+            torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip)
         opt.step()
         sched.step()
         float(loss.detach())

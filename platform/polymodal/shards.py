@@ -886,6 +886,33 @@ def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOpti
     return ray.data.read_datasource(source, override_num_blocks=len(manifest.shards))
 
 
+def ray_dataset_in_memory(uri: str, *, manifest: Manifest | None = None, opts: StorageOptions | None = None,
+                          retry: st.RetryPolicy | None = None, threads: int = 8) -> Any:
+    """A materialised ``ray.data.Dataset`` of the manifest's shards, read by this process.
+
+    Each shard is read whole, decoded and checked as a :func:`ray_dataset` read task does (on
+    ``threads`` threads, in the manifest's order), and put into Ray's object store as one block
+    as soon as it is read (``ray.data.from_arrow_refs``), so at most ``threads`` shards are held
+    here at once. For small splits: ``ray_dataset(...).materialize()`` holds the same blocks but
+    runs a Ray Data execution first, whose read tasks and Ray Data's own actors start in new
+    worker processes (2-4 s on 2 cores before a Train run can start, bench/RESULTS.md,
+    2026-12-07); here the blocks' metadata takes one small Ray task each.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+    import ray.data
+
+    manifest = manifest or Manifest.load(uri, opts)
+    if not manifest.shards:
+        raise ShardError(f"dataset {uri} has no shards (0 rows); nothing to read")
+    resolved, retry = st.resolve_options(opts), retry or st.RetryPolicy.from_env()
+    with ThreadPoolExecutor(max(1, min(threads, len(manifest.shards))), thread_name_prefix="polymodal-shards") as pool:
+        refs = [ray.put(t) for t in pool.map(lambda u: _read_shard(u, manifest.columns, resolved, retry),
+                                               shard_uris(manifest, uri))]
+    return ray.data.from_arrow_refs(refs)
+
+
 # --------------------------------------------------------------------------- inspect
 
 

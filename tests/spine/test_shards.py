@@ -455,3 +455,22 @@ def test_ray_dataset_reads_all_rows_from_s3(ray_local, s3_bucket_uri):
     assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
     stats = ds.stats()  # the plan reads the manifest's shard list: no listing operator, one block per shard
     assert "ReadManifestShards" in stats and "ListFiles" not in stats and "SplitBlocks" not in stats, stats
+
+
+def test_ray_dataset_in_memory_holds_every_shard_as_one_block(ray_local, s3_bucket_uri):
+    """A small split read by the driver (Train's ``data.cache_below_mb`` path): one block per shard,
+    every row decoded as a read task decodes it; a shard gone missing fails here, named, before any
+    training starts."""
+    from polymodal import storage
+
+    uri = s3_bucket_uri + "/in-memory"
+    rows = make_rows(45)
+    manifest = write(uri, rows, rows_per_shard=10)
+    ds = sh.ray_dataset_in_memory(uri, manifest=manifest, threads=2)
+    assert ds.num_blocks() == len(manifest.shards) == 5 and ds.count() == 45
+    got = collect(sh.table_to_numpy(t, manifest.columns) for t in ds.iter_batches(batch_format="pyarrow", batch_size=16))
+    order = np.argsort(np.asarray(got["id"]))
+    assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
+    storage.remove(sh.shard_uris(manifest, uri)[3])
+    with pytest.raises(ShardError, match="part-00003.parquet.*missing"):
+        sh.ray_dataset_in_memory(uri, manifest=manifest)

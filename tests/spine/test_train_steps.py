@@ -15,6 +15,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -223,6 +226,23 @@ def _small_val(uri: str, out: str, rows: int = 48) -> str:
 def _rows(cfg) -> list[dict[str, str]]:
     text = storage.read_text(storage.join(cfg.run_uri, "logs", "metrics.csv"), cfg.storage)
     return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_deepspeed_is_imported_without_mlflow_which_imports_as_before():
+    """DeepSpeed's autotuner imports MLflow (seconds of entry-point scanning in every Train worker)
+    unless ``import_deepspeed`` hides it; MLflow tracking still imports it afterwards. A fresh
+    interpreter: this one imported DeepSpeed long ago."""
+    code = ("import sys\n"
+            "from polymodal.train.deepspeed_config import import_deepspeed\n"
+            "ds = import_deepspeed()\n"
+            "assert 'mlflow' not in sys.modules and import_deepspeed() is ds\n"
+            "from deepspeed.autotuning import autotuner\n"
+            "import mlflow\n"
+            "print('RESULT', autotuner.has_mlflow, mlflow.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "RESULT False mlflow", out.stdout  # (DeepSpeed prints its accelerator)
 
 
 @pytest.mark.faults

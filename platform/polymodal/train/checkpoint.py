@@ -102,7 +102,9 @@ def trainable_state(model: nn.Module, zero_stage: int) -> dict[str, torch.Tensor
     """Full CPU copies of every trainable parameter (collective under ZeRO-3: call on all ranks)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if zero_stage == 3:
-        import deepspeed
+        from polymodal.train.deepspeed_config import import_deepspeed
+
+        deepspeed = import_deepspeed()
 
         with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
             return {n: p.detach().float().cpu().clone() for n, p in named}

@@ -1,17 +1,46 @@
-"""Pure builders for the DeepSpeed config and the learning-rate schedule, and the merge of a
-user's DeepSpeed file (``deepspeed.config``) under the computed config."""
+"""Pure builders for the DeepSpeed config and the learning-rate schedule, the merge of a
+user's DeepSpeed file (``deepspeed.config``) under the computed config, and DeepSpeed's import
+(:func:`import_deepspeed`)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import math
+import sys
+from types import ModuleType
 from typing import Any, Literal
 
 from polymodal.config import ExperimentConfig
 from polymodal.errors import ConfigError
 
 DeviceType = Literal["cpu", "cuda"]
+
+
+def import_deepspeed() -> ModuleType:
+    """``import deepspeed``, without the MLflow import DeepSpeed makes on the way.
+
+    ``import deepspeed`` imports its autotuner, which imports MLflow when it is installed, only to
+    log autotuning experiments (the ``deepspeed --autotuning`` launcher, which polymodal never
+    runs). MLflow's import scans every installed package's entry points: 1-3 s of CPU, most of
+    DeepSpeed's own import, paid by every Train worker before its first step (and by the driver,
+    which checks the DeepSpeed config). While DeepSpeed is imported ``mlflow`` reads as absent, so
+    its autotuner records "no MLflow"; afterwards ``import mlflow`` works as before (MLflow
+    tracking, ``tracking.mlflow``, imports it itself). Where MLflow is imported already, this is a
+    plain ``import deepspeed``. Every polymodal import of DeepSpeed goes through here; a thread
+    that imports MLflow for the first time while another thread is in here gets an ImportError.
+    """
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  # `import mlflow` raises ImportError
+    try:
+        import deepspeed
+    finally:
+        if hide and sys.modules.get("mlflow", 0) is None:
+            del sys.modules["mlflow"]
+    return deepspeed
 
 
 def resolve_precision(precision: str, device_type: DeviceType) -> Literal["fp32", "bf16", "fp16"]:
@@ -191,6 +220,7 @@ def check_deepspeed_config(config: dict[str, Any]) -> list[tuple[str, str]]:
     ``DeepSpeedZeroConfig`` for ``zero_optimization`` (ZeRO-3 offload of parameters and optimizer
     state included: device none/cpu/nvme, nvme_path, pin_memory, buffer sizes; unknown keys refused),
     then ``DeepSpeedConfig`` for the rest. Returns ``(deepspeed.config, message)`` errors."""
+    import_deepspeed()
     from deepspeed.runtime.config import DeepSpeedConfig
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from pydantic import ValidationError

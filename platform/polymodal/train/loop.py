@@ -37,7 +37,7 @@ from polymodal.ports import free_port
 from polymodal.registry import get_task
 from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, checkpoint_name, checkpoint_order,
                                         publish_checkpoint, trainable_state, write_export)
-from polymodal.train.deepspeed_config import deepspeed_config_for, lr_multiplier, resolve_precision
+from polymodal.train.deepspeed_config import deepspeed_config_for, import_deepspeed, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.prefetch import Prefetched
 from polymodal.train.throughput import StepClock
@@ -216,6 +216,7 @@ def weights_only_loads() -> Iterator[None]:
     honours ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` per call; the few DeepSpeed classes a ZeRO checkpoint
     holds are allowed by name.
     """
+    import_deepspeed()
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
@@ -421,6 +422,7 @@ def evaluate_split(engine, task: "polymodal.task.Task", source: BatchSource, inf
 def _disable_shm_comm_build_on_cpu() -> None:
     # DeepSpeed's CPU backend JIT-compiles a shared-memory allreduce on first initialize
     # (tens of seconds, needs g++). gloo is fast enough for CPU runs and tests.
+    import_deepspeed()
     import deepspeed.ops
 
     with contextlib.suppress(Exception):
@@ -438,7 +440,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
     A step checkpoint records the data position (:class:`DataPosition`); a resumed run skips the
     batches it already trained on and goes on with the next one. ``started_at`` (``time.time()``
     when the harness started) dates the first step (``first_step_s``, :mod:`polymodal.train.throughput`)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     task = get_task(cfg.task)
     state = reporter.state()
@@ -474,6 +476,8 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config,
                                            lr_scheduler=schedule)
+    if info.world_size == 1 and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False  # a group of one has nothing to reduce: no gloo call per step
     start_epoch, micro_step, resumed_step = 0, 0, None
     with reporter.restore() as ckpt:
         if ckpt is not None:
@@ -626,6 +630,7 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     from polymodal import logs
 
     logs.configure()  # the level the CLI was given (POLYMODAL_LOG_LEVEL)
+    torch.set_num_threads(worker_threads())
     cfg = validate_config(loop_config["config"])
     ctx = ray.train.get_context()
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
@@ -639,6 +644,21 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
     reporter = RayReporter(task.primary_metric if cfg.data.val else None)
     train_worker(cfg, info, mix_train(cfg, sources, steps), reporter, steps,
                  progress=loop_config.get("progress", True), started_at=loop_config.get("started_at"))
+
+
+def worker_threads() -> int:
+    """Torch threads for this Ray worker: ``OMP_NUM_THREADS`` as Ray sets it from the worker's CPUs
+    (``scaling.resources_per_worker.CPU``, floored, at least 1) unless the job's environment set
+    it, else those CPUs. Ray sets the variable when the worker's first task starts, which is too
+    late for an OpenMP or MKL runtime loaded earlier in the process (by anything that imports torch
+    first): each new thread, such as the one Ray Train runs the loop on, would start with a thread
+    pool as large as the machine, whose threads spin against the other processes' on a shared host."""
+    import ray
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
 def train_names(cfg: ExperimentConfig) -> list[str]:
@@ -708,20 +728,20 @@ def open_splits(cfg: ExperimentConfig) -> dict[str, shards.Manifest]:
 
 
 def _ray_dataset(cfg: ExperimentConfig, name: str, uri: str, manifest: shards.Manifest):
-    """The Ray dataset of one split; small ones (``data.cache_below_mb``) materialised once.
+    """The Ray dataset of one split; small ones (``data.cache_below_mb``) read once into the object store.
 
     A streamed read plans each epoch from the manifest (no listing) and starts its Ray Data read
     tasks anew: 0.4-1 s to the first batch on 2 busy cores (bench/RESULTS.md, 2026-12-07), more
     than a small epoch's training (7-8 s per epoch for 512 LLaViLo rows through the former
-    read_parquet path, 0.05 s once materialised). A materialised training set keeps one seeded
-    block order (so runs repeat);
+    read_parquet path, 0.05 s once materialised). A small split is read here, by the driver
+    (:func:`~polymodal.shards.ray_dataset_in_memory`: no Ray Data execution before the trainer
+    starts). A materialised training set keeps one seeded block order (so runs repeat);
     the local shuffle buffer, seeded per epoch, still mixes the rows differently every epoch.
     """
     shuffle = name in train_names(cfg)
-    ds = shards.ray_dataset(uri, manifest=manifest, opts=cfg.storage, seed=cfg.seed, shuffle=shuffle)
     if sum(s.bytes for s in manifest.shards) >= cfg.data.cache_below_mb * 2**20:
-        return ds
-    ds = ds.materialize()
+        return shards.ray_dataset(uri, manifest=manifest, opts=cfg.storage, seed=cfg.seed, shuffle=shuffle)
+    ds = shards.ray_dataset_in_memory(uri, manifest=manifest, opts=cfg.storage)
     return ds.randomize_block_order(seed=cfg.seed) if shuffle else ds
 
 
@@ -857,9 +877,9 @@ def lost_nodes_message(cfg: ExperimentConfig, lost: list[dict[str, Any]]) -> str
 
 def train_local(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Single-process training without Ray (same worker code; CUDA when available)."""
-    import deepspeed
-
     from polymodal.logs import chatter_to_log
+
+    deepspeed = import_deepspeed()
 
     started_at = time.time()
     manifests = open_splits(cfg)
