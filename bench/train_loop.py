@@ -167,9 +167,18 @@ def main() -> None:
 
             from polymodal.logs import ray_runtime_env
 
+            from polymodal.ports import free_port
+
             t0 = time.perf_counter()
-            # a cluster of its own: a bare ray.init() joins any other local cluster running here
-            ray.init(address="local", log_to_driver=True, runtime_env=ray_runtime_env())
+            # a cluster of its own: a bare ray.init() joins any other local cluster running here.
+            # Its dashboard on a port named to every process of the cluster: Ray Train's placement
+            # group cleaner asks the State API whether the run's controller lives, at the address of
+            # the newest cluster on the machine unless told; another session's cluster answers "no
+            # such actor" and the cleaner removes our live run's placement group.
+            port = free_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            ray.init(address="local", log_to_driver=True, runtime_env=ray_runtime_env(), include_dashboard=True,
+                     dashboard_port=port)
             ray_init_s = time.perf_counter() - t0
             print(f"RESULT ray.init {ray_init_s:.1f} s", flush=True)
         if "ray1" in modes:
