@@ -631,6 +631,7 @@ def ray_train_loop(loop_config: dict[str, Any]) -> None:
 
     logs.configure()  # the level the CLI was given (POLYMODAL_LOG_LEVEL)
     torch.set_num_threads(worker_threads())
+    keep_freed_memory()
     cfg = validate_config(loop_config["config"])
     ctx = ray.train.get_context()
     info = WorkerInfo(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
@@ -659,6 +660,30 @@ def worker_threads() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, math.floor(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def keep_freed_memory(trim_mb: int = 256, mmap_mb: int = 32) -> bool:
+    """Let this process keep the memory a training step frees for the next step (glibc's malloc
+    only; elsewhere nothing). True when set.
+
+    Ray Train runs the loop on a thread of its own, whose allocations come from one of glibc's
+    secondary arenas: freed memory at the top of their heaps goes back to the kernel at once, and
+    blocks above the mmap threshold are mapped and unmapped on every allocation, so each step
+    faulted its activations' pages in again (4,500 page faults a step, a third of the step's CPU in
+    bench/train_loop.py; ``--local``, on the main thread, had none). With ``trim_mb`` of free top
+    kept and blocks up to ``mmap_mb`` (glibc's limit: 32) taken from the heaps, the process holds
+    about its largest step's memory instead."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+        return bool(libc.mallopt(m_trim_threshold, trim_mb * 2**20) and libc.mallopt(m_mmap_threshold, mmap_mb * 2**20))
+    except (OSError, AttributeError):
+        return False
 
 
 def train_names(cfg: ExperimentConfig) -> list[str]:
