@@ -45,8 +45,9 @@ class DataConfig(StrictModel):
     verify: Literal["footer", "checksum"] = Field(
         "footer", description="footer: sizes and Parquet schemas before training; checksum: also sha256 of every shard")
     cache_below_mb: float = Field(256.0, ge=0, description="Ray Train: a dataset whose shards total less than this is "
-                                  "read once into Ray's object store and every epoch iterates it from there (a fresh "
-                                  "read costs seconds of start-up per epoch); 0 streams every dataset from storage")
+                                  "read once, by the driver, into Ray's object store and every epoch iterates it from "
+                                  "there (a fresh read costs seconds of start-up per epoch); 0 streams every dataset "
+                                  "from storage")
     prefetch_batches: int = Field(
         2, ge=0, description="training batches each worker reads and converts ahead of its steps, on a background "
                              "thread that starts the first epoch's read while the model is built and each next "

@@ -468,7 +468,8 @@ def test_ray_dataset_in_memory_holds_every_shard_as_one_block(ray_local, s3_buck
     manifest = write(uri, rows, rows_per_shard=10)
     ds = sh.ray_dataset_in_memory(uri, manifest=manifest, threads=2)
     assert ds.num_blocks() == len(manifest.shards) == 5 and ds.count() == 45
-    got = collect(sh.table_to_numpy(t, manifest.columns) for t in ds.iter_batches(batch_format="pyarrow", batch_size=16))
+    got = collect(sh.table_to_numpy(t, manifest.columns)
+                  for t in ds.iter_batches(batch_format="pyarrow", batch_size=16))
     order = np.argsort(np.asarray(got["id"]))
     assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
     storage.remove(sh.shard_uris(manifest, uri)[3])
