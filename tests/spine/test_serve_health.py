@@ -175,10 +175,12 @@ def test_proxy_guard_is_what_rays_proxy_imports(monkeypatch):
     from starlette.middleware import Middleware
 
     monkeypatch.delenv(proxy.PROXY_CALLBACK_ENV, raising=False)
+    monkeypatch.delenv(proxy.PROXY_READY_ENV, raising=False)
     proxy.install()
     import os
 
     assert os.environ[proxy.PROXY_CALLBACK_ENV] == proxy.PROXY_CALLBACK
+    assert os.environ[proxy.PROXY_READY_ENV] == proxy.PROXY_READY_S  # a busy machine's proxy gets 60 s to start
     made = import_attr(proxy.PROXY_CALLBACK)()
     assert len(made) == 1 and isinstance(made[0], Middleware) and made[0].cls is proxy.ProxyGuard
     monkeypatch.setenv(proxy.PROXY_CALLBACK_ENV, "mine:callback")

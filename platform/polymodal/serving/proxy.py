@@ -28,6 +28,10 @@ logger = logging.getLogger("ray.serve")
 
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "polymodal.serving.proxy:middlewares"
+#: Serve's controller restarts a proxy that is not ready after 3 checks of this many seconds (5 by
+#: default): on a saturated laptop or CI runner a proxy's process takes longer than 15 s to start,
+#: and ``serve.start`` then fails with ActorDiedError (seen beside a 2-process CPU hog on 2 cores)
+PROXY_READY_ENV, PROXY_READY_S = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "20"
 RETRY_AFTER_S = 1
 
 # headers the proxy decodes as UTF-8 (names compared lowercase with "-" read as "_")
@@ -36,11 +40,13 @@ _DECODED = ("serve_multiplexed_model_id", "x_request_id",
 
 
 def install() -> None:
-    """Have the Serve proxies of a Ray cluster started by this process use :class:`ProxyGuard`.
+    """Have the Serve proxies of a Ray cluster started by this process use :class:`ProxyGuard`,
+    and give them 60 s to start (:data:`PROXY_READY_S` x 3) instead of Serve's 15 s.
 
     Call before ``ray.init`` starts a local cluster (its processes inherit this environment);
-    it changes nothing on a cluster that is already running. An explicit setting wins."""
+    it changes nothing on a cluster that is already running. Explicit settings win."""
     os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+    os.environ.setdefault(PROXY_READY_ENV, PROXY_READY_S)
 
 
 def middlewares() -> list[Any]:
