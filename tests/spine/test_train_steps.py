@@ -271,7 +271,9 @@ def test_ray_worker_keeps_freed_memory_so_a_thread_stops_refaulting_its_pages():
     _, default, kept, after = out.stdout.splitlines()[-1].split()
     if kept != "True":
         pytest.skip("not glibc's malloc: nothing to set")
-    assert int(default) > 20 * 8 * 50 and int(after) < 100, out.stdout  # a 1 MiB tensor spans 256 pages
+    # a 1 MiB tensor spans 256 pages: by default the 20 rounds fault most of theirs in again; kept,
+    # all 20 together fault fewer than one round's tensors would (128 seen beside a CPU hog, 0-4 idle)
+    assert int(default) > 20 * 8 * 50 and int(after) < 8 * 256 and 20 * int(after) < int(default), out.stdout
 
 
 @pytest.mark.faults
