@@ -891,9 +891,9 @@ def ray_dataset_in_memory(uri: str, *, manifest: Manifest | None = None, opts: S
     """A materialised ``ray.data.Dataset`` of the manifest's shards, read by this process.
 
     Each shard is read whole, decoded and checked as a :func:`ray_dataset` read task does (on
-    ``threads`` threads, in the manifest's order), and put into Ray's object store as one block
-    as soon as it is read (``ray.data.from_arrow_refs``), so at most ``threads`` shards are held
-    here at once. For small splits: ``ray_dataset(...).materialize()`` holds the same blocks but
+    ``threads`` threads) and put into Ray's object store as one block, in the manifest's order
+    (``ray.data.from_arrow_refs``); a shard read before its turn waits here, so this is for splits
+    that fit in this process's memory (``data.cache_below_mb``). For small splits: ``ray_dataset(...).materialize()`` holds the same blocks but
     runs a Ray Data execution first, whose read tasks and Ray Data's own actors start in new
     worker processes (2-4 s on 2 cores before a Train run can start, bench/RESULTS.md,
     2026-12-07); here the blocks' metadata takes one small Ray task each.
