@@ -35,8 +35,8 @@ from polymodal.config import ExperimentConfig, validate_config
 from polymodal.errors import PolymodalError
 from polymodal.ports import free_port
 from polymodal.registry import get_task
-from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, checkpoint_name, checkpoint_order,
-                                        publish_checkpoint, trainable_state, write_export)
+from polymodal.train.checkpoint import (DS_DIR, DS_TAG, MODEL_DIR, STATE_FILE, checkpoint_name,
+                                        complete_checkpoints, publish_checkpoint, trainable_state, write_export)
 from polymodal.train.deepspeed_config import deepspeed_config_for, import_deepspeed, lr_multiplier, resolve_precision
 from polymodal.train.metrics_log import MetricsLog
 from polymodal.train.prefetch import Prefetched
@@ -256,25 +256,18 @@ class LocalReporter:
         self.root = storage.join(cfg.run_uri, "checkpoints")
         self.best: tuple[float, str] | None = None
 
-    def _complete(self) -> list[str]:
-        if not storage.exists(self.root, self.opts):
-            return []
-        names = sorted((n for n in storage.listdir(self.root, self.opts) if n.startswith("epoch_")),
-                       key=checkpoint_order)
-        return [n for n in names if storage.exists(storage.join(self.root, n, STATE_FILE), self.opts)]
-
     def state(self) -> dict[str, Any] | None:
-        done = self._complete()
-        return json.loads(storage.read_text(storage.join(self.root, done[-1], STATE_FILE), self.opts)) if done else None
+        done = complete_checkpoints(self.root, self.opts)
+        return json.loads(storage.read_text(storage.join(done[-1], STATE_FILE), self.opts)) if done else None
 
     @contextlib.contextmanager
     def restore(self):
-        done = self._complete()
+        done = complete_checkpoints(self.root, self.opts)
         if not done:
             yield None
             return
         with tempfile.TemporaryDirectory(prefix="polymodal-restore-") as tmp:
-            storage.download_dir(storage.join(self.root, done[-1]), tmp, self.opts)
+            storage.download_dir(done[-1], tmp, self.opts)
             yield Path(tmp)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path) -> None:
@@ -291,9 +284,9 @@ class LocalReporter:
                 self.best = (signed, uri)
         # the summary names the new checkpoint before any old one goes, so it never names a deleted one
         runs.write_summary(self.cfg, latest=uri, best=self.best[1] if self.best else uri, metrics=metrics)
-        for old in self._complete()[:-self.cfg.checkpoint.num_to_keep]:
-            if not (self.best and self.best[1].endswith(old)):
-                storage.remove(storage.join(self.root, old), recursive=True, opts=self.opts)
+        for old in complete_checkpoints(self.root, self.opts)[:-self.cfg.checkpoint.num_to_keep]:
+            if not (self.best and self.best[1].rstrip("/") == old.rstrip("/")):
+                storage.remove(old, recursive=True, opts=self.opts)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -480,8 +473,7 @@ def train_worker(cfg: ExperimentConfig, info: WorkerInfo, sources: dict[str, Bat
         engine.enable_backward_allreduce = False  # a group of one has nothing to reduce: no gloo call per step
     start_epoch, micro_step, resumed_step = 0, 0, None
     with reporter.restore() as ckpt:
-        if ckpt is not None:
-            state = json.loads((ckpt / STATE_FILE).read_text())
+        if ckpt is not None:  # the checkpoint whose state.json gave ``state`` and ``position`` above
             with weights_only_loads():
                 engine.load_checkpoint(str(ckpt / DS_DIR), tag=DS_TAG, load_module_strict=False)
             start_epoch, micro_step, resumed_step = position.epoch, state["micro_step"], int(engine.global_steps)
