@@ -401,18 +401,31 @@ def _trial_cpus(base_cfg: ExperimentConfig, space: SearchSpace) -> float:
     return space.resources_per_trial.cpu + max(workers) * per_worker
 
 
-# Ray Data CPUs each running trial needs beside its driver and workers: a streaming read holds
-# one CPU in its file-listing task (blocked on backpressure) and needs another to read, so
-# trials that leave less deadlock mid-epoch ("Cluster resources are not enough ...").
+# Ray Data CPUs each running trial needs beside its driver and workers when it streams a split: a
+# streaming read holds one CPU in a read task blocked on backpressure and needs another to read,
+# so trials that leave less deadlock mid-epoch ("Cluster resources are not enough ...").
 _DATA_CPUS_PER_TRIAL = 2.0
 
 
-def _concurrency(base_cfg: ExperimentConfig, space: SearchSpace, cluster_cpus: float) -> int:
-    """Concurrent trials that fit with CPUs to spare for each trial's Ray Data reads."""
-    need = _trial_cpus(base_cfg, space) + _DATA_CPUS_PER_TRIAL
+def _data_cpus(base_cfg: ExperimentConfig, manifests: dict[str, Any] | None) -> float:
+    """Ray Data CPUs per trial: none when the trial driver reads every split into memory (each under
+    ``data.cache_below_mb``: no Ray Data task runs), else :data:`_DATA_CPUS_PER_TRIAL`. Unknown
+    splits (``manifests`` None: swept data paths, or a task that reads its data itself) count as
+    streamed."""
+    from polymodal.train.loop import streams
+
+    if manifests is None or any(streams(base_cfg, m) for m in manifests.values()):
+        return _DATA_CPUS_PER_TRIAL
+    return 0.0
+
+
+def _concurrency(base_cfg: ExperimentConfig, space: SearchSpace, cluster_cpus: float,
+                 data_cpus: float = _DATA_CPUS_PER_TRIAL) -> int:
+    """Concurrent trials that fit, with ``data_cpus`` to spare for each trial's Ray Data reads."""
+    need = _trial_cpus(base_cfg, space) + data_cpus
     fit = int(cluster_cpus // need)
     detail = (f"driver {space.resources_per_trial.cpu:g} + Train workers "
-              f"{need - space.resources_per_trial.cpu - _DATA_CPUS_PER_TRIAL:g} + Ray Data {_DATA_CPUS_PER_TRIAL:g}")
+              f"{need - space.resources_per_trial.cpu - data_cpus:g} + Ray Data {data_cpus:g}")
     if fit < 1:
         raise ConfigError([("resources_per_trial.cpu", f"one trial needs {need:g} CPUs ({detail}), "
                                                        f"but the Ray cluster has {cluster_cpus:g}; lower "
@@ -501,7 +514,8 @@ def run_sweep(cfg: ExperimentConfig, space: SearchSpace, *, resume: bool = True,
     from polymodal.logs import init_ray
 
     init_ray()
-    concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)))
+    concurrent = _concurrency(base_cfg, space, float(ray.cluster_resources().get("CPU", 0)),
+                              _data_cpus(base_cfg, opened))
     _check_state_api(space)
 
     setup = {"base": base, "trials_uri": storage.join(uri, "trials"), "manifests": manifests}

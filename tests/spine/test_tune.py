@@ -4,13 +4,14 @@ killed and resumed, is in test_faults_train.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from polymodal.config import load_config
 from polymodal.errors import ConfigError
-from polymodal.tune import SearchSpace, _concurrency, load_space, validate_space
+from polymodal.tune import SearchSpace, _concurrency, _data_cpus, load_space, validate_space
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
@@ -78,6 +79,15 @@ def test_grid_with_optuna_and_oversized_concurrency_are_errors():
     with pytest.raises(ConfigError, match="max_concurrent_trials <= 1"):
         _concurrency(cfg, busy, 6.0)
     assert _concurrency(cfg, space, 10.0) == 2  # 2 x (driver 1 + workers 2 + Ray Data 2)
+    assert _concurrency(cfg, space, 6.0, data_cpus=0.0) == 2  # splits read into memory: 2 x (1 + 2)
+
+
+def test_trials_spare_ray_data_cpus_only_for_streamed_splits():
+    cfg = load_config(str(ROOT / "jobs" / "configs" / "wander_tiny.yaml"))  # data.cache_below_mb: 256 (the default)
+    small, big = (SimpleNamespace(shards=[SimpleNamespace(bytes=b)] * 4) for b in (2**20, 2**27))
+    assert _data_cpus(cfg, {"train": small, "val": small}) == 0.0
+    assert _data_cpus(cfg, {"train": big, "val": small}) == 2.0  # 512 MiB of train shards stream
+    assert _data_cpus(cfg, None) == 2.0  # unknown splits (swept data paths) count as streamed
 
 
 # The interrupted-then-resumed ASHA sweep over Ray Train lives in tests/spine/test_faults_train.py

@@ -756,10 +756,16 @@ def _ray_dataset(cfg: ExperimentConfig, name: str, uri: str, manifest: shards.Ma
     the local shuffle buffer, seeded per epoch, still mixes the rows differently every epoch.
     """
     shuffle = name in train_names(cfg)
-    if sum(s.bytes for s in manifest.shards) >= cfg.data.cache_below_mb * 2**20:
+    if streams(cfg, manifest):
         return shards.ray_dataset(uri, manifest=manifest, opts=cfg.storage, seed=cfg.seed, shuffle=shuffle)
     ds = shards.ray_dataset_in_memory(uri, manifest=manifest, opts=cfg.storage)
     return ds.randomize_block_order(seed=cfg.seed) if shuffle else ds
+
+
+def streams(cfg: ExperimentConfig, manifest: shards.Manifest) -> bool:
+    """Whether Ray Train streams this split with Ray Data (its shards total at least
+    ``data.cache_below_mb``) rather than the driver reading it into the object store."""
+    return sum(s.bytes for s in manifest.shards) >= cfg.data.cache_below_mb * 2**20
 
 
 def build_trainer(cfg: ExperimentConfig, *, progress: bool = True, callbacks: list | None = None,
