@@ -113,11 +113,14 @@ def test_matcher_hand_worked_optimum():
 @pytest.mark.parametrize("seed", range(5))
 def test_matcher_equals_brute_force(seed):
     g = torch.Generator().manual_seed(seed)
-    B, Q = 3, 5
+    B, Q = 4, 5
     spans, logits = torch.rand(B, Q, 2, generator=g), torch.randn(B, Q, 2, generator=g)
-    targets = [torch.rand(n, 2, generator=g) for n in (1, 3, 5)]
+    targets = [torch.rand(n, 2, generator=g) for n in (1, 0, 3, 5)]  # one cost matrix for the batch, cut per video
     matcher = HungarianMatcher()
     for b, (pred_idx, tgt_idx) in enumerate(matcher(spans, logits, targets)):
+        if not len(targets[b]):
+            assert pred_idx.numel() == tgt_idx.numel() == 0
+            continue
         cost = matching_cost(spans[b], logits[b], targets[b]).tolist()
         rows, cols = _brute_force(cost)
         assert pred_idx.tolist() == rows and tgt_idx.tolist() == cols
