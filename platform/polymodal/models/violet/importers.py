@@ -724,6 +724,28 @@ def read_oeqa(path: str, videos_root: str, *, skip_bad: bool = False, opts: Stor
 # --------------------------------------------------------------------------- synthetic sources
 
 
+def _encoded_clips(rng: np.random.Generator, n: int, n_frames: int, size: int,
+                   chunk: int = 64) -> Iterator[tuple[int, dict[str, Any], bytes]]:
+    """``(i, clip, mp4 bytes)`` of ``n`` :func:`~.synth.sample_clip` clips, each with its QA
+    ``options`` (the four directions in a random order). The clips and options are drawn from
+    ``rng`` in order, one clip after the other; PyAV encodes without the GIL, so ``chunk`` clips
+    at a time are encoded on threads (1.7x on 2 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import synth
+    from .video import encode_video
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for lo in range(0, n, chunk):
+            clips = []
+            for _ in range(min(chunk, n - lo)):
+                clip = synth.sample_clip(rng, n_frames=n_frames, size=size)
+                clip["options"] = [str(d) for d in rng.permutation(list(synth.DIRECTIONS))]
+                clips.append(clip)
+            for k, (clip, mp4) in enumerate(zip(clips, pool.map(encode_video, [c["frames"] for c in clips]))):
+                yield lo + k, clip, mp4
+
+
 def write_synthetic_videos(out_dir: str, n: int, seed: int = 0, n_frames_source: int = 16,
                            size: int = 64) -> dict[str, str]:
     """Write ``n`` :func:`~.synth.sample_clip` clips as MP4 files plus source files in the layouts above.
@@ -740,7 +762,6 @@ def write_synthetic_videos(out_dir: str, n: int, seed: int = 0, n_frames_source:
     from PIL import Image
 
     from . import synth
-    from .video import encode_video
 
     rng = np.random.default_rng(seed)
     videos, images = os.path.join(out_dir, "videos"), os.path.join(out_dir, "images")
@@ -749,11 +770,10 @@ def write_synthetic_videos(out_dir: str, n: int, seed: int = 0, n_frames_source:
     webvid = [["videoid", "name", "page_idx", "page_dir", "duration", "contentUrl"]]
     clips, cc, mcqa, oeqa = [], [], [], []
     msrvtt: dict[str, list[dict[str, Any]]] = {"videos": [], "sentences": []}
-    for i in range(n):
-        clip = synth.sample_clip(rng, n_frames=n_frames_source, size=size)
+    for i, clip, mp4 in _encoded_clips(rng, n, n_frames_source, size):
         vid = f"video{i:04d}"
         with open(os.path.join(videos, f"{vid}.mp4"), "wb") as f:
-            f.write(encode_video(clip["frames"]))
+            f.write(mp4)
         key, url = f"{i:09d}", f"https://synthetic.invalid/{vid}.jpg"
         Image.fromarray(clip["frames"][0]).save(os.path.join(images, "00000", f"{key}.jpg"), quality=95)
         with open(os.path.join(images, "00000", f"{key}.txt"), "w", encoding="utf-8") as f:
@@ -761,7 +781,7 @@ def write_synthetic_videos(out_dir: str, n: int, seed: int = 0, n_frames_source:
         with open(os.path.join(images, "00000", f"{key}.json"), "w", encoding="utf-8") as f:
             json.dump({"url": url, "key": key, "caption": clip["caption"], "status": "success"}, f, indent=4)
         question = synth.question(clip["colour"], clip["shape"])
-        options = [str(d) for d in rng.permutation(list(synth.DIRECTIONS))]
+        options = clip["options"]
         clips.append({"video": vid, **{k: clip[k] for k in ("colour", "shape", "direction", "caption")}})
         webvid.append([vid, clip["caption"], "0", "videos", "PT00H00M02S", f"https://synthetic.invalid/{vid}.mp4"])
         cc.append(f"{clip['caption']}\t{url}")

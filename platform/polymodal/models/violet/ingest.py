@@ -29,6 +29,7 @@ import json
 import logging
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -300,7 +301,10 @@ def ingest(
     start, shards, unreadable = state.records, state.shards, int(state.counters.get("unreadable", 0))
     extractor: FrameExtractor | None = None
     seen: set[str] = set()
-    with ShardWriter(out_uri, task=TASKS[kind], split=split, columns=cols, rows_per_shard=rows_per_shard,
+    # without Ray, batches are decoded on threads (PyAV and PIL work without the GIL), in order;
+    # one thread where a VQ-GAN tokenizer runs torch, which has threads of its own
+    threads = 1 if kind == "pretrain" else max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=threads) as pool, ShardWriter(out_uri, task=TASKS[kind], split=split, columns=cols, rows_per_shard=rows_per_shard,
                      meta=base_meta, opts=opts, progress=progress, shards=shards) as writer:
         done_records = 0
         for chunk in _chunks(records, rows_per_shard):
@@ -317,7 +321,7 @@ def ingest(
                 batches = _ray_batches(items, kwargs, batch_size, concurrency)
             else:
                 extractor = extractor or FrameExtractor(**kwargs)
-                batches = (extractor(batch) for batch in _batches(items, batch_size))
+                batches = pool.map(extractor, _batches(items, batch_size))
             for batch in batches:
                 writer.write({name: batch[name] for name in cols})
             writer.flush()
