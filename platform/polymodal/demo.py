@@ -80,8 +80,9 @@ class Demo:
     def deployed(self, app: str, **args: str) -> Iterator[tuple[str, dict[str, str]]]:
         """Deploy the registered Serve app ``app`` (its application in ``serve/<config>``) with
         ``args`` overriding its serve args; yield its URL and the bearer-token header; delete the
-        application on the way out, always. Serve itself starts once, on a free port, at the
-        first deployment and stays up for the next ones (``jobs/demo.py`` shuts it down).
+        application on the way out, always (without waiting for its replica to stop). Serve itself
+        starts once, on a free port, at the first deployment and stays up for the next ones
+        (``jobs/demo.py`` shuts it down).
 
         ``deploy`` starts every application of its file, so the file is copied with ``app`` alone
         (a file may hold apps whose checkpoints the demo never trains).
@@ -111,4 +112,6 @@ class Demo:
                 # the replicas read the same token from the environment they inherited from this process
                 yield url, {"Authorization": f"Bearer {os.environ['POLYMODAL_SERVE_TOKEN']}"}
             finally:
-                serve.delete(app)
+                # not waited for: its replica drains for 2 s (Serve's graceful shutdown) and is
+                # gone long before the next step deploys
+                serve.delete(app, _blocking=False)

@@ -104,4 +104,4 @@ def deploy(source: str, overrides: list[str] | None = None, *, timeout_s: float 
             why = [f"\n{n}/{dep_name}: ...{dep.message[-1500:]}" for n in failed
                    for dep_name, dep in apps[n].deployments.items() if dep.message]
             raise PolymodalError(f"Serve applications did not reach RUNNING: {statuses}" + "".join(why))
-        time.sleep(1)
+        time.sleep(0.25)  # a status is one call to the Serve controller
