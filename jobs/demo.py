@@ -82,10 +82,11 @@ def main(argv=None) -> int:
         # cores; the dashboard serves the State API, through which Train frees ASHA-stopped trials' CPUs
         logs.init_ray(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True)
         demo.say(logs.where_logs_go())
+        steps = [step for step in steps if not getattr(args, f"skip_{step.name}")]
+        # every later step's data is written while the steps before it run (the first writes its own)
+        demo.write_ahead(steps[1:])
         try:
             for step in steps:
-                if getattr(args, f"skip_{step.name}"):
-                    continue
                 started = time.time()
                 summary += step.run(demo)
                 demo.say(f"{step.name} done in {time.time() - started:.0f} s")

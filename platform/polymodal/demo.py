@@ -2,15 +2,19 @@
 Ray cluster, the output folder, the repo's configs and a way to put a Serve app up and down.
 
 A system registers a :class:`polymodal.registry.DemoStep` whose ``run(demo)`` trains, evaluates
-and serves it on embedded defaults and returns the lines it adds to the closing summary.
+and serves it on embedded defaults and returns the lines it adds to the closing summary, and
+whose ``data(demo)`` writes its synthetic data. ``jobs/demo.py`` writes every later step's data
+ahead, as Ray tasks beside the steps before it (:meth:`Demo.write_ahead`); a step's ``run``
+takes what its ``data`` returned from :meth:`Demo.data_of`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +43,8 @@ class Demo:
     data_prefix: str = "s3://polymodal/demo"
     #: the one HTTP port of the demo's one Serve instance (chosen at the first deployment)
     serve_port: int | None = None
+    #: step name -> the Ray ObjectRef of its data being written ahead (:meth:`write_ahead`)
+    ahead: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def say(self, message: str) -> None:
         print(f"[demo] {message}", flush=True)
@@ -49,16 +55,47 @@ class Demo:
 
         return load_config(str(self.root / "jobs" / "configs" / name), list(overrides))
 
-    def synthesized(self, config: str, folder: str, message: str) -> tuple[Any, Any]:
-        """(config, task) of ``jobs/configs/<config>``, after saying ``message`` and writing the
-        task's synthetic data to ``<data_prefix>/<folder>`` (where the shipped tiny configs read it)."""
+    def synthesize(self, config: str, folder: str) -> dict[str, str]:
+        """Write the synthetic data of the task of ``jobs/configs/<config>`` to
+        ``<data_prefix>/<folder>`` (where the shipped tiny configs read it); return its URIs."""
         from polymodal.registry import get_task
 
         cfg = self.config(config)
-        task = get_task(cfg.task)
+        return get_task(cfg.task).synth(f"{self.data_prefix}/{folder}", seed=cfg.seed, progress=False)
+
+    def write_ahead(self, steps: list[Any]) -> None:
+        """Start writing the data of ``steps`` (:class:`~polymodal.registry.DemoStep`), one after
+        another in their order, each a Ray task (no CPU reserved: it fills the cores the running
+        step leaves idle, such as a one-worker training run's second core)."""
+        import ray
+
+        write, previous = ray.remote(num_cpus=0, max_retries=0)(_write_data), None
+        settings = dataclasses.replace(self, ahead={})
+        for step in steps:
+            if step.data is not None:
+                previous = write.options(name=f"demo-data-{step.name}").remote(step.data, settings, previous)
+                self.ahead[step.name] = previous
+
+    def data_of(self, step: str) -> Any:
+        """What the ``data`` of ``step`` returned: waited for when it is being written ahead,
+        else written now."""
+        import ray
+
+        from polymodal.registry import registry
+
+        if step in self.ahead:
+            return ray.get(self.ahead.pop(step))
+        return registry().get("demo step", step).data(self)
+
+    def synthesized(self, step: str, config: str, message: str) -> tuple[Any, Any]:
+        """(config, task) of ``jobs/configs/<config>`` once the data of ``step`` is written; says
+        ``message``."""
+        from polymodal.registry import get_task
+
+        self.data_of(step)
+        cfg = self.config(config)
         self.say(message)
-        task.synth(f"{self.data_prefix}/{folder}", seed=cfg.seed, progress=False)
-        return cfg, task
+        return cfg, get_task(cfg.task)
 
     def fit_and_report(self, task: Any, cfg: Any) -> tuple[dict[str, Any], Path]:
         """Fit the run on the Ray cluster, evaluate it on its test split, write its report and copy
@@ -115,3 +152,9 @@ class Demo:
                 # not waited for: its replica drains for 2 s (Serve's graceful shutdown) and is
                 # gone long before the next step deploys
                 serve.delete(app, _blocking=False)
+
+
+def _write_data(data, demo: Demo, previous: Any) -> Any:
+    """A step's ``data(demo)``, run as a Ray task once ``previous`` (the step before's, or None)
+    is done: Ray waits for an ObjectRef argument before it starts the task."""
+    return data(demo)

@@ -42,13 +42,17 @@ class Command:
 class DemoStep:
     """A system's part of ``make demo``: ``run(demo)`` gets a :class:`polymodal.demo.Demo` (the
     embedded S3, the Ray cluster, the output folder, a Serve helper) and returns the lines it adds
-    to the closing summary, e.g. ``[("fMRI report", "demo_out/fmri-glove/report/report.md")]``."""
+    to the closing summary, e.g. ``[("fMRI report", "demo_out/fmri-glove/report/report.md")]``;
+    ``data(demo)`` writes the step's synthetic data, ahead of the step when other steps run first."""
 
     name: str
     help: str
     run: Callable[[Any], list[tuple[str, str]]]
     #: steps run in ascending order (ties by name)
     order: int = 100
+    #: ``data(demo)`` writes the step's synthetic data and returns what ``run`` reads back with
+    #: ``demo.data_of(name)``; a module-level function (the demo runs it ahead as a Ray task)
+    data: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def run(demo) -> list[tuple[str, str]]:
 
     from polymodal import shards
 
-    cfg, task = demo.synthesized("cheffusion_tiny.yaml", "cheffusion",
+    cfg, task = demo.synthesized("cheffusion", "cheffusion_tiny.yaml",
                                  "cheffusion: 480/96/96 synthetic dishes, tiny OPT + CLIP + Stable Diffusion")
     batches = shards.iter_local_batches(cfg.data.test, 48, shuffle=False, shuffle_buffer=0, opts=cfg.storage)
     model = task.build_model(cfg.model).eval()
@@ -56,5 +56,9 @@ def run(demo) -> list[tuple[str, str]]:
     return [("ChefFusion", f"{local / 'report' / 'report.md'}  (image grid: {local / 'report' / 'generations.png'})")]
 
 
+def data(demo) -> dict[str, str]:
+    return demo.synthesize("cheffusion_tiny.yaml", "cheffusion")
+
+
 STEP = DemoStep("cheffusion", "ChefFusion recipes and food images: features, train, evaluate, report, serve", run,
-                order=40)
+                order=40, data=data)

@@ -37,8 +37,8 @@ def run(demo) -> list[tuple[str, str]]:
 
     cfg = demo.config("fmri_tiny.yaml")
     task = get_task(cfg.task)
+    demo.data_of("fmri")
     demo.say("fmri: two synthetic subjects, 12 stories, 300 voxels each (a quarter pure noise)")
-    task.synth(cfg.data.train, seed=cfg.seed, progress=False)
     runs = {}
     # MiniLM reads each word with the 2 before it: the synthetic stories' words are drawn at
     # random (no context to find), and each is 3-4 word pieces, so 10 words of context cost 5x
@@ -64,5 +64,12 @@ def run(demo) -> list[tuple[str, str]]:
     return [("fMRI report", f"{local / 'report' / 'report.md'}  (weights: {local / 'subjects'})")]
 
 
+def data(demo) -> dict[str, str]:
+    from polymodal.registry import get_task
+
+    cfg = demo.config("fmri_tiny.yaml")
+    return get_task(cfg.task).synth(cfg.data.train, seed=cfg.seed, progress=False)
+
+
 STEP = DemoStep("fmri", "fMRI encoding models: ridge on three feature spaces, a comparing report, serve", run,
-                order=20)
+                order=20, data=data)

@@ -27,7 +27,7 @@ def run(demo) -> list[tuple[str, str]]:
     from . import metrics, synth
     from .data import read_all
 
-    cfg, task = demo.synthesized("llavilo_tiny.yaml", "llavilo",
+    cfg, task = demo.synthesized("llavilo", "llavilo_tiny.yaml",
                                  "llavilo: 512/128/128 synthetic queries over 32-clip videos, a tiny random LLaMA")
     result, local = demo.fit_and_report(task, cfg)
     rows = read_all(cfg.data.test, cfg.storage)
@@ -41,5 +41,9 @@ def run(demo) -> list[tuple[str, str]]:
     return [("LLaViLo", f"{local / 'report' / 'report.md'}  (evaluation: {local / 'eval'})")]
 
 
+def data(demo) -> dict[str, str]:
+    return demo.synthesize("llavilo_tiny.yaml", "llavilo")
+
+
 STEP = DemoStep("llavilo", "LLaViLo moment retrieval: train, evaluate against random windows, serve", run,
-                order=30)
+                order=30, data=data)

@@ -33,7 +33,7 @@ def _serve(demo, cfg) -> None:
 
 
 def run(demo) -> list[tuple[str, str]]:
-    cfg, task = demo.synthesized("violet_tiny_qa.yaml", "violet/oeqa",
+    cfg, task = demo.synthesized("violet", "violet_tiny_qa.yaml",
                                  "violet: 1024/256/256 synthetic clips of a moving shape, 'which way does it move?' "
                                  "(no pre-training in the demo)")
     result, local = demo.fit_and_report(task, cfg)
@@ -44,4 +44,8 @@ def run(demo) -> list[tuple[str, str]]:
     return [("VIOLET", f"{local / 'report' / 'report.md'}  (evaluation: {local / 'eval'})")]
 
 
-STEP = DemoStep("violet", "VIOLET video QA: train from scratch, evaluate, serve", run, order=50)
+def data(demo) -> dict[str, str]:
+    return demo.synthesize("violet_tiny_qa.yaml", "violet/oeqa")
+
+
+STEP = DemoStep("violet", "VIOLET video QA: train from scratch, evaluate, serve", run, order=50, data=data)

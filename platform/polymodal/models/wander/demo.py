@@ -56,8 +56,8 @@ def run(demo) -> list[tuple[str, str]]:
 
     cfg = demo.config("wander_tiny.yaml", f"scaling.num_workers={demo.workers}", f"optim.epochs={demo.epochs}")
     task = get_task(cfg.task)
-    demo.say("wander: writing synthetic shards")
-    written = task.synth(f"{demo.data_prefix}/wander", seed=cfg.seed, scale=demo.scale, progress=False)
+    demo.say("wander: synthetic shards")
+    written = demo.data_of("wander")
     for split, uri in written.items():
         demo.say(f"  {split}: {uri}")
     summary = task.fit(cfg, progress=False)
@@ -80,4 +80,12 @@ def run(demo) -> list[tuple[str, str]]:
     return lines
 
 
-STEP = DemoStep("wander", "the Wander pipeline: train, evaluate, report, a short Tune sweep, serve", run, order=10)
+def data(demo) -> dict[str, str]:
+    from polymodal.registry import get_task
+
+    cfg = demo.config("wander_tiny.yaml")
+    return get_task(cfg.task).synth(f"{demo.data_prefix}/wander", seed=cfg.seed, scale=demo.scale, progress=False)
+
+
+STEP = DemoStep("wander", "the Wander pipeline: train, evaluate, report, a short Tune sweep, serve", run, order=10,
+                data=data)
