@@ -51,7 +51,7 @@ def build_parser(steps) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from polymodal.demo import Demo
+    from polymodal.demo import Demo, one_machine_train_settings
     from polymodal.registry import registry
 
     steps = sorted(registry().items("demo step").values(), key=lambda s: (s.order, s.name))
@@ -74,9 +74,7 @@ def main(argv=None) -> int:
         os.environ.update(s3.env())  # before ray.init, so the workers inherit the endpoint
         demo.say(f"embedded S3 at {s3.endpoint_url}")
         proxy.install()  # the Serve proxies of this local cluster get polymodal's guard
-        # Ray Train's preemption watcher (an actor per run that polls for node drains) has no
-        # node to watch on one machine: off, it saves a process start per Train run
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        one_machine_train_settings()
         # one cluster of its own for every step ("local": never one another process started).
         # Logical CPUs: the Train controller and the workers need slots beside each other on 2
         # cores; the dashboard serves the State API, through which Train frees ASHA-stopped trials' CPUs

@@ -27,9 +27,11 @@ def init_shared_ray() -> None:
     trials one for their driver; the dashboard runs because Ray's State API needs it."""
     import ray
 
+    from polymodal.demo import one_machine_train_settings
     from polymodal.serving import proxy
 
     proxy.install()  # Serve's proxies get the guard (tests/spine/test_faults_serve.py)
+    one_machine_train_settings()  # as the demo's: Train runs end sooner, start one process fewer
     # "local": a cluster of its own, never one another process on this machine started
     ray.init(address="local", num_cpus=6, include_dashboard=True, log_to_driver=False)
 

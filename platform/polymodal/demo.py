@@ -21,6 +21,17 @@ from typing import Any, Iterator
 from polymodal.ports import free_port
 
 
+def one_machine_train_settings() -> None:
+    """Ray Train's settings for a cluster on one machine (the demo's, the tests'), set in this
+    process's environment before it starts the cluster, so its workers inherit them; explicit
+    settings win. The controller polls its workers every 0.5 s, not 2 s: a run's last report
+    and its end are seen sooner (each Train run ends about a second sooner); the preemption
+    watcher, an actor per run that polls for node drains, is off: one machine has no node to
+    drain, and each run starts one process fewer."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
 @dataclass
 class Demo:
     """The demo's shared settings and helpers."""
