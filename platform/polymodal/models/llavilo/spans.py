@@ -182,12 +182,12 @@ class HungarianMatcher:
             # one cost matrix for the batch, every query against every target, cut per video (as
             # Moment-DETR's matcher does): a few tensor ops and one copy to the CPU per batch
             # instead of per video, whose small ops cost a tenth of a CPU train step
-            b, q = pred_spans.shape[:2]
+            n_videos, n_queries = pred_spans.shape[:2]
             cost = matching_cost(pred_spans.flatten(0, 1).float(), pred_logits.flatten(0, 1).float(),
                                  torch.cat(list(targets)).to(pred_spans.device, torch.float32),
                                  cost_span=self.cost_span, cost_giou=self.cost_giou,
                                  cost_class=self.cost_class)  # (B * Q, sum n_b)
-            blocks = cost.view(b, q, -1).cpu().double().split(sizes, dim=-1)  # B x (B, Q, n_b)
+            blocks = cost.view(n_videos, n_queries, -1).cpu().double().split(sizes, dim=-1)  # B x (B, Q, n_b)
         out: MatchIndices = []
         for b, n in enumerate(sizes):
             if n == 0:

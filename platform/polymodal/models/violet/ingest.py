@@ -304,8 +304,9 @@ def ingest(
     # without Ray, batches are decoded on threads (PyAV and PIL work without the GIL), in order;
     # one thread where a VQ-GAN tokenizer runs torch, which has threads of its own
     threads = 1 if kind == "pretrain" else max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=threads) as pool, ShardWriter(out_uri, task=TASKS[kind], split=split, columns=cols, rows_per_shard=rows_per_shard,
-                     meta=base_meta, opts=opts, progress=progress, shards=shards) as writer:
+    with ThreadPoolExecutor(max_workers=threads) as pool, \
+            ShardWriter(out_uri, task=TASKS[kind], split=split, columns=cols, rows_per_shard=rows_per_shard,
+                        meta=base_meta, opts=opts, progress=progress, shards=shards) as writer:
         done_records = 0
         for chunk in _chunks(records, rows_per_shard):
             for r in chunk:
