@@ -249,7 +249,7 @@ def request_headers(auth: tuple[tuple[bytes, bytes], ...]) -> st.SearchStrategy[
 SYSTEMS = ["wander", "llavilo", "violet"]
 
 
-@budget(40, 1500)
+@budget(40, 1000)
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_json_bodies_get_2xx_or_a_4xx_reason(request, name, n):
     """Bodies of the system's request with a key dropped, added or retyped, edge values planted,
@@ -508,7 +508,7 @@ def schemathesis_run(target: Target, n: int) -> None:
         one()
 
 
-@budget(25, 600)
+@budget(25, 400)
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_schemathesis_finds_no_server_errors(request, name, n):
     schemathesis_run(request.getfixturevalue(name), n)
