@@ -57,8 +57,8 @@ def starts(trial_run_uri: str) -> list[str]:
 @pytest.mark.faults
 def test_killed_tune_driver_resumes_without_rerunning_finished_trials(ray_cluster, wander_data, s3_bucket_uri,
                                                                       tmp_path):
-    """The shipped ASHA space (tune_spaces/wander.yaml, 2 epochs, 3 trials one at a time: 6 CPUs fit
-    one trial with its Ray Data headroom) run by ``polymodal tune``, SIGKILLed once Tune has recorded
+    """The shipped ASHA space (tune_spaces/wander.yaml, 2 epochs, 3 trials one at a time:
+    ``max_concurrent_trials: 1``) run by ``polymodal tune``, SIGKILLed once Tune has recorded
     a finished trial and the next one has started; the same command again completes the sweep:
     finished trials are not started again, the one cut off and the unstarted one start once more,
     and the results (table, best config, one plot per param) appear. ASHA-stopped and killed
