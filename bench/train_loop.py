@@ -30,7 +30,8 @@ Reported per mode:
 * the median step time, so the 20 ms floor can be checked.
 
 Run: ``.venv/bin/python bench/train_loop.py [--hidden 64] [--seq-len 16] [--batch 32] [--scale 0.5]
-[--threads 1] [--modes plain,local,ray1,ray2]`` (the defaults: a 30 ms plain step on one core of the
+[--threads 1] [--modes plain,local,ray1,ray2] [--rounds N]`` (``--rounds``: plain and ``local``
+N times, alternating which runs first, and the median of their ratios) (the defaults: a 30 ms plain step on one core of the
 2-core host).
 """
 
@@ -137,6 +138,8 @@ def main() -> None:
                          "workers get 1 CPU each (default 1: on a shared machine OpenMP's waiting threads fall far "
                          "behind when the cores are oversubscribed)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="plain and local this many times, alternating which runs first; the median ratio is printed")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if "plain" not in modes or set(modes) - set(MODES):
@@ -149,6 +152,7 @@ def main() -> None:
     load1 = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpus} CPUs, load {load1:.2f}")
     results: dict[str, dict[str, float]] = {}
+    local_ratios: list[float] = []  # --local / plain of the rounds after the first
     with tempfile.TemporaryDirectory(prefix="bench-train-loop-") as tmp:
         data = make_data(os.path.join(tmp, "data"), args.hidden, args.seq_len, args.scale)
         runs = os.path.join(tmp, "runs")
@@ -161,6 +165,14 @@ def main() -> None:
         if "local" in modes:
             results["local"] = run_cli(base("local", "deepspeed.zero_stage=0"), local=True)
             print(f"RESULT local {results['local']}, load {os.getloadavg()[0]:.1f}", flush=True)
+            # more rounds of the pair, each order in turn: one run of each swings by 10 % here
+            for k in range(1, args.rounds):
+                pair = {}
+                for mode in (("local", "plain") if k % 2 else ("plain", "local")):
+                    pair[mode] = (run_plain(load_config(str(BASE_CONFIG), base(f"plain{k}"))) if mode == "plain"
+                                  else run_cli(base(f"local{k}", "deepspeed.zero_stage=0"), local=True))
+                local_ratios.append(pair["local"]["steady_samples_per_s"] / pair["plain"]["steady_samples_per_s"])
+                print(f"RESULT round {k + 1}: --local / plain {local_ratios[-1]:.3f}", flush=True)
         ray_init_s = None
         if {"ray1", "ray2"} & set(modes):
             import ray
@@ -203,6 +215,10 @@ def main() -> None:
         epoch = f"{r['samples_per_s']:.0f}" if "samples_per_s" in r else "—"
         print(f"| {label[mode]} | {r['steady_samples_per_s']:.0f} | {r['steady_samples_per_s'] / peer:.3f} | "
               f"{epoch} | {r['first_step_s']:.1f} s |")
+    if local_ratios:
+        ratios = [results["local"]["steady_samples_per_s"] / peer, *local_ratios]
+        print(f"--local / plain over {len(ratios)} rounds: median {statistics.median(ratios):.3f} "
+              f"(each: {', '.join(f'{r:.3f}' for r in ratios)})")
     sys.stdout.flush()
 
 
