@@ -893,10 +893,11 @@ def ray_dataset_in_memory(uri: str, *, manifest: Manifest | None = None, opts: S
     Each shard is read whole, decoded and checked as a :func:`ray_dataset` read task does (on
     ``threads`` threads) and put into Ray's object store as one block, in the manifest's order
     (``ray.data.from_arrow_refs``); a shard read before its turn waits here, so this is for splits
-    that fit in this process's memory (``data.cache_below_mb``). For small splits: ``ray_dataset(...).materialize()`` holds the same blocks but
-    runs a Ray Data execution first, whose read tasks and Ray Data's own actors start in new
-    worker processes (2-4 s on 2 cores before a Train run can start, bench/RESULTS.md,
-    2026-12-07); here the blocks' metadata takes one small Ray task each.
+    that fit in this process's memory (``data.cache_below_mb``). For small splits:
+    ``ray_dataset(...).materialize()`` holds the same blocks but runs a Ray Data execution first,
+    whose read tasks and Ray Data's own actors start in new worker processes (2-4 s on 2 cores
+    before a Train run can start, bench/RESULTS.md, 2026-12-07); here the blocks' metadata takes
+    one small Ray task each.
     """
     from concurrent.futures import ThreadPoolExecutor
 
