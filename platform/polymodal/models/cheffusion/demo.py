@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from polymodal.registry import DemoStep
 
+#: jobs/configs/ file of the step's run, read by its ``data`` and its ``run``
+CONFIG = "cheffusion_tiny.yaml"
+
 
 def _serve(demo, cfg, local) -> None:
     import base64
@@ -41,7 +44,7 @@ def run(demo) -> list[tuple[str, str]]:
 
     from polymodal import shards
 
-    cfg, task = demo.synthesized("cheffusion", "cheffusion_tiny.yaml",
+    cfg, task = demo.synthesized("cheffusion", CONFIG,
                                  "cheffusion: 480/96/96 synthetic dishes, tiny OPT + CLIP + Stable Diffusion")
     batches = shards.iter_local_batches(cfg.data.test, 48, shuffle=False, shuffle_buffer=0, opts=cfg.storage)
     model = task.build_model(cfg.model).eval()
@@ -57,7 +60,7 @@ def run(demo) -> list[tuple[str, str]]:
 
 
 def data(demo) -> dict[str, str]:
-    return demo.synthesize("cheffusion_tiny.yaml", "cheffusion")
+    return demo.synthesize(CONFIG, "cheffusion")
 
 
 STEP = DemoStep("cheffusion", "ChefFusion recipes and food images: features, train, evaluate, report, serve", run,

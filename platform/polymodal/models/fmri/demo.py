@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from polymodal.registry import DemoStep
 
+#: jobs/configs/ file of the step's run, read by its ``data`` and its ``run``
+CONFIG = "fmri_tiny.yaml"
+
 
 def _serve(demo, cfg, truth) -> None:
     import json
@@ -35,7 +38,7 @@ def run(demo) -> list[tuple[str, str]]:
     from .pipeline import load_subject_eval
     from .synth import subjects_for_task
 
-    cfg = demo.config("fmri_tiny.yaml")
+    cfg = demo.config(CONFIG)
     task = get_task(cfg.task)
     demo.data_of("fmri")
     demo.say("fmri: two synthetic subjects, 12 stories, 300 voxels each (a quarter pure noise)")
@@ -45,7 +48,7 @@ def run(demo) -> list[tuple[str, str]]:
     # the encoder's time (70 s on 2 cores) for no signal
     for feature, extra in (("glove", []), ("bow", []),
                            ("encoder", [f"model.encoder={minilm_path()}", "model.context_words=2"])):
-        run_cfg = demo.config("fmri_tiny.yaml", f"name=fmri-{feature}", f"model.feature={feature}", *extra)
+        run_cfg = demo.config(CONFIG, f"name=fmri-{feature}", f"model.feature={feature}", *extra)
         m = task.fit(run_cfg, progress=False)["metrics"]
         runs[feature] = run_cfg
         demo.say(f"  {feature:>8}: cv r={m['cv_score']:.3f}, held-out mean r={m['test_mean_r']:.3f}, "
@@ -67,7 +70,7 @@ def run(demo) -> list[tuple[str, str]]:
 def data(demo) -> dict[str, str]:
     from polymodal.registry import get_task
 
-    cfg = demo.config("fmri_tiny.yaml")
+    cfg = demo.config(CONFIG)
     return get_task(cfg.task).synth(cfg.data.train, seed=cfg.seed, progress=False)
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from polymodal.registry import DemoStep
 
+#: jobs/configs/ file of the step's run, read by its ``data`` and its ``run``
+CONFIG = "llavilo_tiny.yaml"
+
 
 def _serve(demo, cfg, rows) -> None:
     import httpx
@@ -27,7 +30,7 @@ def run(demo) -> list[tuple[str, str]]:
     from . import metrics, synth
     from .data import read_all
 
-    cfg, task = demo.synthesized("llavilo", "llavilo_tiny.yaml",
+    cfg, task = demo.synthesized("llavilo", CONFIG,
                                  "llavilo: 512/128/128 synthetic queries over 32-clip videos, a tiny random LLaMA")
     result, local = demo.fit_and_report(task, cfg)
     rows = read_all(cfg.data.test, cfg.storage)
@@ -42,7 +45,7 @@ def run(demo) -> list[tuple[str, str]]:
 
 
 def data(demo) -> dict[str, str]:
-    return demo.synthesize("llavilo_tiny.yaml", "llavilo")
+    return demo.synthesize(CONFIG, "llavilo")
 
 
 STEP = DemoStep("llavilo", "LLaViLo moment retrieval: train, evaluate against random windows, serve", run,

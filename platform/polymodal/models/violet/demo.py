@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from polymodal.registry import DemoStep
 
+#: jobs/configs/ file of the step's run, read by its ``data`` and its ``run``
+CONFIG = "violet_tiny_qa.yaml"
+
 
 def _serve(demo, cfg) -> None:
     import httpx
@@ -33,7 +36,7 @@ def _serve(demo, cfg) -> None:
 
 
 def run(demo) -> list[tuple[str, str]]:
-    cfg, task = demo.synthesized("violet", "violet_tiny_qa.yaml",
+    cfg, task = demo.synthesized("violet", CONFIG,
                                  "violet: 1024/256/256 synthetic clips of a moving shape, 'which way does it move?' "
                                  "(no pre-training in the demo)")
     result, local = demo.fit_and_report(task, cfg)
@@ -45,7 +48,7 @@ def run(demo) -> list[tuple[str, str]]:
 
 
 def data(demo) -> dict[str, str]:
-    return demo.synthesize("violet_tiny_qa.yaml", "violet/oeqa")
+    return demo.synthesize(CONFIG, "violet/oeqa")
 
 
 STEP = DemoStep("violet", "VIOLET video QA: train from scratch, evaluate, serve", run, order=50, data=data)

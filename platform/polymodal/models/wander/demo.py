@@ -8,6 +8,9 @@ from pathlib import Path
 
 from polymodal.registry import DemoStep
 
+#: jobs/configs/ file of the step's run, read by its ``data`` and its ``run``
+CONFIG = "wander_tiny.yaml"
+
 
 def _sweep(demo, cfg) -> Path:
     """A short sweep of the shipped Wander space: ``demo.tune_samples`` trials of 2 epochs, 1 worker each."""
@@ -54,7 +57,7 @@ def _serve(demo, cfg) -> None:
 def run(demo) -> list[tuple[str, str]]:
     from polymodal.registry import get_task
 
-    cfg = demo.config("wander_tiny.yaml", f"scaling.num_workers={demo.workers}", f"optim.epochs={demo.epochs}")
+    cfg = demo.config(CONFIG, f"scaling.num_workers={demo.workers}", f"optim.epochs={demo.epochs}")
     task = get_task(cfg.task)
     demo.say("wander: synthetic shards")
     written = demo.data_of("wander")
@@ -83,7 +86,7 @@ def run(demo) -> list[tuple[str, str]]:
 def data(demo) -> dict[str, str]:
     from polymodal.registry import get_task
 
-    cfg = demo.config("wander_tiny.yaml")
+    cfg = demo.config(CONFIG)
     return get_task(cfg.task).synth(f"{demo.data_prefix}/wander", seed=cfg.seed, scale=demo.scale, progress=False)
 
 
