@@ -244,6 +244,25 @@ def test_missing_shard(small_dataset):
         list(sh.iter_local_batches(small_dataset, 8, shuffle=False))
 
 
+def test_a_read_task_reads_ahead_on_threads_in_order(small_dataset):
+    """A Ray read task's body (``_read_shards``) with read-ahead threads yields its shards whole,
+    in its order, and a bad shard raises where its turn comes, naming it."""
+    from polymodal import storage
+
+    manifest = sh.Manifest.load(small_dataset)
+    uris = sh.shard_uris(manifest, small_dataset)[::-1]
+    opts, retry = storage.resolve_options(None), storage.RetryPolicy.from_env()
+    for threads in (1, 2, 8):
+        blocks = list(sh._read_shards(uris, manifest.columns, opts, retry, threads))
+        assert [b.column("id").to_pylist() for b in blocks] == [list(range(20, 30)), list(range(10, 20)),
+                                                               list(range(10))]
+    _shard(small_dataset, 0).write_bytes(b"not parquet")
+    got = sh._read_shards(uris, manifest.columns, opts, retry, 2)
+    assert next(got).num_rows == next(got).num_rows == 10  # the shards before the bad one arrive
+    with pytest.raises(ShardError, match="part-00000.parquet.*not a readable Parquet"):
+        next(got)
+
+
 def test_truncated_shard(small_dataset):
     path = _shard(small_dataset)
     path.write_bytes(path.read_bytes()[:-100])
@@ -447,14 +466,31 @@ def test_ray_dataset_reads_all_rows_from_s3(ray_local, s3_bucket_uri):
     uri = s3_bucket_uri + "/ray"
     rows = make_rows(45)
     manifest = write(uri, rows, rows_per_shard=10)
-    ds = sh.ray_dataset(uri, manifest=manifest, seed=5)
+    ds = sh.ray_dataset(uri, manifest=manifest, seed=5, shards_per_task=3)  # tasks of 3 and 2 shards
     assert ds.count() == 45
     batches = [sh.table_to_numpy(t, manifest.columns) for t in ds.iter_batches(batch_format="pyarrow", batch_size=16)]
     got = collect(batches)
     order = np.argsort(np.asarray(got["id"]))
     assert_rows_equal({k: [v[i] for i in order] for k, v in got.items()}, rows)
-    stats = ds.stats()  # the plan reads the manifest's shard list: no listing operator, one block per shard
+    stats = ds.stats()  # the plan reads the manifest's shard list: no listing operator, no split blocks
     assert "ReadManifestShards" in stats and "ListFiles" not in stats and "SplitBlocks" not in stats, stats
+    assert "2 tasks executed" in stats, stats
+    with pytest.raises(ValueError, match="shards_per_task"):
+        sh.ray_dataset(uri, manifest=manifest, shards_per_task=0)
+
+
+def test_ray_dataset_hands_over_a_block_per_shard(ray_local, tmp_path):
+    """Read tasks of several shards still hand each (fixed-shape) shard over as its own block, so
+    an epoch's first batch waits for one shard, not a task's worth; the partial last shard too."""
+    uri = str(tmp_path / "fixed")
+    with sh.ShardWriter(uri, task="any", split="train", rows_per_shard=10, progress=False,
+                        columns={"id": {"dtype": "int64"}, "x": {"dtype": "float32", "shape": [4]}}) as w:
+        w.write({"id": np.arange(45), "x": np.ones((45, 4), np.float32)})
+    for per_task in (None, 2, 5):
+        ds = sh.ray_dataset(uri, seed=1, shards_per_task=per_task).materialize()
+        sizes = sorted(len(t) for t in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        assert sizes == [5, 10, 10, 10, 10], (per_task, sizes)
+        assert sorted(ds.to_pandas()["id"]) == list(range(45))
 
 
 def test_ray_dataset_in_memory_holds_every_shard_as_one_block(ray_local, s3_bucket_uri):
