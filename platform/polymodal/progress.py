@@ -45,7 +45,7 @@ def _ray_bar_class() -> type:
             super().__init__(*args, **kwargs)
             self._base_desc = kwargs.get("desc") or ""
 
-        def set_postfix(self, **values: Any) -> None:
+        def set_postfix(self, refresh: bool = True, **values: Any) -> None:  # tqdm's signature
             shown = ", ".join(f"{k}={v}" for k, v in values.items())
             self.set_description(f"{self._base_desc} [{shown}]" if shown else self._base_desc)
 

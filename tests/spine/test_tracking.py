@@ -105,6 +105,46 @@ def test_own_grad_norm_matches_torch_clip_grad_norm():
     assert ours == pytest.approx(float(torch.nn.utils.clip_grad_norm_(params[:2], max_norm=1e9)), rel=1e-6)
 
 
+def test_the_loop_clips_as_deepspeed_would_where_it_takes_clipping_over():
+    """ZeRO-0 in fp32: the loop's clip (torch's clip_grad_norm_ on the trainable parameters, DeepSpeed's
+    clipping off) leaves the same weights as DeepSpeed's own clip, step after step, with gradients
+    far above the limit and a frozen layer; ZeRO-2 keeps DeepSpeed's."""
+    import deepspeed
+
+    loop._disable_shm_comm_build_on_cpu()  # first: init_distributed would JIT-compile the op
+    if not torch.distributed.is_initialized():
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+        deepspeed.init_distributed(dist_backend="gloo")
+
+    def engine(stage: int):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Linear(8, 3))
+        model[0].requires_grad_(False)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        config = {"train_micro_batch_size_per_gpu": 4, "gradient_clipping": 0.5, "zero_optimization": {"stage": stage},
+                  "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "torch_adam": True}}}
+        return deepspeed.initialize(model=model, model_parameters=trainable, config=config)[0], trainable
+
+    theirs, _ = engine(0)
+    ours, trainable = engine(0)
+    assert loop._take_over_clipping(theirs) == 0.5 and theirs.gradient_clipping() == 0.0
+    theirs._config.gradient_clipping = 0.5  # this one keeps DeepSpeed's clip
+    clip = loop._take_over_clipping(ours)
+    for step in range(4):
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(step)) * 100
+        for e in (theirs, ours):
+            e.backward((e(x) ** 2).sum())
+        norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
+        assert norm > 10 * clip  # the clip is in force
+        for e in (theirs, ours):
+            e.step()
+        for a, b in zip(theirs.module.parameters(), ours.module.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    zero2, _ = engine(2)
+    assert loop._take_over_clipping(zero2) == 0.0 and zero2.gradient_clipping() == 0.5
+
+
 # --------------------------------------------------------------------------- a --local run
 
 
