@@ -772,6 +772,10 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
         if pool is not None and pool.num_rows:
             yield pool.take(pa.array(row_rng.permutation(pool.num_rows)))
 
+    if not any(spec.variable for spec in manifest.columns.values()):
+        yield from _sliced_batches(ordered_tables(), manifest.columns, batch_size, drop_last)
+        return
+    # variable-length columns are padded to each batch's longest row: each batch converted on its own
     pending: list[pa.Table] = []
     pending_rows = 0
     for table in ordered_tables():
@@ -789,6 +793,33 @@ def iter_local_batches(uri: str, batch_size: int, *, manifest: Manifest | None =
         pending_rows = rest.num_rows
     if pending_rows and not drop_last:
         yield table_to_numpy(pa.concat_tables(pending), manifest.columns)
+
+
+def _sliced_batches(tables: Iterator[pa.Table], columns: Mapping[str, ColumnSpec], batch_size: int,
+                    drop_last: bool) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of ``batch_size`` rows over ``tables`` in order, each table converted whole by
+    :func:`table_to_numpy` and sliced; a batch across two tables joins the end of one and the start
+    of the next. The same arrays as converting each batch's rows, for columns whose conversion is
+    row by row (fixed-shape, string, binary), in a call per table instead of per batch: the
+    read-ahead thread then holds the GIL for 0.03 ms a batch instead of 0.3 ms, which the training
+    thread waited for (bench/RESULTS.md, 2026-12-07)."""
+    rest: dict[str, np.ndarray] | None = None
+    for table in tables:
+        cols, n, start = table_to_numpy(table, columns), table.num_rows, 0
+        if rest is not None:
+            short = batch_size - len(next(iter(rest.values())))
+            if n < short:
+                rest = {k: np.concatenate([rest[k], v]) for k, v in cols.items()}
+                continue
+            yield {k: np.concatenate([rest[k], v[:short]]) for k, v in cols.items()}
+            rest, start = None, short
+        while n - start >= batch_size:
+            yield {k: v[start:start + batch_size] for k, v in cols.items()}
+            start += batch_size
+        if start < n:
+            rest = {k: v[start:] for k, v in cols.items()}
+    if rest is not None and not drop_last:
+        yield rest
 
 
 # --------------------------------------------------------------------------- Ray Data

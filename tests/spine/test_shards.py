@@ -244,6 +244,32 @@ def test_missing_shard(small_dataset):
         list(sh.iter_local_batches(small_dataset, 8, shuffle=False))
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_sliced_from_whole_tables_equal_batches_converted_one_by_one(drop_last):
+    """iter_local_batches converts each (shuffled) shard once and slices it when no column is
+    variable-length; its batches equal converting each batch's rows on their own, across tables
+    shorter than a batch, a batch straddling three tables, and a string column."""
+    cols = {"id": sh.ColumnSpec(dtype="int64"), "x": sh.ColumnSpec(dtype="float32", shape=[2, 3]),
+            "name": sh.ColumnSpec(dtype="string")}
+    sizes, start, tables = [5, 2, 1, 9, 0, 7, 3], 0, []
+    for n in sizes:
+        ids = np.arange(start, start + n)
+        tables.append(pa.table({"id": ids, "x": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.repeat(ids, 6).astype(np.float32)), 6), "name": pa.array([f"r{i}" for i in ids], pa.string())}))
+        start += n
+    whole = pa.concat_tables(tables)
+    for batch_size in (1, 4, 6, 27, 40):
+        got = list(sh._sliced_batches(iter(tables), cols, batch_size, drop_last))
+        ends = range(0, whole.num_rows, batch_size)
+        want = [sh.table_to_numpy(whole.slice(i, batch_size), cols) for i in ends
+                if not drop_last or i + batch_size <= whole.num_rows]
+        assert len(got) == len(want), batch_size
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            for k in w:
+                assert g[k].shape == w[k].shape and g[k].dtype == w[k].dtype and np.array_equal(g[k], w[k]), k
+
+
 def test_a_read_task_reads_ahead_on_threads_in_order(small_dataset):
     """A Ray read task's body (``_read_shards``) with read-ahead threads yields its shards whole,
     in its order, and a bad shard raises where its turn comes, naming it."""
