@@ -107,8 +107,9 @@ def test_own_grad_norm_matches_torch_clip_grad_norm():
 
 def test_the_loop_clips_as_deepspeed_would_where_it_takes_clipping_over():
     """ZeRO-0 in fp32: the loop's clip (torch's clip_grad_norm_ on the trainable parameters, DeepSpeed's
-    clipping off) leaves the same weights as DeepSpeed's own clip, step after step, with gradients
-    far above the limit and a frozen layer; ZeRO-2 keeps DeepSpeed's."""
+    clipping off) and its zero_grad over the trainable parameters only leave the same weights and
+    gradients as DeepSpeed's own, step after step, with gradients far above the limit and a frozen
+    layer; ZeRO-2 keeps DeepSpeed's clip."""
     import deepspeed
 
     loop._disable_shm_comm_build_on_cpu()  # first: init_distributed would JIT-compile the op
@@ -131,6 +132,7 @@ def test_the_loop_clips_as_deepspeed_would_where_it_takes_clipping_over():
     assert loop._take_over_clipping(theirs) == 0.5 and theirs.gradient_clipping() == 0.0
     theirs._config.gradient_clipping = 0.5  # this one keeps DeepSpeed's clip
     clip = loop._take_over_clipping(ours)
+    loop._zero_only_trainable(ours, trainable)
     for step in range(4):
         x = torch.randn(4, 6, generator=torch.Generator().manual_seed(step)) * 100
         for e in (theirs, ours):
@@ -141,6 +143,7 @@ def test_the_loop_clips_as_deepspeed_would_where_it_takes_clipping_over():
             e.step()
         for a, b in zip(theirs.module.parameters(), ours.module.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            assert a.grad is None and b.grad is None  # zeroed by the step, trainable or not
     zero2, _ = engine(2)
     assert loop._take_over_clipping(zero2) == 0.0 and zero2.gradient_clipping() == 0.5
 
