@@ -801,8 +801,9 @@ def _sliced_batches(tables: Iterator[pa.Table], columns: Mapping[str, ColumnSpec
     :func:`table_to_numpy` and sliced; a batch across two tables joins the end of one and the start
     of the next. The same arrays as converting each batch's rows, for columns whose conversion is
     row by row (fixed-shape, string, binary), in a call per table instead of per batch: the
-    read-ahead thread then holds the GIL for 0.03 ms a batch instead of 0.3 ms, which the training
-    thread waited for (bench/RESULTS.md, 2026-12-07)."""
+    read-ahead thread's CPU went from 0.30 to 0.135 ms a batch (most of it now the shard's Parquet
+    decode), beside a training thread whose forward ran 1-2 ms slower next to the per-batch
+    conversion (bench/RESULTS.md, 2026-12-07)."""
     rest: dict[str, np.ndarray] | None = None
     for table in tables:
         cols, n, start = table_to_numpy(table, columns), table.num_rows, 0
@@ -923,7 +924,7 @@ def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOpti
     A task reads up to ``read_threads`` of its shards at once and hands each over as it is ready
     (the GET and the decode release the GIL). Every read task costs Ray Data a task's scheduling
     and hand-over, and on 2 cores it ran tasks of one shard one after another, a core idle
-    (bench/RESULTS.md, 2026-12-07: 0.62-0.75x raw pyarrow, against 0.9-1.2x with the default).
+    (bench/RESULTS.md, 2026-12-07: 0.62-0.80x raw pyarrow, against 1.00-1.23x with the default).
     So by default (``shards_per_task=None``) there are as many tasks as the cluster has CPUs, and
     no task holds more than 8 shards (``ceil(shards / 8)`` tasks when that is more).
 
