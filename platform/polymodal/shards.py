@@ -924,7 +924,7 @@ def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOpti
     A task reads up to ``read_threads`` of its shards at once and hands each over as it is ready
     (the GET and the decode release the GIL). Every read task costs Ray Data a task's scheduling
     and hand-over, and on 2 cores it ran tasks of one shard one after another, a core idle
-    (bench/RESULTS.md, 2026-12-07: 0.62-0.80x raw pyarrow, against 1.00-1.23x with the default).
+    (bench/RESULTS.md, 2026-12-07: 0.62-0.90x raw pyarrow, against 1.00-1.23x with the default).
     So by default (``shards_per_task=None``) there are as many tasks as the cluster has CPUs, and
     no task holds more than 8 shards (``ceil(shards / 8)`` tasks when that is more).
 
