@@ -104,6 +104,11 @@ class ColumnSpec(_Strict):
         return bool(self.shape) and self.shape[0] == -1
 
     @property
+    def fixed_size(self) -> bool:
+        """True when every row holds the same number of bytes: numeric, not variable-length."""
+        return self.dtype not in ("string", "binary") and not self.variable
+
+    @property
     def item_shape(self) -> tuple[int, ...]:
         """Fixed trailing shape: ``shape`` for fixed columns, ``shape[1:]`` for variable ones."""
         return tuple(self.shape[1:]) if self.variable else tuple(self.shape)
@@ -836,7 +841,7 @@ def _estimated_block_bytes(info: ShardInfo, columns: Mapping[str, ColumnSpec]) -
     for the rest (variable and string columns are rarely compressed much further)."""
     fixed = 0
     for spec in columns.values():
-        if spec.dtype in ("string", "binary") or spec.variable:
+        if not spec.fixed_size:
             return max(info.bytes, fixed)
         fixed += info.rows * math.prod(spec.item_shape) * spec.numpy_dtype.itemsize
     return max(fixed, 1)
@@ -957,7 +962,7 @@ def ray_dataset(uri: str, *, manifest: Manifest | None = None, opts: StorageOpti
     # 0.58 s instead of 0.26 s). With the limit just under the largest shard's decoded size, each
     # full shard is its own block. That size is exact only when every column has a fixed shape;
     # otherwise Ray's limit stays. A shard above the context's own limit is still split by Ray.
-    if all(spec.dtype not in ("string", "binary") and not spec.variable for spec in manifest.columns.values()):
+    if all(spec.fixed_size for spec in manifest.columns.values()):
         largest = max(_estimated_block_bytes(s, manifest.columns) for s in manifest.shards)
         ds.context.target_max_block_size = min(ds.context.target_max_block_size, max(1, largest - 1))
     return ds
