@@ -142,3 +142,19 @@ async def post_under_load(url: str, body: dict, seconds: float,
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return out
+
+
+def deepspeed_process_group() -> None:
+    """A one-process gloo group for tests that build DeepSpeed engines outside a train run."""
+    import os
+
+    import deepspeed
+    import torch
+
+    from polymodal.train.loop import _disable_shm_comm_build_on_cpu
+
+    _disable_shm_comm_build_on_cpu()  # first: init_distributed would JIT-compile the op (~30 s on 2 cores)
+    if not torch.distributed.is_initialized():
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+        deepspeed.init_distributed(dist_backend="gloo")

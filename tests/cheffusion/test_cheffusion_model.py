@@ -54,21 +54,15 @@ def test_a_deepspeed_step_leaves_the_frozen_vocabulary_bit_identical(backbones, 
     mapper move; every frozen LM tensor, the vocabulary rows included, is bit-identical."""
     import deepspeed
 
+    from support import deepspeed_process_group
+
     from polymodal.config import validate_config
     from polymodal.train.deepspeed_config import build_deepspeed_config
-    from polymodal.ports import free_port
-    from polymodal.train.loop import _disable_shm_comm_build_on_cpu
-
-    import os
 
     model = _model(backbones)
     cfg = validate_config({"task": "cheffusion.recipes", "model": {"preset": "tiny", **backbones},
                            "data": {"train": str(tmp_path)}, "optim": {"lr": 1e-2, "weight_decay": 0.1}})
-    _disable_shm_comm_build_on_cpu()  # first: init_distributed would JIT-compile the op (~30 s on 2 cores)
-    if not torch.distributed.is_initialized():
-        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-        deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed_process_group()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     moving = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],

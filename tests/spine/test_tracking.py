@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import wander_config
+from support import deepspeed_process_group, wander_config
 
 from polymodal import storage
 from polymodal.config import validate_config
@@ -112,11 +112,7 @@ def test_the_loop_clips_as_deepspeed_would_where_it_takes_clipping_over():
     layer; ZeRO-2 keeps DeepSpeed's clip."""
     import deepspeed
 
-    loop._disable_shm_comm_build_on_cpu()  # first: init_distributed would JIT-compile the op
-    if not torch.distributed.is_initialized():
-        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-        deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed_process_group()
 
     def engine(stage: int):
         torch.manual_seed(0)
